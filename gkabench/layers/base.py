@@ -1,0 +1,101 @@
+"""What every token mixer shares: the forward signature, the decoding cache, backend selection.
+
+Forward contract (all mixers)::
+
+    y, cache = mixer(x, attention_mask=None, cu_seqlens=None, cache=None, use_cache=False)
+
+- ``x [B, T, hidden]``; ``y`` has x's shape and dtype.
+- ``attention_mask [B, T]``: 1 for real tokens, 0 for padding (any position; generation uses left padding).
+  Recurrent mixers neutralise padded tokens (their keys, values and decays contribute nothing), so outputs at
+  real tokens and the final state equal those of the unpadded sequence.
+- ``cu_seqlens [N + 1]`` int: packed variable-length sequences in a batch of 1; no state crosses a boundary.
+- ``cache``: a :class:`MixerCache` from an earlier call on the same sequences; the call continues them.
+  ``use_cache=True`` returns the updated cache (a new object; the input cache may be updated in place).
+  One token or many per call; a prefill followed by steps equals one full forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+BACKENDS = ("auto", "reference", "triton")
+
+
+@dataclass
+class MixerCache:
+    """Per-layer decoding cache. ``tensors`` are batch-first (dim 0 = sequence); ``seen_tokens`` counts the
+    tokens consumed so far (attention uses it for RoPE positions)."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    seen_tokens: int = 0
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    def get(self, key: str, default=None):
+        return self.tensors.get(key, default)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select / permute sequences along the batch (beam search)."""
+        self.tensors = {k: t.index_select(0, index.to(t.device)) for k, t in self.tensors.items()}
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.tensors.values())).shape[0] if self.tensors else 0
+
+
+def resolve_backend(backend: str, x: torch.Tensor, mixer: str, triton_ok: bool = True) -> str:
+    """``auto`` -> ``triton`` for CUDA tensors (when ``triton_ok``), else ``reference``. Forcing ``triton`` on
+    CPU tensors raises a one-line ``ValueError``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{mixer}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "triton" if (x.is_cuda and triton_ok) else "reference"
+    if backend == "triton" and not x.is_cuda:
+        raise ValueError(f"{mixer}: backend='triton' needs a CUDA device; use backend='reference' on CPU")
+    return backend
+
+
+class Mixer(nn.Module):
+    """Base class of the registered token mixers. Subclasses set ``name`` and implement ``forward``,
+    ``state_bytes`` and (optionally) ``describe``."""
+
+    name: str = "mixer"
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, *, backend: str = "auto", layer_idx=None):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"{self.name}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if hidden_size <= 0 or num_heads <= 0 or head_dim <= 0:
+            raise ValueError(
+                f"{self.name}: hidden_size, num_heads and head_dim must be positive, got {hidden_size}, {num_heads}, {head_dim}"
+            )
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.backend = backend
+        self.layer_idx = layer_idx
+
+    def backend_for(self, x: torch.Tensor) -> str:
+        return resolve_backend(self.backend, x, self.name)
+
+    def state_bytes(self, seq_len: int = 0, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Bytes of recurrent state per sequence after ``seq_len`` tokens (conv states included)."""
+        raise NotImplementedError
+
+    def check_input(self, x: torch.Tensor, attention_mask, cu_seqlens, cache) -> None:
+        if x.ndim != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"{self.name}: x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"{self.name}: attention_mask must be [B, T] = {tuple(x.shape[:2])}, got {tuple(attention_mask.shape)}")
+        if cu_seqlens is not None:
+            if x.shape[0] != 1:
+                raise ValueError(f"{self.name}: cu_seqlens needs a packed batch of 1, got B={x.shape[0]}")
+            if cache is not None:
+                raise ValueError(f"{self.name}: cu_seqlens cannot be combined with a decoding cache; decode unpacked sequences")

@@ -1,0 +1,115 @@
+"""Building blocks shared by the mixers: causal short convolution with a decoding state, (gated) RMSNorm,
+L2 normalisation, and helpers for padding masks and packed sequences. Pure PyTorch, CPU and CUDA."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Normalise the last dim to unit L2 norm (computed in float32)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def token_positions(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Position of every packed token inside its own sequence, ``[total]`` int64."""
+    cu = cu_seqlens.to(torch.long)
+    lengths = cu[1:] - cu[:-1]
+    starts = torch.repeat_interleave(cu[:-1], lengths, output_size=total)
+    return torch.arange(total, device=cu.device) - starts
+
+
+def mask_tokens(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero the padded tokens of ``x [B, T, ...]`` (mask ``[B, T]``, 1 = real)."""
+    if attention_mask is None:
+        return x
+    m = attention_mask.to(x.dtype)
+    return x * m.view(*m.shape, *([1] * (x.ndim - 2)))
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim, computed in float32, weight initialised to 1."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+class GatedRMSNorm(RMSNorm):
+    """``RMSNorm(o) * SiLU(gate)`` per head: o, gate ``[..., head_dim]``."""
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = super().forward(x).float() * F.silu(gate.float())
+        return y.to(x.dtype)
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal conv1d (width ``kernel_size``) followed by SiLU, with a decoding state.
+
+    forward(x ``[B, T, C]``, cu_seqlens=None, state=None) -> (y ``[B, T, C]``, new_state ``[B, C, W-1]``).
+    ``state`` holds the last ``W-1`` inputs of earlier tokens (zeros at the start of a sequence). With
+    ``cu_seqlens`` (B = 1) taps never reach across a sequence boundary; the returned state is then that of
+    each packed sequence, ``[N, C, W-1]``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 4, activation: bool = True):
+        super().__init__()
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.activation = activation
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None, state: torch.Tensor | None = None):
+        B, T, C = x.shape
+        W = self.kernel_size
+        xt = x.transpose(1, 2)  # [B, C, T]
+        if state is None:
+            state = x.new_zeros(B, C, W - 1)
+        padded = torch.cat([state.to(x.dtype), xt], dim=-1)  # [B, C, W-1+T]
+        if cu_seqlens is None:
+            y = F.conv1d(padded, self.weight.to(x.dtype), groups=C)
+            new_state = padded[..., -(W - 1):] if W > 1 else padded[..., :0]
+        else:
+            # Sum of shifted copies, each tap masked where it would read the previous sequence.
+            pos = token_positions(cu_seqlens, T)  # [T]
+            w = self.weight.to(x.dtype)[:, 0]  # [C, W]
+            y = torch.zeros_like(xt)
+            for j in range(W):  # tap j reads the input j steps back
+                shifted = padded[..., W - 1 - j : W - 1 - j + T]
+                y = y + w[:, W - 1 - j, None] * shifted * (pos >= j).to(x.dtype)
+            ends = cu_seqlens[1:].to(torch.long)
+            idx = ends[:, None] - (W - 1) + torch.arange(W - 1, device=x.device)[None]  # [N, W-1]
+            valid = idx >= cu_seqlens[:-1].to(torch.long)[:, None]
+            new_state = xt[0][:, idx.clamp_min(0)].permute(1, 0, 2) * valid[:, None].to(x.dtype)  # [N, C, W-1]
+        if self.activation:
+            y = F.silu(y)
+        return y.transpose(1, 2), new_state
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (half-split layout) for ``[B, T, H, D]`` tensors at given positions."""
+
+    def __init__(self, dim: int, base: float = 10000.0):
+        super().__init__()
+        self.dim = dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x ``[B, T, H, D]``, positions ``[B, T]`` or ``[T]`` int -> rotated x."""
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(x.device)  # [..., T, D/2]
+        if freqs.ndim == 2:
+            freqs = freqs[None]
+        cos, sin = freqs.cos()[:, :, None], freqs.sin()[:, :, None]  # [B, T, 1, D/2]
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
