@@ -5,7 +5,8 @@ Forward contract (all mixers)::
     y, cache = mixer(x, attention_mask=None, cu_seqlens=None, cache=None, use_cache=False)
 
 - ``x [B, T, hidden]``; ``y`` has x's shape and dtype.
-- ``attention_mask [B, T]``: 1 for real tokens, 0 for padding (any position; generation uses left padding).
+- ``attention_mask [B, T']``: 1 for real tokens, 0 for padding (any position; generation uses left padding).
+  ``T' >= T``: during cached decoding it may cover earlier tokens too; its last T columns belong to x.
   Recurrent mixers neutralise padded tokens (their keys, values and decays contribute nothing), so outputs at
   real tokens and the final state equal those of the unpadded sequence.
 - ``cu_seqlens [N + 1]`` int: packed variable-length sequences in a batch of 1; no state crosses a boundary.
@@ -62,6 +63,14 @@ def resolve_backend(backend: str, x: torch.Tensor, mixer: str, triton_ok: bool =
     return backend
 
 
+def current_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
+    """The ``[B, T]`` part of a mask that may also cover earlier (cached) tokens; None when all ones."""
+    if attention_mask is None:
+        return None
+    m = attention_mask[:, -T:]
+    return None if bool(m.all()) else m
+
+
 class Mixer(nn.Module):
     """Base class of the registered token mixers. Subclasses set ``name`` and implement ``forward``,
     ``state_bytes`` and (optionally) ``describe``."""
@@ -92,8 +101,12 @@ class Mixer(nn.Module):
     def check_input(self, x: torch.Tensor, attention_mask, cu_seqlens, cache) -> None:
         if x.ndim != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"{self.name}: x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(x.shape[:2]):
-            raise ValueError(f"{self.name}: attention_mask must be [B, T] = {tuple(x.shape[:2])}, got {tuple(attention_mask.shape)}")
+        if attention_mask is not None and (
+            attention_mask.ndim != 2 or attention_mask.shape[0] != x.shape[0] or attention_mask.shape[1] < x.shape[1]
+        ):
+            raise ValueError(
+                f"{self.name}: attention_mask must be [B, T'] with T' >= T for x {tuple(x.shape[:2])}, got {tuple(attention_mask.shape)}"
+            )
         if cu_seqlens is not None:
             if x.shape[0] != 1:
                 raise ValueError(f"{self.name}: cu_seqlens needs a packed batch of 1, got B={x.shape[0]}")

@@ -8,9 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half types and float32, float64 kept (so float64 tests stay tight)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Normalise the last dim to unit L2 norm (computed in float32)."""
-    xf = x.float()
+    """Normalise the last dim to unit L2 norm (computed in float32, or float64 for float64 input)."""
+    xf = upcast(x)
     return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
@@ -39,16 +44,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = upcast(x)
         y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return (y * self.weight.to(xf.dtype)).to(x.dtype)
 
 
 class GatedRMSNorm(RMSNorm):
     """``RMSNorm(o) * SiLU(gate)`` per head: o, gate ``[..., head_dim]``."""
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        y = super().forward(x).float() * F.silu(gate.float())
+        y = upcast(super().forward(x)) * F.silu(upcast(gate))
         return y.to(x.dtype)
 
 
@@ -107,9 +112,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x ``[B, T, H, D]``, positions ``[B, T]`` or ``[T]`` int -> rotated x."""
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(x.device)  # [..., T, D/2]
+        ft = torch.float64 if x.dtype == torch.float64 else torch.float32
+        freqs = positions.to(ft)[..., None] * self.inv_freq.to(device=x.device, dtype=ft)  # [..., T, D/2]
         if freqs.ndim == 2:
             freqs = freqs[None]
         cos, sin = freqs.cos()[:, :, None], freqs.sin()[:, :, None]  # [B, T, 1, D/2]
-        x1, x2 = x.float().chunk(2, dim=-1)
+        x1, x2 = upcast(x).chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
