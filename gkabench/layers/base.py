@@ -11,7 +11,8 @@ Forward contract (all mixers)::
   real tokens and the final state equal those of the unpadded sequence.
 - ``cu_seqlens [N + 1]`` int: packed variable-length sequences in a batch of 1; no state crosses a boundary.
 - ``cache``: a :class:`MixerCache` from an earlier call on the same sequences; the call continues them.
-  ``use_cache=True`` returns the updated cache (a new object; the input cache may be updated in place).
+  ``use_cache=True`` returns the updated cache as a new object; the input cache is left unchanged (so a
+  step can be re-run from the same cache, as beam search and the decode benchmark do).
   One token or many per call; a prefill followed by steps equals one full forward.
 """
 

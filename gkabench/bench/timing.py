@@ -1,0 +1,61 @@
+"""Timing and memory primitives shared by the speed harness and the demo.
+
+On CUDA, times come from ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs, warm-up first);
+on CPU from ``time.perf_counter`` around synchronous calls. Both report the median and the 20th / 80th
+percentiles in milliseconds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    reps: int
+
+
+def _quantiles(samples: list[float]) -> Timing:
+    s = sorted(samples)
+
+    def q(p: float) -> float:
+        return s[min(len(s) - 1, max(0, round(p * (len(s) - 1))))]
+
+    return Timing(statistics.median(s), q(0.2), q(0.8), len(s))
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, *, warmup_ms: float = 25, rep_ms: float = 100, max_reps: int = 50) -> Timing:
+    """Median time of ``fn()`` on ``device``."""
+    if device.type == "cuda":
+        import triton.testing
+
+        q20, q50, q80 = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.2, 0.5, 0.8])
+        return Timing(q50, q20, q80, -1)
+    fn()  # warm-up (first-call allocations)
+    samples: list[float] = []
+    budget = time.perf_counter() + rep_ms / 1e3
+    while len(samples) < max_reps and (len(samples) < 3 or time.perf_counter() < budget):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return _quantiles(samples)
+
+
+def peak_memory_of(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Allocator peak (bytes) above what was allocated before ``fn()``; None on CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
