@@ -1,0 +1,1 @@
+"""Speed harness: timing, memory, FLOP counts; the demo comparison."""

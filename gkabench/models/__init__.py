@@ -1,0 +1,1 @@
+"""HF-compatible causal LMs stacking any registered mixer."""

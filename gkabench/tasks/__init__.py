@@ -1,0 +1,1 @@
+"""Task generators and scorers (mqar, niah, rag, longqa)."""
