@@ -3,6 +3,8 @@ L2 normalisation, and helpers for padding masks and packed sequences. Pure PyTor
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,13 +68,15 @@ class ShortConv(nn.Module):
     each packed sequence, ``[N, C, W-1]``.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 4, activation: bool = True):
+    def __init__(self, channels: int, kernel_size: int = 4, activation: bool = True, bias: bool = False):
         super().__init__()
         self.channels = channels
         self.kernel_size = kernel_size
         self.activation = activation
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        # Optional per-channel bias (Mamba2 uses one); nn.Conv1d's default init.
+        self.bias = nn.Parameter(torch.empty(channels).uniform_(-kernel_size**-0.5, kernel_size**-0.5)) if bias else None
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None, state: torch.Tensor | None = None):
         B, T, C = x.shape
@@ -82,7 +86,8 @@ class ShortConv(nn.Module):
             state = x.new_zeros(B, C, W - 1)
         padded = torch.cat([state.to(x.dtype), xt], dim=-1)  # [B, C, W-1+T]
         if cu_seqlens is None:
-            y = F.conv1d(padded, self.weight.to(x.dtype), groups=C)
+            bias = self.bias.to(x.dtype) if self.bias is not None else None
+            y = F.conv1d(padded, self.weight.to(x.dtype), bias, groups=C)
             new_state = padded[..., -(W - 1):] if W > 1 else padded[..., :0]
         else:
             # Sum of shifted copies, each tap masked where it would read the previous sequence.
@@ -92,6 +97,8 @@ class ShortConv(nn.Module):
             for j in range(W):  # tap j reads the input j steps back
                 shifted = padded[..., W - 1 - j : W - 1 - j + T]
                 y = y + w[:, W - 1 - j, None] * shifted * (pos >= j).to(x.dtype)
+            if self.bias is not None:
+                y = y + self.bias.to(x.dtype)[:, None]
             ends = cu_seqlens[1:].to(torch.long)
             idx = ends[:, None] - (W - 1) + torch.arange(W - 1, device=x.device)[None]  # [N, W-1]
             valid = idx >= cu_seqlens[:-1].to(torch.long)[:, None]
@@ -119,3 +126,56 @@ class RotaryEmbedding(nn.Module):
         cos, sin = freqs.cos()[:, :, None], freqs.sin()[:, :, None]  # [B, T, 1, D/2]
         x1, x2 = upcast(x).chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def resolve_heads(
+    mixer: str, total_width: int, num_heads: int | None, head_dim: int | None, default_head_dim: int
+) -> tuple[int, int]:
+    """Heads and head dim of a mixer whose heads span ``total_width`` channels by default.
+
+    - both given: used as given (the width is then ``num_heads * head_dim``);
+    - only ``num_heads``: ``head_dim = total_width // num_heads`` (must divide);
+    - only ``head_dim``: ``num_heads = max(1, round(total_width / head_dim))``;
+    - neither: ``head_dim = min(default_head_dim, total_width)`` and heads as above.
+    """
+    if num_heads is not None and head_dim is not None:
+        return int(num_heads), int(head_dim)
+    if num_heads is not None:
+        if num_heads <= 0 or total_width % num_heads:
+            raise ValueError(f"{mixer}: num_heads={num_heads} must divide the default width {total_width}; pass head_dim too")
+        return int(num_heads), total_width // num_heads
+    if head_dim is None:
+        head_dim = min(default_head_dim, total_width)
+    if head_dim <= 0:
+        raise ValueError(f"{mixer}: head_dim must be positive, got {head_dim}")
+    return max(1, round(total_width / head_dim)), int(head_dim)
+
+
+def mamba_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> torch.Tensor:
+    """Mamba2-style ``dt_bias`` init: ``softplus(dt_bias)`` log-uniform in ``[dt_min, dt_max]``; ``[n]`` float32."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp_min(dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+
+def mamba_a_log(n: int, low: float = 0.0, high: float = 16.0) -> torch.Tensor:
+    """``A_log = log(A)``, ``A ~ U(low, high)``; ``[n]`` float32. The decay is ``-exp(A_log) * dt``."""
+    return torch.empty(n).uniform_(low, high).clamp_min(1e-4).log()
+
+
+def last_real_window(state: torch.Tensor, x: torch.Tensor, attention_mask: torch.Tensor | None, width: int) -> torch.Tensor:
+    """The last ``width`` real inputs of each sequence: the decoding state of a short conv.
+
+    state ``[B, C, width]`` (inputs before this call, all real), x ``[B, T, C]``, attention_mask ``[B, T]``
+    (1 = real). Returns ``[B, C, width]``. With trailing or interior padding the plain "last ``width``
+    columns" would hold padding; this skips it, so the state equals that of the unpadded sequence.
+    """
+    seq = torch.cat([state.to(x.dtype), x.transpose(1, 2)], dim=-1)  # [B, C, width + T]
+    if width == 0:
+        return seq[..., :0]
+    if attention_mask is None:
+        return seq[..., -width:]
+    valid = torch.cat([attention_mask.new_ones(x.shape[0], width), attention_mask], dim=1).bool()
+    pos = torch.arange(seq.shape[-1], device=x.device).expand_as(valid)
+    key = torch.where(valid, pos, torch.full_like(pos, -1))
+    idx = key.topk(width, dim=-1).values.flip(-1)  # [B, width], ascending positions of the last real inputs
+    return seq.gather(-1, idx[:, None, :].expand(-1, seq.shape[1], -1))
