@@ -127,6 +127,54 @@ def demo(
         raise typer.Exit(code=1)
 
 
+@app.command()
+@user_errors
+def check(
+    ops: str = typer.Option(None, "--ops", help="comma-separated op prefixes (gka, attention, gated_deltanet, gla, mamba2)"),
+    device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)"),
+    lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="run fla's gated backward despite its Hopper/Triton<3.7.1 guard, to test it"),
+    json_out: str = typer.Option(None, "--json", help="also write the rows to this JSON file"),
+):
+    """Every fast kernel here against its float64 reference (fresh random data, forward and gradients).
+
+    Exit code 1 when any case fails or errors."""
+    import json
+
+    import torch
+    from rich.progress import Progress
+
+    from .check import any_failure, run_checks
+    from .env import default_device, device_name, environment
+    from .io import write_text_atomic
+
+    dev = torch.device(device) if device else default_device()
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for but no CUDA device is visible; drop --device or use --device cpu")
+    if dev.type == "cpu":
+        console.print("[yellow]No CUDA device: there are no Triton paths to check here; checking the CPU references against the exact float64 solve.[/yellow]")
+    op_list = [o.strip() for o in ops.split(",")] if ops else None
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("checking", total=None)
+        rows = run_checks(dev, op_list, lift_guard=lift_fla_guard, progress=lambda c: progress.update(task, description=f"{c.op} {c.case}", advance=1))
+    table = Table(title=f"gkabench check on {device_name(dev)}")
+    for col in ("op", "case", "dtype", "quantity", "rel err", "tol", "status", "note"):
+        table.add_column(col, justify="right" if col in ("rel err", "tol") else "left", overflow="fold")
+    colors = {"pass": "green", "FAIL": "red", "error": "red", "refused": "yellow", "skip": "dim"}
+    for r in rows:
+        table.add_row(
+            r.op, r.case, r.dtype, r.quantity,
+            "-" if r.rel_err is None else f"{r.rel_err:.2e}", "-" if r.tol is None else f"{r.tol:.0e}",
+            f"[{colors.get(r.status, 'white')}]{r.status}[/]", r.note,
+        )  # fmt: skip
+    console.print(table)
+    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "FAIL", "error", "refused")}
+    console.print(", ".join(f"{v} {k}" for k, v in counts.items()))
+    if json_out:
+        write_text_atomic(json_out, json.dumps({"environment": environment(dev), "rows": [r.as_dict() for r in rows]}, indent=1))
+    if any_failure(rows):
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     app()
 
