@@ -4,7 +4,8 @@ Each case draws fresh random inputs (never zeros), runs the fast op in the dtype
 reference on the very same (already rounded) inputs, and compares outputs and the gradients of a random
 projection of them by relative error ``||a - b|| / ||b||``. Tolerances:
 
-- GKA vs ``gka_exact``: fp32 inputs 1e-3 at 30 Chebyshev steps (the solve's bound is 3.2e-4) and 1e-5 at 80;
+- GKA vs ``gka_exact``: fp32 inputs 1e-3 forward (5e-3 gradients) at 30 Chebyshev steps (the solve bound is
+  3.2e-4) and 1e-5 forward (1e-4 gradients) at 80;
   bf16 inputs 1e-2 (forward and gradients). Decode (step by step from a state) vs the chunked path: same bounds.
 - Baselines (fla Triton ops) vs our float64 recurrences: fp32 2e-3 (tf32 dots), bf16 1e-2 forward / 2e-2 gradients.
 - Attention (torch SDPA) vs an explicit float64 softmax: fp32 1e-3, bf16 1e-2.
@@ -146,7 +147,9 @@ def gka_cases(device: torch.device) -> list[Case]:
             ("varlen 7+13 D16", dict(B=1, T=20, H=2, D=16, Dv=8), [0, 7, 20], False),
             ("states in/out B2 T12 D16", dict(B=2, T=12, H=2, D=16, Dv=16), None, True),
         ]
-    settings = [(torch.float32, 30, 1e-3, 2e-3), (torch.float32, 80, 1e-5, 1e-4), (torch.bfloat16, 30, 1e-2, 1e-2)]
+    # (dtype, Chebyshev steps, forward tol, gradient tol). Gradients of the r-step solve differ from the exact
+    # ones by a few times the solve bound (the reference itself shows 1.7e-3 on dh_kk at r = 30): 5e-3 there.
+    settings = [(torch.float32, 30, 1e-3, 5e-3), (torch.float32, 80, 1e-5, 1e-4), (torch.bfloat16, 30, 1e-2, 1e-2)]
     cases = []
     for seed, (label, s, cu, states) in enumerate(shapes):
         for dtype, r, tol_f, tol_b in settings:
