@@ -278,6 +278,37 @@ def baseline_cases(device: torch.device) -> list[Case]:
                     return compare_fwd_bwd(wrap(fast_fn), wrap(ref_fn), inputs, grads, ["o", "final_state"], tol_f, tol_b, 11)
 
                 cases.append(Case(op, label, dtype, run, tags=["fla"]))
+    cases += mesanet_cases(device, fla_op("fla.ops.mesa_net", "chunk_mesa_net"), R.chunk_mesa_net, shapes)
+    return cases
+
+
+def mesanet_cases(device, fast_fn, ref_fn, shapes) -> list[Case]:
+    """MesaNet: fla's chunked CG (30 steps) vs our float64 CG recurrence with the same steps; two states."""
+    cases = []
+    for label, B, T, H, D, cu in shapes:
+        for dtype, tol_f, tol_b in ((torch.float32, 2e-3, 2e-3), (torch.bfloat16, 1e-2, 2e-2)):
+            def run(B=B, T=T, H=H, D=D, cu=cu, dtype=dtype, tol_f=tol_f, tol_b=tol_b):
+                q, k, v, g, gen = recurrent_inputs(B, T, H, D, D, device, 13)
+                N = B if cu is None else len(cu) - 1
+                h_kk, h_kv = random_psd_state(N, H, D, D, device, gen)
+                inputs = dict(
+                    q=q.to(dtype), k=k.to(dtype), v=v.to(dtype), g=g,
+                    beta=torch.rand(B, T, H, generator=gen).sigmoid().to(device),
+                    lamb=(F.softplus(torch.rand(H, D, generator=gen)) + 0.25).to(device),
+                    h_kk_init=h_kk, h_kv_init=h_kv,
+                )  # fmt: skip
+                cu_t = torch.tensor(cu, dtype=torch.int32, device=device) if cu else None
+
+                def wrap(fn):
+                    def f(**kw):
+                        o, (kk, kv) = fn(**kw, output_final_state=True, max_CG_iteration=30, cu_seqlens=cu_t)
+                        return o, kk, kv
+                    return f
+
+                grads = ["q", "k", "v", "g", "beta", "lamb", "h_kk_init", "h_kv_init"]
+                return compare_fwd_bwd(wrap(fast_fn), wrap(ref_fn), inputs, grads, ["o", "h_kk_final", "h_kv_final"], tol_f, tol_b, 13)
+
+            cases.append(Case("mesanet", label, dtype, run, tags=["fla"]))
     return cases
 
 
