@@ -1,0 +1,305 @@
+"""Backward Triton kernels of chunked GKA: implicit differentiation (gka-spec.md section 4).
+
+Per token, with x the forward solution, ``qt = q + alpha (x - q)`` and ``o = scale U_t^T qt``::
+
+    dqt    = scale U_t do                            (readout)
+    dalpha = dqt . (x - q),   dx = alpha dqt,   dq = (1 - alpha) dqt + y
+    y      = (H_t + lam_t I)^{-T} dx                  the same Chebyshev solver and norms as the forward
+    L_t    = -y x^T + beta_t H_t,  beta_t = -ridge (x . y) / ||H_t||   local gradient w.r.t. H_t (0 if floored)
+
+``L_t`` flows back through ``H_t = gamma_t H_{t-1} + k_t k_t^T``. Three launches:
+
+1. ``_solve_bwd_kernel`` (chunk, head): dqt, dalpha, dq, y, beta and the token-local part of dg.
+2. ``_scan_bwd_kernel`` (row tile, column tile, sequence x head): reverse scan over chunks of the state
+   gradients ``dH_[c]``, ``dU_[c]`` (w.r.t. the chunk-initial states). The ``beta H_t`` part summed over a chunk is
+   ``sigma H_[c] + sum_i tau_i k_i k_i^T`` (``tau_i = sum_{j>=i} e^{2G_j - G_i} beta_j``, ``sigma = sum_j e^{2G_j} beta_j``).
+3. ``_grads_bwd_kernel`` (chunk, head): dk, dv and the remaining part of dg.
+
+The log-decay gradient uses ``dg_t = sum_{s >= t} e_s`` with
+``e_s = <L_s, H_s> + qt_s . dqt_s - k_s^T T_s k_s - k_s^T TU_s v_s`` (T, TU the total gradients w.r.t. H_s, U_s),
+which follows from ``dg_t = gamma_t <T_t, H_{t-1}> + gamma_t <TU_t, U_{t-1}>``; the reverse cumsum runs in float64
+in PyTorch. ``e`` of a sequence's last token also gets ``<dH_final, H_final> + <dU_final, U_final>``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .chunk_fwd import CHUNK, dot_precision, num_warps_for
+from .common import NORM_FLOOR
+from .solve import apply_h, beta_suffix, chebyshev, decay_lower, decay_upper, load_rows
+
+
+@triton.jit
+def _solve_bwd_kernel(q, k, v, g, alpha, hs, us, xo, no, do, dq, dalpha, yo, betao, eo, chunk_info, scale, ridge,
+                      num_iter, H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+                      BDV: tl.constexpr, C: tl.constexpr, FLOOR: tl.constexpr, LOWP: tl.constexpr,
+                      PREC: tl.constexpr):  # fmt: skip
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    ts = tl.load(chunk_info + 2 * i_c)
+    te = tl.load(chunk_info + 2 * i_c + 1)
+    t = ts + tl.arange(0, C)
+    tm = t < te
+    d = tl.arange(0, BD)
+    dm = d < D
+    e = tl.arange(0, BDV)
+    em = e < DV
+    G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32), axis=0)
+    eG = tl.exp(G)
+    M = decay_lower(G, C)
+    base = (i_c * H + i_h).to(tl.int64)
+    K = load_rows(k, t, tm, H * D, i_h * D, d, dm)
+    V = load_rows(v, t, tm, H * DV, i_h * DV, e, em)
+    dO = load_rows(do, t, tm, H * DV, i_h * DV, e, em)
+    # U0^T [Dv, D] so that dO @ U0^T gives rows (U0 do)^T.
+    U0t = tl.load(us + base * D * DV + d[None, :] * DV + e[:, None], mask=em[:, None] & dm[None, :], other=0.0)
+    if LOWP:
+        Kd = K
+        U0t = U0t.to(k.dtype.element_ty)
+    else:
+        Kd = K.to(tl.float32)
+        V = V.to(tl.float32)
+        dO = dO.to(tl.float32)
+    S = tl.dot(dO, tl.trans(V), input_precision=PREC) * M
+    dqt = tl.dot(dO, U0t, input_precision=PREC) * eG[:, None]
+    dqt = tl.dot(S.to(Kd.dtype), Kd, acc=dqt, input_precision=PREC) * scale
+    Q = load_rows(q, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
+    X = load_rows(xo, t, tm, H * D, i_h * D, d, dm)
+    a = tl.load(alpha + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+    n = tl.load(no + t * H + i_h, mask=tm, other=1.0)
+    # H0 as stored: the adjoint solve applies A^T, whose rows are (H0^T y)^T = y^T H0.
+    Hop = tl.load(hs + base * D * D + d[:, None] * D + d[None, :], mask=dm[:, None] & dm[None, :], other=0.0)
+    if LOWP:
+        Hop = Hop.to(k.dtype.element_ty)
+    da = tl.sum(dqt * (X - Q), axis=1)
+    Y = chebyshev(a[:, None] * dqt, Hop, Kd, M, eG, n, ridge, num_iter, LOWP, PREC)
+    hx = apply_h(X, Hop, Kd, M, eG, LOWP, PREC)  # rows (H_t^T x_t)^T: y . (H_t^T x) = y^T H_t^T x = x^T H_t y
+    xy = tl.sum(X * Y, axis=1)
+    beta = tl.where(n > FLOOR, -ridge * xy / n, 0.0)
+    Qt = Q + a[:, None] * (X - Q)
+    # <L, H_t> = -y^T H_t x + beta ||H_t||^2 (H_t symmetric for every state the op builds)
+    e_part = tl.sum(Qt * dqt, axis=1) - tl.sum(Y * hx, axis=1) + beta * n * n
+    dQ = (1.0 - a)[:, None] * dqt + Y
+    row = t[:, None].to(tl.int64) * H + i_h
+    m2 = tm[:, None] & dm[None, :]
+    tl.store(dq + row * D + d[None, :], dQ.to(dq.dtype.element_ty), mask=m2)
+    tl.store(yo + row * D + d[None, :], Y, mask=m2)
+    tl.store(dalpha + t * H + i_h, da, mask=tm)
+    tl.store(betao + t * H + i_h, beta, mask=tm)
+    tl.store(eo + t * H + i_h, e_part, mask=tm)
+
+
+@triton.jit
+def _scan_bwd_dh(k, xo, yo, g, betao, hs, dht, dhs, dh0, bos, eos, coff, i_n, i_h, rk,
+                 H: tl.constexpr, D: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BW: tl.constexpr, c0,
+                 HAS_DHT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """Reverse scan of one [BK, BW] tile of dH_[c]:
+    ``dH_[c] = e^{G_last} dH_[c+1] - (e^G y)^T X + (tau k)^T K + sigma H_[c]``."""
+    rkm = rk < D
+    rw = c0 + tl.arange(0, BW)
+    rwm = rw < D
+    st_off = rk[:, None] * D + rw[None, :]
+    m2 = rkm[:, None] & rwm[None, :]
+    h = tl.zeros([BK, BW], dtype=tl.float32)
+    if HAS_DHT:
+        h += tl.load(dht + (i_n * H + i_h).to(tl.int64) * D * D + st_off, mask=m2, other=0.0)
+    nc = tl.cdiv(eos - bos, C)
+    for cc in range(nc):
+        c = nc - 1 - cc
+        sbase = ((coff + c) * H + i_h).to(tl.int64) * D * D
+        tl.store(dhs + sbase + st_off, h, mask=m2)
+        t = bos + c * C + tl.arange(0, C)
+        tm = t < eos
+        gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+        G = tl.cumsum(gc, axis=0)
+        eG = tl.exp(G)
+        beta = tl.load(betao + t * H + i_h, mask=tm, other=0.0)
+        tau = eG * beta_suffix(beta, G, C)
+        sigma = tl.sum(eG * eG * beta, axis=0)
+        rowsT = t[None, :].to(tl.int64) * (H * D) + i_h * D + rk[:, None]
+        mT = tm[None, :] & rkm[:, None]
+        yt = tl.load(yo + rowsT, mask=mT, other=0.0) * (-eG)[None, :]
+        kt = tl.load(k + rowsT, mask=mT, other=0.0).to(tl.float32) * tau[None, :]
+        xc = load_rows(xo, t, tm, H * D, i_h * D, rw, rwm)
+        kc = load_rows(k, t, tm, H * D, i_h * D, rw, rwm).to(tl.float32)
+        hc = tl.load(hs + sbase + st_off, mask=m2, other=0.0)
+        h = h * tl.exp(tl.sum(gc, axis=0)) + sigma * hc
+        h = tl.dot(yt, xc, acc=h, input_precision=PREC)
+        h = tl.dot(kt, kc, acc=h, input_precision=PREC)
+    tl.store(dh0 + (i_n * H + i_h).to(tl.int64) * D * D + st_off, h, mask=m2)
+
+
+@triton.jit
+def _scan_bwd_du(q, xo, alpha, g, do, dut, dus, du0, scale, bos, eos, coff, i_n, i_h, rk,
+                 H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+                 BW: tl.constexpr, c0, HAS_DHT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """Reverse scan of one [BK, BW] tile of dU_[c]: ``dU_[c] = e^{G_last} dU_[c+1] + scale (e^G qt)^T dO``."""
+    rkm = rk < D
+    rw = c0 + tl.arange(0, BW)
+    rwm = rw < DV
+    st_off = rk[:, None] * DV + rw[None, :]
+    m2 = rkm[:, None] & rwm[None, :]
+    h = tl.zeros([BK, BW], dtype=tl.float32)
+    if HAS_DHT:
+        h += tl.load(dut + (i_n * H + i_h).to(tl.int64) * D * DV + st_off, mask=m2, other=0.0)
+    nc = tl.cdiv(eos - bos, C)
+    for cc in range(nc):
+        c = nc - 1 - cc
+        tl.store(dus + ((coff + c) * H + i_h).to(tl.int64) * D * DV + st_off, h, mask=m2)
+        t = bos + c * C + tl.arange(0, C)
+        tm = t < eos
+        gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+        G = tl.cumsum(gc, axis=0)
+        a = tl.load(alpha + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+        rowsT = t[None, :].to(tl.int64) * (H * D) + i_h * D + rk[:, None]
+        mT = tm[None, :] & rkm[:, None]
+        qt = tl.load(q + rowsT, mask=mT, other=0.0).to(tl.float32)
+        qt = qt + a[None, :] * (tl.load(xo + rowsT, mask=mT, other=0.0) - qt)
+        qt = qt * (tl.exp(G) * scale)[None, :]
+        doc = load_rows(do, t, tm, H * DV, i_h * DV, rw, rwm).to(tl.float32)
+        h = tl.dot(qt, doc, acc=h * tl.exp(tl.sum(gc, axis=0)), input_precision=PREC)
+    tl.store(du0 + (i_n * H + i_h).to(tl.int64) * D * DV + st_off, h, mask=m2)
+
+
+@triton.jit
+def _scan_bwd_kernel(q, k, xo, yo, alpha, g, betao, hs, do, dht, dut, dhs, dus, dh0, du0, seq_info, scale,
+                     H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+                     BW: tl.constexpr, NWH: tl.constexpr, HAS_DHT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    i_k, i_w, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(seq_info + i_n * 3)
+    eos = tl.load(seq_info + i_n * 3 + 1)
+    coff = tl.load(seq_info + i_n * 3 + 2)
+    rk = i_k * BK + tl.arange(0, BK)
+    if i_w < NWH:
+        _scan_bwd_dh(k, xo, yo, g, betao, hs, dht, dhs, dh0, bos, eos, coff, i_n, i_h, rk, H, D, C, BK, BW, i_w * BW,
+                     HAS_DHT, PREC)  # fmt: skip
+    else:
+        _scan_bwd_du(q, xo, alpha, g, do, dut, dus, du0, scale, bos, eos, coff, i_n, i_h, rk, H, D, DV, C, BK, BW,
+                     (i_w - NWH) * BW, HAS_DHT, PREC)  # fmt: skip
+
+
+@triton.jit
+def _grads_bwd_kernel(q, k, v, g, alpha, hs, xo, yo, betao, do, dhs, dus, eo, dk, dv, chunk_info, scale,
+                      H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                      C: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    ts = tl.load(chunk_info + 2 * i_c)
+    te = tl.load(chunk_info + 2 * i_c + 1)
+    t = ts + tl.arange(0, C)
+    tm = t < te
+    d = tl.arange(0, BD)
+    dm = d < D
+    e = tl.arange(0, BDV)
+    em = e < DV
+    gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+    G = tl.cumsum(gc, axis=0)
+    eGl = tl.exp(tl.sum(gc, axis=0) - G)  # decay from token i to the chunk end
+    Mt = decay_upper(G, C)  # [i, j] = e^{G_j - G_i}, j >= i
+    base = (i_c * H + i_h).to(tl.int64)
+    K = load_rows(k, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
+    V = load_rows(v, t, tm, H * DV, i_h * DV, e, em).to(tl.float32)
+    dO = load_rows(do, t, tm, H * DV, i_h * DV, e, em).to(tl.float32)
+    Q = load_rows(q, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
+    X = load_rows(xo, t, tm, H * D, i_h * D, d, dm)
+    a = tl.load(alpha + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+    Qt = Q + a[:, None] * (X - Q)
+    mDV = dm[:, None] & em[None, :]
+    # --- readout (U) part: dv, and dk through U ---
+    du_a = tl.load(dus + base * D * DV + d[:, None] * DV + e[None, :], mask=mDV, other=0.0)
+    dv_ = tl.dot(K, du_a, input_precision=PREC) * eGl[:, None]
+    P = tl.dot(K, tl.trans(Qt), input_precision=PREC) * (Mt * scale)
+    dv_ = tl.dot(P, dO, acc=dv_, input_precision=PREC)
+    du_at = tl.load(dus + base * D * DV + d[None, :] * DV + e[:, None], mask=em[:, None] & dm[None, :], other=0.0)
+    dkU = tl.dot(V, du_at, input_precision=PREC) * eGl[:, None]
+    P = tl.dot(V, tl.trans(dO), input_precision=PREC) * (Mt * scale)
+    dkU = tl.dot(P, Qt, acc=dkU, input_precision=PREC)
+    row = t[:, None].to(tl.int64) * H + i_h
+    tl.store(dv + row * DV + e[None, :], dv_.to(dv.dtype.element_ty), mask=tm[:, None] & em[None, :])
+    # --- solve (H) part ---
+    mDD = dm[:, None] & dm[None, :]
+    sym = tl.load(dhs + base * D * D + d[:, None] * D + d[None, :], mask=mDD, other=0.0)
+    sym += tl.load(dhs + base * D * D + d[None, :] * D + d[:, None], mask=mDD, other=0.0)
+    dkH = tl.dot(K, sym, input_precision=PREC) * eGl[:, None]
+    beta = tl.load(betao + t * H + i_h, mask=tm, other=0.0)
+    bs = beta_suffix(beta, G, C)
+    tau = tl.exp(G) * bs
+    hsym = tl.load(hs + base * D * D + d[:, None] * D + d[None, :], mask=mDD, other=0.0)
+    hsym += tl.load(hs + base * D * D + d[None, :] * D + d[:, None], mask=mDD, other=0.0)
+    dkH += tl.dot(K, hsym, input_precision=PREC) * tau[:, None]
+    Y = load_rows(yo, t, tm, H * D, i_h * D, d, dm)
+    P = tl.dot(K, tl.trans(X), input_precision=PREC) * Mt
+    dkH = tl.dot(-P, Y, acc=dkH, input_precision=PREC)
+    P = tl.dot(K, tl.trans(Y), input_precision=PREC) * Mt
+    dkH = tl.dot(-P, X, acc=dkH, input_precision=PREC)
+    # beta H_j terms inside the chunk: 2 sum_l (k_i.k_l) R[i,l] k_l, R[i,l] = bs[m] e^{2 G_m - G_i - G_l},
+    # m = max(i, l); a full (not triangular) matrix.
+    r = tl.arange(0, C)
+    ge = r[:, None] >= r[None, :]
+    Gm = tl.where(ge, G[:, None], G[None, :])
+    Bm = tl.where(ge, bs[:, None], bs[None, :])
+    R = Bm * tl.exp((Gm - G[:, None]) + (Gm - G[None, :]))
+    gram = tl.dot(K, tl.trans(K), input_precision=PREC)
+    dkH = tl.dot(2.0 * gram * R, K, acc=dkH, input_precision=PREC)
+    e_ = tl.load(eo + t * H + i_h, mask=tm, other=0.0)
+    e_ = e_ - 0.5 * tl.sum(K * dkH, axis=1) - tl.sum(K * dkU, axis=1)
+    tl.store(eo + t * H + i_h, e_, mask=tm)
+    tl.store(dk + row * D + d[None, :], (dkH + dkU).to(dk.dtype.element_ty), mask=tm[:, None] & dm[None, :])
+
+
+def solve_bwd(q, k, v, g, alpha, hs, us, x, n, do, idx, *, num_iter, ridge, scale):
+    """Launch 1. Returns ``(dq, dalpha [TT,H] f32, y [TT,H,D] f32, beta [TT,H] f32, e [TT,H] f32)``."""
+    TT, H, D = q.shape
+    DV = v.shape[-1]
+    lowp, prec = dot_precision(q.dtype)
+    dq = torch.empty_like(q)
+    y = torch.empty_like(x)
+    da, beta, e = (q.new_empty(TT, H, dtype=torch.float32) for _ in range(3))
+    BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
+    _solve_bwd_kernel[(idx.num_chunks, H)](
+        q, k, v, g, alpha, hs, us, x, n, do, dq, da, y, beta, e, idx.chunk_info, float(scale), float(ridge),
+        int(num_iter), H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, FLOOR=NORM_FLOOR, LOWP=lowp, PREC=prec,
+        num_warps=num_warps_for(max(BD, BDV)),
+    )  # fmt: skip
+    return dq, da, y, beta, e
+
+
+def scan_bwd(q, k, x, y, alpha, g, beta, hs, do, dht, idx, *, scale, BK=64, BW=64):
+    """Launch 2. Returns ``(dhs, dus, dh0, du0)``: gradients w.r.t. each chunk's final state (= the next chunk's
+    initial state) ``[NT, H, D, D]`` / ``[NT, H, D, Dv]`` and w.r.t. the initial states ``[N, H, ...]``."""
+    TT, H, D = q.shape
+    DV = do.shape[-1]
+    N, NT = idx.num_seqs, idx.num_chunks
+    _, prec = dot_precision(q.dtype)
+    dhs = q.new_empty(NT, H, D, D, dtype=torch.float32)
+    dus = q.new_empty(NT, H, D, DV, dtype=torch.float32)
+    dh0 = q.new_empty(N, H, D, D, dtype=torch.float32)
+    du0 = q.new_empty(N, H, D, DV, dtype=torch.float32)
+    BK = min(BK, triton.next_power_of_2(D))
+    BW = min(BW, triton.next_power_of_2(min(D, DV)))
+    nwh = triton.cdiv(D, BW)
+    has_dht = dht is not None
+    dht_kk, dht_kv = (dht[0].contiguous().float(), dht[1].contiguous().float()) if has_dht else (dh0, du0)
+    grid = (triton.cdiv(D, BK), nwh + triton.cdiv(DV, BW), N * H)
+    _scan_bwd_kernel[grid](
+        q, k, x, y, alpha, g, beta, hs, do, dht_kk, dht_kv, dhs, dus, dh0, du0, idx.seq_info, float(scale),
+        H=H, D=D, DV=DV, C=CHUNK, BK=BK, BW=BW, NWH=nwh, HAS_DHT=has_dht, PREC=prec, num_warps=4,
+    )  # fmt: skip
+    return dhs, dus, dh0, du0
+
+
+def grads_bwd(q, k, v, g, alpha, hs, x, y, beta, do, dhs, dus, e, idx, *, scale):
+    """Launch 3. Returns ``(dk, dv)``; completes ``e`` in place."""
+    TT, H, D = q.shape
+    DV = v.shape[-1]
+    _, prec = dot_precision(q.dtype)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
+    _grads_bwd_kernel[(idx.num_chunks, H)](
+        q, k, v, g, alpha, hs, x, y, beta, do, dhs, dus, e, dk, dv, idx.chunk_info, float(scale),
+        H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, PREC=prec, num_warps=num_warps_for(max(BD, BDV)),
+    )  # fmt: skip
+    return dk, dv

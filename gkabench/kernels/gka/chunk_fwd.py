@@ -1,0 +1,175 @@
+"""Forward Triton kernels of chunked GKA (gka-spec.md section 3).
+
+Two launches:
+
+1. ``_scan_fwd_kernel``: chunk-initial states ``H_[c]`` (``[NT, H, D, D]``) and ``U_[c]`` (``[NT, H, D, Dv]``),
+   float32, by a sequential scan over the chunks of each sequence, plus the final states. One program per
+   (row tile, column tile, sequence x head); the H columns and the U columns are separate column tiles of the
+   same launch.
+2. ``_solve_fwd_kernel``: one program per (chunk, head): closed-form norms, ``num_iter`` Chebyshev steps on-chip,
+   alpha mixing and the gated-linear-attention readout ``o = scale * U_t qt``. Saves ``x`` (float32) and the
+   norms for the backward.
+
+Tokens are flattened: q, k ``[TT, H, D]``, v ``[TT, H, Dv]``, g, alpha ``[TT, H]``, contiguous; sequences and
+chunks are described by the index tensors of :func:`gkabench.kernels.gka.chunk.prepare_indices`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import NORM_FLOOR
+from .solve import chebyshev, chunk_norms, decay_lower, load_rows
+
+CHUNK = 64
+
+
+@triton.jit
+def _scan_fwd_one(kp, wp, g, h0p, hsp, htp, bos, eos, coff, i_n, i_h, rk, c0,
+                  H: tl.constexpr, D: tl.constexpr, DW: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+                  BW: tl.constexpr,
+                  HAS_H0: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """Scan of one [BK, BW] tile of the state ``sum_i decay * k_i w_i^T`` (w = k for H, w = v for U)."""
+    rkm = rk < D
+    rw = c0 + tl.arange(0, BW)
+    rwm = rw < DW
+    st_off = rk[:, None] * DW + rw[None, :]
+    m2 = rkm[:, None] & rwm[None, :]
+    h = tl.zeros([BK, BW], dtype=tl.float32)
+    if HAS_H0:
+        h += tl.load(h0p + (i_n * H + i_h).to(tl.int64) * D * DW + st_off, mask=m2, other=0.0)
+    nc = tl.cdiv(eos - bos, C)
+    for c in range(nc):
+        tl.store(hsp + ((coff + c) * H + i_h).to(tl.int64) * D * DW + st_off, h, mask=m2)
+        t = bos + c * C + tl.arange(0, C)
+        tm = t < eos
+        gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+        G = tl.cumsum(gc, axis=0)
+        g_last = tl.sum(gc, axis=0)
+        kt = tl.load(kp + t[None, :].to(tl.int64) * (H * D) + i_h * D + rk[:, None], mask=tm[None, :] & rkm[:, None],
+                     other=0.0).to(tl.float32)  # fmt: skip
+        w = load_rows(wp, t, tm, H * DW, i_h * DW, rw, rwm).to(tl.float32)
+        w = w * tl.exp(g_last - G)[:, None]
+        h = h * tl.exp(g_last) + tl.dot(kt, w, input_precision=PREC)
+    tl.store(htp + (i_n * H + i_h).to(tl.int64) * D * DW + st_off, h, mask=m2)
+
+
+@triton.jit
+def _scan_fwd_kernel(k, v, g, h0_kk, h0_kv, hs, us, ht_kk, ht_kv, seq_info,
+                     H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+                     BW: tl.constexpr, NWH: tl.constexpr, HAS_H0: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    i_k, i_w, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(seq_info + i_n * 3)
+    eos = tl.load(seq_info + i_n * 3 + 1)
+    coff = tl.load(seq_info + i_n * 3 + 2)
+    rk = i_k * BK + tl.arange(0, BK)
+    if i_w < NWH:
+        _scan_fwd_one(k, k, g, h0_kk, hs, ht_kk, bos, eos, coff, i_n, i_h, rk, i_w * BW, H, D, D, C, BK, BW, HAS_H0,
+                      PREC)
+    else:
+        _scan_fwd_one(k, v, g, h0_kv, us, ht_kv, bos, eos, coff, i_n, i_h, rk, (i_w - NWH) * BW, H, D, DV, C, BK, BW,
+                      HAS_H0, PREC)  # fmt: skip
+
+
+@triton.jit
+def _solve_fwd_kernel(q, k, v, g, alpha, hs, us, o, xo, no, chunk_info, scale, ridge, num_iter,
+                      H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                      C: tl.constexpr, FLOOR: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    ts = tl.load(chunk_info + 2 * i_c)
+    te = tl.load(chunk_info + 2 * i_c + 1)
+    t = ts + tl.arange(0, C)
+    tm = t < te
+    d = tl.arange(0, BD)
+    dm = d < D
+    e = tl.arange(0, BDV)
+    em = e < DV
+    G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32), axis=0)
+    eG = tl.exp(G)
+    K = load_rows(k, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
+    Q = load_rows(q, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
+    base = (i_c * H + i_h).to(tl.int64)
+    # H0^T (Ht[a, b] = H0[b, a]) so that rows of X @ Ht are (H0 x)^T.
+    Ht = tl.load(hs + base * D * D + d[None, :] * D + d[:, None], mask=dm[:, None] & dm[None, :], other=0.0)
+    n, _ = chunk_norms(K, Ht, G, FLOOR, C, PREC)
+    M = decay_lower(G, C)
+    if LOWP:
+        Kd = K.to(k.dtype.element_ty)
+        Hop = Ht.to(k.dtype.element_ty)
+    else:
+        Kd = K
+        Hop = Ht
+    X = chebyshev(Q, Hop, Kd, M, eG, n, ridge, num_iter, LOWP, PREC)
+    a = tl.load(alpha + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+    Qt = Q + a[:, None] * (X - Q)
+    U0 = tl.load(us + base * D * DV + d[:, None] * DV + e[None, :], mask=dm[:, None] & em[None, :], other=0.0)
+    V = load_rows(v, t, tm, H * DV, i_h * DV, e, em)
+    if LOWP:
+        Qtd = Qt.to(k.dtype.element_ty)
+        U0d = U0.to(k.dtype.element_ty)
+    else:
+        Qtd = Qt
+        U0d = U0
+        V = V.to(tl.float32)
+    out = tl.dot(Qtd, U0d, input_precision=PREC) * eG[:, None]
+    S = tl.dot(Qtd, tl.trans(Kd), input_precision=PREC) * M
+    out = tl.dot(S.to(V.dtype), V, acc=out, input_precision=PREC)
+    row = t[:, None].to(tl.int64) * H + i_h
+    tl.store(o + row * DV + e[None, :], (out * scale).to(o.dtype.element_ty), mask=tm[:, None] & em[None, :])
+    tl.store(xo + row * D + d[None, :], X, mask=tm[:, None] & dm[None, :])
+    tl.store(no + t * H + i_h, n, mask=tm)
+
+
+def dot_precision(dtype: torch.dtype) -> tuple[bool, str]:
+    """(LOWP, PREC): bf16/fp16 inputs use tensor cores on their own dtype and tf32 for fp32-operand dots;
+    fp32 inputs use full fp32 ('ieee') everywhere."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return True, "tf32"
+    return False, "ieee"
+
+
+def num_warps_for(bd: int) -> int:
+    return 8 if bd >= 128 else 4
+
+
+def scan_fwd(k, v, g, h0, idx, *, BK=64, BW=64):
+    """Chunk-initial states and final states. Returns ``(hs [NT,H,D,D], us [NT,H,D,Dv], ht_kk, ht_kv)``."""
+    TT, H, D = k.shape
+    DV = v.shape[-1]
+    N, NT = idx.num_seqs, idx.num_chunks
+    lowp, prec = dot_precision(k.dtype)
+    hs = k.new_empty(NT, H, D, D, dtype=torch.float32)
+    us = k.new_empty(NT, H, D, DV, dtype=torch.float32)
+    ht_kk = k.new_empty(N, H, D, D, dtype=torch.float32)
+    ht_kv = k.new_empty(N, H, D, DV, dtype=torch.float32)
+    BK = min(BK, triton.next_power_of_2(D))
+    BW = min(BW, triton.next_power_of_2(min(D, DV)))
+    nwh = triton.cdiv(D, BW)
+    grid = (triton.cdiv(D, BK), nwh + triton.cdiv(DV, BW), N * H)
+    has_h0 = h0 is not None
+    h0_kk, h0_kv = (h0[0].contiguous().float(), h0[1].contiguous().float()) if has_h0 else (ht_kk, ht_kv)
+    _scan_fwd_kernel[grid](
+        k, v, g, h0_kk, h0_kv, hs, us, ht_kk, ht_kv, idx.seq_info,
+        H=H, D=D, DV=DV, C=CHUNK, BK=BK, BW=BW, NWH=nwh, HAS_H0=has_h0, PREC=prec, num_warps=4,
+    )  # fmt: skip
+    return hs, us, ht_kk, ht_kv
+
+
+def solve_fwd(q, k, v, g, alpha, hs, us, idx, *, num_iter, ridge, scale):
+    """Solve + readout. Returns ``(o [TT,H,Dv] in v's dtype, x [TT,H,D] float32, norms [TT,H] float32)``."""
+    TT, H, D = q.shape
+    DV = v.shape[-1]
+    lowp, prec = dot_precision(q.dtype)
+    o = torch.empty_like(v)
+    x = q.new_empty(TT, H, D, dtype=torch.float32)
+    n = q.new_empty(TT, H, dtype=torch.float32)
+    BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
+    _solve_fwd_kernel[(idx.num_chunks, H)](
+        q, k, v, g, alpha, hs, us, o, x, n, idx.chunk_info, float(scale), float(ridge), int(num_iter),
+        H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, FLOOR=NORM_FLOOR, LOWP=lowp, PREC=prec,
+        num_warps=num_warps_for(max(BD, BDV)),
+    )  # fmt: skip
+    return o, x, n
