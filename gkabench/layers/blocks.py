@@ -179,3 +179,39 @@ def last_real_window(state: torch.Tensor, x: torch.Tensor, attention_mask: torch
     key = torch.where(valid, pos, torch.full_like(pos, -1))
     idx = key.topk(width, dim=-1).values.flip(-1)  # [B, width], ascending positions of the last real inputs
     return seq.gather(-1, idx[:, None, :].expand(-1, seq.shape[1], -1))
+
+
+def conv_with_state(
+    conv: ShortConv,
+    x: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    state: torch.Tensor | None,
+    want_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run ``conv`` on ``x [B, T, C]`` with padded tokens zeroed first (they then feed nothing forward).
+
+    Returns ``(y [B, T, C], new_state or None)``; the new state skips padding (see :func:`last_real_window`).
+    """
+    x = mask_tokens(x, attention_mask)
+    y, new_state = conv(x, cu_seqlens=cu_seqlens, state=state)
+    if not want_state:
+        return y, None
+    if attention_mask is not None and cu_seqlens is None:
+        if state is None:
+            state = x.new_zeros(x.shape[0], x.shape[-1], conv.kernel_size - 1)
+        new_state = last_real_window(state, x, attention_mask, conv.kernel_size - 1)
+    return y, new_state
+
+
+def take_options(mixer: str, options: dict, defaults: dict) -> dict:
+    """``defaults`` updated by ``options``; an unknown option raises a one-line ``ValueError`` listing the valid ones."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(f"{mixer}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(defaults))}")
+    return {**defaults, **options}
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Gates and states: float32, float64 for float64 inputs."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
