@@ -1,0 +1,367 @@
+"""GPU check and benchmark of the GKA Triton kernels (chunk forward/backward, decode), one call of the device tool.
+
+1. Accuracy: every kernel vs ``gka_exact`` in float64 on the GPU, fresh random data per case (q, k L2-normalised,
+   g = logsigmoid(N(0,1) + 4), alpha ~ U(0,1)), forward and gradients, several shapes (T not a multiple of 64,
+   varlen, initial/final states), fp32 and bf16; decode vs exact and vs the chunked path.
+2. Speed: bf16, H=16, D=128, 32768 tokens per call (B = 32768 / T), T in {2048, 8192, 32768}, num_iter=30;
+   fwd and fwd+bwd Mtok/s (triton.testing.do_bench median), peak memory, TFLOP/s vs the spec-section-3 count;
+   per-launch times at T=8192; decode step latency at batch 1 and 64; fla chunk_gated_delta_rule side by side
+   when fla is importable (its Hopper guard for triton < 3.7.1 lifted for the timing only).
+
+Run from the repo root:  PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:. python3 scripts/gka_kernels_device.py
+Writes ``$OUT/gka_kernels.json`` and ``$OUT/gka_kernels.log``; prints a short table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+OUT = os.environ.get("OUT", "/tmp/gka_out")
+os.makedirs(OUT, exist_ok=True)
+LOG = open(os.path.join(OUT, "gka_kernels.log"), "w")
+
+
+def log(*a):
+    s = " ".join(str(x) for x in a)
+    print(s, flush=True)
+    LOG.write(s + "\n")
+    LOG.flush()
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    if not torch.isfinite(a).all():
+        return float("nan")
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def make(B, T, H, D, DV, dtype, gen, dev="cuda"):
+    q = F.normalize(torch.randn(B, T, H, D, generator=gen, device=dev), dim=-1).to(dtype)
+    k = F.normalize(torch.randn(B, T, H, D, generator=gen, device=dev), dim=-1).to(dtype)
+    v = torch.randn(B, T, H, DV, generator=gen, device=dev).to(dtype)
+    g = F.logsigmoid(torch.randn(B, T, H, generator=gen, device=dev) + 4)
+    a = torch.rand(B, T, H, generator=gen, device=dev)
+    return q, k, v, g, a
+
+
+def rand_state(N, H, D, DV, gen, dev="cuda"):
+    h = torch.randn(N, H, D, D, generator=gen, device=dev)
+    h = h @ h.transpose(-1, -2) / D  # symmetric PSD like every state the op builds
+    u = torch.randn(N, H, D, DV, generator=gen, device=dev)
+    return h, u
+
+
+def check_case(name, B, T, H, D, DV, dtype, num_iter, gen, cu=None, state=False, grads=True):
+    from gkabench.kernels.gka import gka_exact
+    from gkabench.kernels.gka.chunk import chunk_gka
+
+    ins = list(make(B, T, H, D, DV, dtype, gen))
+    N = B if cu is None else len(cu) - 1
+    cu_t = None if cu is None else torch.tensor(cu, device="cuda", dtype=torch.int32)
+    h0 = list(rand_state(N, H, D, DV, gen)) if state else []
+    leaves = [x.clone().requires_grad_(grads) for x in ins + h0]
+    t0 = time.time()
+    o, st = chunk_gka(*leaves[:5], num_iter=num_iter, initial_state=tuple(leaves[5:]) if state else None,
+                      output_final_state=True, cu_seqlens=cu_t)  # fmt: skip
+    res = {"case": name, "B": B, "T": T, "H": H, "D": D, "Dv": DV, "dtype": str(dtype).replace("torch.", ""),
+           "num_iter": num_iter, "cu_seqlens": cu, "state": state}  # fmt: skip
+    do = torch.randn(o.shape, generator=gen, device="cuda").to(o.dtype)
+    ds = [torch.randn(s.shape, generator=gen, device="cuda") for s in st]
+    if grads:
+        loss = (o.float() * do.float()).sum() + sum((s * d).sum() for s, d in zip(st, ds))
+        gr = torch.autograd.grad(loss, leaves)
+    torch.cuda.synchronize()
+    res["t_triton_s"] = time.time() - t0
+    ex = [x.detach().double().requires_grad_(grads) for x in leaves]
+    oe, ste = gka_exact(*ex[:5], initial_state=tuple(ex[5:]) if state else None, output_final_state=True,
+                        cu_seqlens=cu_t)  # fmt: skip
+    res["o"] = rel(o, oe)
+    res["h_kk"] = rel(st[0], ste[0])
+    res["h_kv"] = rel(st[1], ste[1])
+    if grads:
+        loss = (oe * do.double()).sum() + sum((s * d.double()).sum() for s, d in zip(ste, ds))
+        gre = torch.autograd.grad(loss, ex)
+        for nm, a, b in zip(["dq", "dk", "dv", "dg", "dalpha", "dh0_kk", "dh0_kv"], gr, gre):
+            res[nm] = rel(a, b)
+    return res
+
+
+def decode_case(name, B, T0, T1, H, D, DV, dtype, num_iter, gen):
+    """State from the chunked path over T0 tokens, then T1 decode calls of one token (and one call of T1 tokens);
+    compare with gka_exact over all T0 + T1 tokens and with the chunked path."""
+    from gkabench.kernels.gka import gka_exact
+    from gkabench.kernels.gka.chunk import chunk_gka
+    from gkabench.kernels.gka.decode import gka_decode
+
+    q, k, v, g, a = make(B, T0 + T1, H, D, DV, dtype, gen)
+    with torch.no_grad():
+        _, st = chunk_gka(q[:, :T0], k[:, :T0], v[:, :T0], g[:, :T0], a[:, :T0], num_iter=num_iter, output_final_state=True)
+        outs, s = [], st
+        for t in range(T0, T0 + T1):
+            sl = slice(t, t + 1)
+            o1, s = gka_decode(q[:, sl], k[:, sl], v[:, sl], g[:, sl], a[:, sl], s, num_iter=num_iter)
+            outs.append(o1)
+        od = torch.cat(outs, 1)
+        sl = slice(T0, T0 + T1)
+        om, sm = gka_decode(q[:, sl], k[:, sl], v[:, sl], g[:, sl], a[:, sl], st, num_iter=num_iter)
+        oc, sc = chunk_gka(q, k, v, g, a, num_iter=num_iter, output_final_state=True)
+        oe, se = gka_exact(*(x.double() for x in (q, k, v, g, a)), output_final_state=True)
+    return {
+        "case": name, "B": B, "T0": T0, "T1": T1, "D": D, "dtype": str(dtype).replace("torch.", ""), "num_iter": num_iter,
+        "decode_vs_exact": rel(od, oe[:, T0:]), "multi_vs_exact": rel(om, oe[:, T0:]),
+        "decode_vs_chunk": rel(od, oc[:, T0:]), "state_vs_exact": rel(s[0], se[0]), "state_kv_vs_exact": rel(s[1], se[1]),
+        "multi_state_vs_single": rel(sm[0], s[0]),
+    }  # fmt: skip
+
+
+def degenerate_case():
+    """All-zero keys: H stays 0, the norm floor must keep everything finite (fwd and bwd)."""
+    from gkabench.kernels.gka.chunk import chunk_gka
+
+    B, T, H, D = 1, 70, 2, 64
+    q = F.normalize(torch.randn(B, T, H, D, device="cuda"), dim=-1).requires_grad_()
+    k = torch.zeros(B, T, H, D, device="cuda", requires_grad=True)
+    v = torch.randn(B, T, H, D, device="cuda", requires_grad=True)
+    g = F.logsigmoid(torch.randn(B, T, H, device="cuda") + 4).requires_grad_()
+    a = torch.rand(B, T, H, device="cuda").requires_grad_()
+    o, _ = chunk_gka(q, k, v, g, a)
+    o.sum().backward()
+    fin = all(torch.isfinite(t).all().item() for t in (o, q.grad, k.grad, v.grad, g.grad, a.grad))
+    return {"case": "zero_keys", "finite": fin}
+
+
+def flops_per_token_head(D, num_iter, C=64):
+    return num_iter * (2 * D * D + 4 * C * D)
+
+
+def bench(args):
+    import triton
+    from triton.testing import do_bench
+
+    from gkabench.kernels.gka.chunk import chunk_gka
+    from gkabench.kernels.gka.decode import gka_decode
+
+    try:
+        import fla  # noqa: F401
+        import fla.ops.common.chunk_o as fla_chunk_o
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+        fla_chunk_o.TRITON_ABOVE_3_7_1 = True  # lift fla's Hopper guard (triton < 3.7.1) for timing only
+        have_fla = True
+    except Exception as exc:  # noqa: BLE001
+        log("fla not importable:", repr(exc))
+        have_fla = False
+
+    H, D, TOK, R = 16, 128, 32768, args.num_iter
+    rows = []
+    gen = torch.Generator(device="cuda").manual_seed(1234)
+    for T in args.T:
+        B = TOK // T
+        q, k, v, g, a = make(B, T, H, D, D, torch.bfloat16, gen)
+        do = torch.randn_like(v)
+        row = {"T": T, "B": B}
+        leaves = [x.clone().requires_grad_() for x in (q, k, v, g, a)]
+
+        def gka_fwd():
+            return chunk_gka(q, k, v, g, a, num_iter=R)
+
+        def gka_fb():
+            o, _ = chunk_gka(*leaves, num_iter=R)
+            o.backward(do)
+
+        try:
+            row["gka_fwd_ms"] = do_bench(gka_fwd, warmup=50, rep=300, return_mode="median")
+            row["gka_fb_ms"] = do_bench(gka_fb, warmup=50, rep=300, grad_to_none=leaves, return_mode="median")
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            gka_fb()
+            torch.cuda.synchronize()
+            row["gka_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            for lf in leaves:
+                lf.grad = None
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+        if have_fla:
+            beta = torch.rand(B, T, H, device="cuda", generator=gen).sigmoid().to(torch.bfloat16)
+            gl = [x.clone().requires_grad_() for x in (q, k, v)]
+
+            def gdn_fwd():
+                return chunk_gated_delta_rule(q, k, v, g, beta)
+
+            def gdn_fb():
+                o, _ = chunk_gated_delta_rule(gl[0], gl[1], gl[2], g, beta)
+                o.backward(do)
+
+            try:
+                row["gdn_fwd_ms"] = do_bench(gdn_fwd, warmup=50, rep=300, return_mode="median")
+                row["gdn_fb_ms"] = do_bench(gdn_fb, warmup=50, rep=300, grad_to_none=gl, return_mode="median")
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                gdn_fb()
+                torch.cuda.synchronize()
+                row["gdn_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            except Exception:  # noqa: BLE001
+                log(traceback.format_exc())
+        fl = flops_per_token_head(D, R) * H * TOK
+        for key in ("gka_fwd", "gka_fb", "gdn_fwd", "gdn_fb"):
+            if key + "_ms" in row:
+                row[key + "_mtoks"] = TOK / (row[key + "_ms"] * 1e-3) / 1e6
+        if "gka_fwd_ms" in row:
+            row["gka_fwd_tflops"] = fl / (row["gka_fwd_ms"] * 1e-3) / 1e12
+        if "gka_fb_ms" in row:
+            row["gka_fb_tflops"] = 2 * fl / (row["gka_fb_ms"] * 1e-3) / 1e12
+        if "gdn_fb_ms" in row and "gka_fb_ms" in row:
+            row["ratio_fb"] = row["gdn_fb_ms"] / row["gka_fb_ms"]
+            row["ratio_fwd"] = row["gdn_fwd_ms"] / row["gka_fwd_ms"]
+        log(json.dumps(row))
+        rows.append(row)
+        del q, k, v, g, a, do, leaves
+        torch.cuda.empty_cache()
+
+    # per-launch times at T=8192 (where the time goes)
+    stages = {}
+    try:
+        from gkabench.kernels.gka.chunk import prepare_indices
+        from gkabench.kernels.gka.chunk_bwd import grads_bwd, scan_bwd, solve_bwd
+        from gkabench.kernels.gka.chunk_fwd import scan_fwd, solve_fwd
+
+        T, B = 8192, TOK // 8192
+        q, k, v, g, a = (x.reshape(B * T, H, -1).squeeze(-1).contiguous() for x in make(B, T, H, D, D, torch.bfloat16, gen))
+        do = torch.randn_like(v)
+        idx = prepare_indices(list(range(0, B * T + 1, T)), q.device)
+        sc = D**-0.5
+        hs, us, _, _ = scan_fwd(k, v, g, None, idx)
+        o, x, n = solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc)
+        dq, da, y, beta, e = solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc)
+        dhs, dus, _, _ = scan_bwd(q, k, x, y, a, g, beta, hs, do, None, idx, scale=sc)
+        stages["scan_fwd"] = do_bench(lambda: scan_fwd(k, v, g, None, idx), return_mode="median")
+        stages["solve_fwd"] = do_bench(lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc), return_mode="median")
+        stages["solve_fwd_r0"] = do_bench(lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=0, ridge=0.02, scale=sc), return_mode="median")
+        stages["solve_bwd"] = do_bench(lambda: solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc), return_mode="median")
+        stages["scan_bwd"] = do_bench(lambda: scan_bwd(q, k, x, y, a, g, beta, hs, do, None, idx, scale=sc), return_mode="median")
+        stages["grads_bwd"] = do_bench(lambda: grads_bwd(q, k, v, g, a, hs, x, y, beta, do, dhs, dus, e.clone(), idx, scale=sc), return_mode="median")
+        log("stages_ms_T8192", json.dumps(stages))
+    except Exception:  # noqa: BLE001
+        log(traceback.format_exc())
+
+    dec = {}
+    for Bd in (1, 64):
+        try:
+            q, k, v, g, a = make(Bd, 1, H, D, D, torch.bfloat16, gen)
+            st = (torch.zeros(Bd, H, D, D, device="cuda") + torch.eye(D, device="cuda"), torch.randn(Bd, H, D, D, device="cuda"))
+            dec[f"gka_decode_us_b{Bd}"] = 1e3 * do_bench(lambda: gka_decode(q, k, v, g, a, st, num_iter=R), return_mode="median")
+            if have_fla:
+                beta = torch.rand(Bd, 1, H, device="cuda").sigmoid().to(torch.bfloat16)
+                s0 = torch.randn(Bd, H, D, D, device="cuda")
+                dec[f"gdn_decode_us_b{Bd}"] = 1e3 * do_bench(
+                    lambda: fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta, initial_state=s0, output_final_state=True),
+                    return_mode="median")  # fmt: skip
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+    log("decode", json.dumps(dec))
+    return rows, stages, dec
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--T", type=int, nargs="+", default=[2048, 8192, 32768])
+    ap.add_argument("--num-iter", type=int, default=30)
+    args = ap.parse_args()
+    import triton
+
+    env = {
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "command": " ".join(sys.argv),
+    }  # fmt: skip
+    try:
+        import fla
+
+        env["fla"] = fla.__version__
+    except Exception:  # noqa: BLE001
+        env["fla"] = None
+    log("env", json.dumps(env))
+    checks = []
+    if not args.skip_check:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        cases = [
+            ("fp32_r30", dict(B=2, T=200, H=3, D=128, DV=128, dtype=torch.float32, num_iter=30)),
+            ("fp32_r80", dict(B=2, T=200, H=3, D=128, DV=128, dtype=torch.float32, num_iter=80)),
+            ("fp32_r80_D64_Dv32_state", dict(B=2, T=150, H=2, D=64, DV=32, dtype=torch.float32, num_iter=80, state=True)),
+            ("fp32_r80_varlen_state", dict(B=1, T=300, H=2, D=128, DV=64, dtype=torch.float32, num_iter=80,
+                                           cu=[0, 50, 51, 177, 300], state=True)),
+            ("bf16_r30", dict(B=2, T=200, H=3, D=128, DV=128, dtype=torch.bfloat16, num_iter=30)),
+            ("bf16_r30_varlen_state", dict(B=1, T=300, H=2, D=128, DV=64, dtype=torch.bfloat16, num_iter=30,
+                                           cu=[0, 50, 51, 177, 300], state=True)),
+            ("bf16_r30_D64", dict(B=2, T=130, H=2, D=64, DV=64, dtype=torch.bfloat16, num_iter=30)),
+            ("fp16_r30", dict(B=1, T=100, H=2, D=128, DV=128, dtype=torch.float16, num_iter=30)),
+            ("fp32_r30_T512_fwd", dict(B=1, T=512, H=4, D=128, DV=128, dtype=torch.float32, num_iter=30, grads=False)),
+            ("bf16_r30_T512_fwd", dict(B=1, T=512, H=4, D=128, DV=128, dtype=torch.bfloat16, num_iter=30, grads=False)),
+        ]
+        for name, kw in cases:
+            try:
+                r = check_case(name, gen=gen, **kw)
+            except Exception:  # noqa: BLE001
+                log(traceback.format_exc())
+                r = {"case": name, "error": True}
+            log(json.dumps(r))
+            checks.append(r)
+        for name, kw in [
+            ("decode_fp32_r80", dict(B=3, T0=70, T1=3, H=2, D=128, DV=128, dtype=torch.float32, num_iter=80)),
+            ("decode_bf16_r30", dict(B=3, T0=70, T1=3, H=2, D=128, DV=128, dtype=torch.bfloat16, num_iter=30)),
+        ]:
+            try:
+                r = decode_case(name, gen=gen, **kw)
+            except Exception:  # noqa: BLE001
+                log(traceback.format_exc())
+                r = {"case": name, "error": True}
+            log(json.dumps(r))
+            checks.append(r)
+        try:
+            r = degenerate_case()
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+            r = {"case": "zero_keys", "error": True}
+        log(json.dumps(r))
+        checks.append(r)
+    rows, stages, dec = ([], {}, {}) if args.skip_bench else bench(args)
+    with open(os.path.join(OUT, "gka_kernels.json"), "w") as f:
+        json.dump({"env": env, "checks": checks, "bench": rows, "stages_ms_T8192": stages, "decode": dec}, f, indent=1)
+    log("\n=== accuracy (rel. error vs gka_exact float64) ===")
+    keys = ["o", "h_kk", "dq", "dk", "dv", "dg", "dalpha", "dh0_kk"]
+    log(f"{'case':28s} " + " ".join(f"{k:>8s}" for k in keys))
+    for r in checks:
+        if "o" in r:
+            log(f"{r['case']:28s} " + " ".join(f"{r[k]:8.1e}" if k in r else f"{'-':>8s}" for k in keys))
+        else:
+            log(r["case"], {k: (f"{v:.1e}" if isinstance(v, float) else v) for k, v in r.items() if k != "case"})
+    log("\n=== speed (bf16, H16, D128, 32k tok/call, r=%d) ===" % args.num_iter)
+    log(f"{'T':>6s} {'gka fwd':>8s} {'gka f+b':>8s} {'gdn fwd':>8s} {'gdn f+b':>8s} {'r fwd':>6s} {'r f+b':>6s} "
+        f"{'TF fwd':>7s} {'TF f+b':>7s} {'GiB gka':>7s} {'GiB gdn':>7s}   (Mtok/s)")  # fmt: skip
+
+    def f(r, k, fmt="8.2f"):
+        return format(r[k], fmt) if k in r else "-"
+
+    for r in rows:
+        log(f"{r['T']:6d} {f(r,'gka_fwd_mtoks'):>8s} {f(r,'gka_fb_mtoks'):>8s} {f(r,'gdn_fwd_mtoks'):>8s} "
+            f"{f(r,'gdn_fb_mtoks'):>8s} {f(r,'ratio_fwd','6.2f'):>6s} {f(r,'ratio_fb','6.2f'):>6s} "
+            f"{f(r,'gka_fwd_tflops','7.1f'):>7s} {f(r,'gka_fb_tflops','7.1f'):>7s} {f(r,'gka_peak_gib','7.2f'):>7s} "
+            f"{f(r,'gdn_peak_gib','7.2f'):>7s}")  # fmt: skip
+    if stages:
+        log("stages ms @T=8192:", " ".join(f"{k}={v:.3f}" for k, v in stages.items()))
+    if dec:
+        log("decode us:", " ".join(f"{k}={v:.1f}" for k, v in dec.items()))
+
+
+if __name__ == "__main__":
+    main()
