@@ -1,0 +1,151 @@
+"""The gkabench causal LM on CPU: shapes, hybrids, cached generate() equal to recomputing the full forward for
+every mixer, padding and packing, save/load round trip, Auto* registration, presets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from gkabench.layers import mixer_names
+from gkabench.models import GKABenchCache, GKABenchConfig, GKABenchForCausalLM, expand_pattern, preset_config
+from gkabench.models.presets import PRESETS, count_params
+
+VOCAB = 50
+
+
+def tiny(mixer: str, dtype=torch.float64, **kw) -> GKABenchForCausalLM:
+    torch.manual_seed(0)
+    # A wide init makes greedy decoding pick varied tokens, so the generate test is not trivially constant.
+    cfg = preset_config("tiny", mixer=mixer, vocab_size=VOCAB, initializer_range=0.2, **kw)
+    return GKABenchForCausalLM(cfg).to(dtype).eval()
+
+
+def test_forward_shapes_and_loss():
+    model = tiny("gka", torch.float32)
+    ids = torch.randint(0, VOCAB, (3, 9))
+    out = model(ids, labels=ids)
+    assert out.logits.shape == (3, 9, VOCAB)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.cache is None  # labels given: training call, no cache
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert model(ids, logits_to_keep=1).logits.shape == (3, 1, VOCAB)
+
+
+def test_hybrid_pattern():
+    assert expand_pattern("gka,gka,gka,attention", 8) == ["gka", "gka", "gka", "attention"] * 2
+    assert expand_pattern(["gka", "attention"], 3) == ["gka", "attention", "gka"]
+    model = tiny("gka,attention", torch.float32, num_layers=4)
+    assert [b.mixer_name for b in model.model.layers] == ["gka", "attention", "gka", "attention"]
+    assert [type(b.mixer).name for b in model.model.layers] == ["gka", "attention", "gka", "attention"]
+    assert model(torch.randint(0, VOCAB, (1, 5))).logits.shape == (1, 5, VOCAB)
+
+
+def test_unknown_mixer_is_one_line_error():
+    with pytest.raises(ValueError, match="valid names"):
+        tiny("gka,nope")
+
+
+@pytest.mark.parametrize("mixer", sorted(set(mixer_names()) | {"gka,attention"}))
+def test_generate_equals_full_forward(mixer):
+    """Greedy generate() with the recurrent cache (one new token per call) gives the tokens and logits of
+    recomputing the whole sequence each step without a cache."""
+    model = tiny(mixer)
+    ids = torch.randint(0, VOCAB - 1, (2, 6))  # VOCAB - 1 is the pad id: none in the prompt
+    lengths = []
+    hook = model.model.register_forward_pre_hook(lambda mod, args, kw: lengths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    with torch.no_grad():
+        gen = model.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=VOCAB - 1)
+    hook.remove()
+    assert lengths == [6, 1, 1, 1, 1], "generate must feed only the new token once a cache exists"
+    seq, ref_logits = ids, []
+    with torch.no_grad():
+        for _ in range(5):
+            last = model(seq, use_cache=False).logits[:, -1]
+            ref_logits.append(last)
+            seq = torch.cat([seq, last.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(gen.sequences, seq)
+    for got, ref in zip(gen.logits, ref_logits):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-6)
+    assert len(set(seq[0, 6:].tolist())) > 1 or len(set(seq[1, 6:].tolist())) > 1
+
+
+@pytest.mark.parametrize("mixer", ["gka", "attention"])
+def test_left_padded_generate_matches_unpadded(mixer):
+    """A left-padded batch generates what each prompt generates alone."""
+    model = tiny(mixer)
+    a, b = torch.randint(0, VOCAB, (1, 6)), torch.randint(0, VOCAB, (1, 4))
+    batch = torch.cat([a, torch.cat([torch.zeros(1, 2, dtype=torch.long), b], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, :2] = 0
+    with torch.no_grad():
+        both = model.generate(batch, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        alone_b = model.generate(b, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(both[1, -4:], alone_b[0, -4:])
+
+
+def test_prefill_then_steps_equals_full_forward_with_cache_object():
+    model = tiny("gka,attention", num_layers=2)
+    ids = torch.randint(0, VOCAB, (2, 8))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        out = model(ids[:, :5], use_cache=True)
+        assert isinstance(out.cache, GKABenchCache) and out.cache.get_seq_length() == 5
+        steps = [out.logits]
+        cache = out.cache
+        for t in range(5, 8):
+            o = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            cache = o.cache
+            steps.append(o.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-9, atol=1e-9)
+    assert cache.get_seq_length() == 8 and cache.nbytes() > 0
+
+
+@pytest.mark.parametrize("mixer", ["gka", "attention"])
+def test_packed_documents_equal_separate_forwards(mixer):
+    model = tiny(mixer)
+    a, b = torch.randint(0, VOCAB, (1, 5)), torch.randint(0, VOCAB, (1, 7))
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    with torch.no_grad():
+        packed = model(torch.cat([a, b], 1), cu_seqlens=cu).logits
+        sep = torch.cat([model(a).logits, model(b).logits], 1)
+    torch.testing.assert_close(packed, sep, rtol=1e-9, atol=1e-9)
+
+
+def test_save_load_round_trip_and_auto(tmp_path):
+    model = tiny("gka,attention", torch.float32, num_layers=2, mixer_options={"gka": {"use_alpha": False}})
+    ids = torch.randint(0, VOCAB, (2, 7))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+    cfg = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(cfg, GKABenchConfig) and cfg.layer_mixers == ["gka", "attention"]
+    assert cfg.mixer_options == {"gka": {"use_alpha": False}}
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, GKABenchForCausalLM)
+    assert loaded.model.layers[0].mixer.use_alpha is False
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+    # tied head survives the round trip
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    assert isinstance(AutoModelForCausalLM.from_config(cfg), GKABenchForCausalLM)
+
+
+def test_untied_head_round_trip(tmp_path):
+    model = tiny("attention", torch.float32, tie_word_embeddings=False)
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    model.save_pretrained(tmp_path)
+    loaded = GKABenchForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, VOCAB, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_presets_param_counts():
+    assert set(PRESETS) >= {"tiny", "125m", "440m"}
+    n125 = count_params(preset_config("125m", mixer="gka", vocab_size=32000))
+    n440 = count_params(preset_config("440m", mixer="gka", vocab_size=32000))
+    assert 100e6 < n125 < 150e6, n125
+    assert 400e6 < n440 < 480e6, n440
+    cfg = preset_config("440m", mixer="gka")
+    assert (cfg.num_layers, cfg.hidden_size, cfg.head_dim) == (28, 1024, 128)
