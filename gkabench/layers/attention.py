@@ -93,6 +93,8 @@ class AttentionMixer(Mixer):
 
     def forward(self, x, attention_mask=None, cu_seqlens=None, cache: MixerCache | None = None, use_cache=False):
         self.check_input(x, attention_mask, cu_seqlens, cache)
+        if attention_mask is not None:  # [B, T'] with T' >= T: its last T columns belong to x
+            attention_mask = attention_mask[:, -x.shape[1]:]
         self.backend_for(x)  # validates the backend / device pair; SDPA serves both
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim

@@ -115,6 +115,8 @@ class GatedDeltaNetMixer(Mixer):
 
     def forward(self, x, attention_mask=None, cu_seqlens=None, cache: MixerCache | None = None, use_cache=False):
         self.check_input(x, attention_mask, cu_seqlens, cache)
+        if attention_mask is not None:  # [B, T'] with T' >= T: its last T columns belong to x
+            attention_mask = attention_mask[:, -x.shape[1]:]
         backend = self.backend_for(x)
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.head_dim, self.head_v_dim

@@ -65,10 +65,11 @@ class _GatedGroupRMSNorm(nn.Module):
         self.group_size, self.eps = group_size, eps
 
     def forward(self, o: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        y = o.float() * F.silu(z.float())
+        cdt = compute_dtype(o)  # float32, float64 for float64 inputs
+        y = o.to(cdt) * F.silu(z.to(cdt))
         yg = y.view(*y.shape[:-1], -1, self.group_size)
         yg = yg * torch.rsqrt(yg.square().mean(-1, keepdim=True) + self.eps)
-        return (yg.view_as(y) * self.weight.float()).to(o.dtype)
+        return (yg.view_as(y) * self.weight.to(cdt)).to(o.dtype)
 
 
 @register_mixer(
@@ -118,6 +119,8 @@ class Mamba2Mixer(Mixer):
 
     def forward(self, x, attention_mask=None, cu_seqlens=None, cache: MixerCache | None = None, use_cache=False):
         self.check_input(x, attention_mask, cu_seqlens, cache)
+        if attention_mask is not None:  # [B, T'] with T' >= T: its last T columns belong to x
+            attention_mask = attention_mask[:, -x.shape[1]:]
         backend = self.backend_for(x)
         B, T, _ = x.shape
         H, P, N, G = self.num_heads, self.head_dim, self.state_size, self.n_groups

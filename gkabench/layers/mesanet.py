@@ -123,6 +123,8 @@ class MesaNetMixer(Mixer):
 
     def forward(self, x, attention_mask=None, cu_seqlens=None, cache: MixerCache | None = None, use_cache=False):
         self.check_input(x, attention_mask, cu_seqlens, cache)
+        if attention_mask is not None:  # [B, T'] with T' >= T: its last T columns belong to x
+            attention_mask = attention_mask[:, -x.shape[1]:]
         backend = self.backend_for(x)
         if backend == "triton" and self.options["solver"] != "cg":
             raise ValueError("mesanet: solver='exact' exists only on the reference backend; use solver='cg' on CUDA")
