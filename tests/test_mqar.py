@@ -1,0 +1,84 @@
+"""The MQAR generator: disjoint key/value ranges, queries of earlier keys with their values, labels only on
+answers, power-law placement, determinism, one-line errors; the scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gkabench.tasks.mqar import MQARConfig, mqar_accuracy, mqar_batch
+
+CFG = MQARConfig(vocab_size=128, seq_len=96, num_pairs=12)
+
+
+def test_shapes_and_ranges():
+    b = mqar_batch(CFG, 32, seed=0)
+    assert b.input_ids.shape == b.labels.shape == (32, 96)
+    assert b.input_ids.dtype == b.labels.dtype == torch.int64
+    P, half = CFG.num_pairs, CFG.vocab_size // 2
+    keys, values = b.input_ids[:, 0 : 2 * P : 2], b.input_ids[:, 1 : 2 * P : 2]
+    assert ((keys >= 1) & (keys < half)).all()
+    assert ((values >= half) & (values < CFG.vocab_size)).all()
+    for row in keys:
+        assert len(set(row.tolist())) == P  # distinct keys within an example
+
+
+def test_queries_are_earlier_keys_followed_by_their_values():
+    b = mqar_batch(CFG, 16, seed=1)
+    P = CFG.num_pairs
+    for ids, labels in zip(b.input_ids.tolist(), b.labels.tolist()):
+        table = dict(zip(ids[0 : 2 * P : 2], ids[1 : 2 * P : 2]))
+        answer_pos = [t for t, y in enumerate(labels) if y != -100]
+        assert len(answer_pos) == P  # every pair queried once by default
+        asked = [ids[t - 1] for t in answer_pos]
+        assert sorted(asked) == sorted(table)  # each key once
+        for t in answer_pos:
+            assert t > 2 * P  # in the query region
+            assert labels[t] == ids[t] == table[ids[t - 1]]
+        # everything else in the query region is filler
+        query_tokens = {t for p in answer_pos for t in (p - 1, p)}
+        assert all(ids[t] == 0 for t in range(2 * P, len(ids)) if t not in query_tokens)
+
+
+def test_labels_only_on_answers_and_half_queries():
+    cfg = MQARConfig(vocab_size=128, seq_len=96, num_pairs=12, num_queries=5)
+    b = mqar_batch(cfg, 8, seed=2)
+    assert ((b.labels != -100).sum(1) == 5).all()
+    assert (b.labels[:, : 2 * cfg.num_pairs + 1] == -100).all()  # nothing to predict inside the pairs
+
+
+def test_deterministic_by_seed():
+    a, b, c = mqar_batch(CFG, 8, seed=(7, 3)), mqar_batch(CFG, 8, seed=(7, 3)), mqar_batch(CFG, 8, seed=(7, 4))
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.input_ids, c.input_ids)
+
+
+def test_power_law_places_queries_near_the_pairs():
+    cfg = MQARConfig(vocab_size=512, seq_len=1024, num_pairs=16)
+    b = mqar_batch(cfg, 256, seed=3)
+    pos = (b.labels != -100).nonzero()[:, 1].numpy() - 2 * cfg.num_pairs
+    region = cfg.seq_len - 2 * cfg.num_pairs
+    first, last = (pos < region / 4).mean(), (pos >= 3 * region / 4).mean()
+    assert first > 2 * last  # decreasing density along the query region
+    assert pos.max() > region / 2  # but some reach far
+
+
+def test_bad_sizes_are_one_line_errors():
+    with pytest.raises(ValueError, match="raise --vocab"):
+        MQARConfig(vocab_size=16, seq_len=64, num_pairs=12)
+    with pytest.raises(ValueError, match="use seq_len >="):
+        MQARConfig(vocab_size=128, seq_len=40, num_pairs=12)
+
+
+def test_accuracy_scorer():
+    b = mqar_batch(CFG, 4, seed=4)
+    V = CFG.vocab_size
+    perfect = torch.full((4, CFG.seq_len, V), -1e4)
+    # logits at t predict labels at t + 1
+    nxt = torch.cat([b.labels[:, 1:], torch.full((4, 1), -100)], 1)
+    rows, cols = (nxt != -100).nonzero(as_tuple=True)
+    perfect[rows, cols, nxt[rows, cols]] = 0.0
+    assert mqar_accuracy(perfect, b.labels) == (4 * CFG.num_pairs, 4 * CFG.num_pairs)
+    assert mqar_accuracy(torch.zeros(4, CFG.seq_len, V), b.labels)[0] < 4 * CFG.num_pairs
+    np.testing.assert_equal(mqar_accuracy(perfect[:, :, :], b.labels)[1], 4 * CFG.num_pairs)
