@@ -175,6 +175,64 @@ def check(
         raise typer.Exit(code=1)
 
 
+@app.command()
+@user_errors
+def speed(
+    mixers: str = typer.Option("all", "--mixers", help="comma-separated subset of mixers"),
+    level: str = typer.Option("all", "--level", help="op (core op only), layer (full mixer), or both: op,layer"),
+    modes: str = typer.Option("all", "--modes", help="comma-separated: fwd, fwdbwd, prefill, decode"),
+    lengths: str = typer.Option(None, "--lengths", help="sequence lengths, e.g. 1k,2k,4k (GPU default 1k..32k; sets every mode's lengths unless given below)"),
+    prefill_lengths: str = typer.Option(None, "--prefill-lengths", help="lengths for prefill (GPU default 1k..128k)"),
+    decode_lengths: str = typer.Option(None, "--decode-lengths", help="prefill lengths before decode (GPU default 2k,32k,128k)"),
+    decode_batches: str = typer.Option(None, "--decode-batches", help="decode batch sizes (GPU default 1,8,64)"),
+    tokens: str = typer.Option(None, "--tokens", help="token budget per call, B = tokens / T (GPU default 32k)"),
+    batch: int = typer.Option(None, "--batch", help="fixed batch instead of a token budget"),
+    heads: int = typer.Option(None, "--heads", help="heads (preset matched; GPU default 16)"),
+    head_dim: int = typer.Option(None, "--head-dim", help="head dim (preset matched; GPU default 128)"),
+    hidden: int = typer.Option(None, "--hidden", help="hidden size for the layer level (default heads x head dim, GPU 2048)"),
+    num_iter: int = typer.Option(None, "--num-iter", help="GKA Chebyshev steps (GPU default 30)"),
+    dtype: str = typer.Option(None, "--dtype", help="bf16 (GPU default), fp16, fp32 (CPU default), fp64"),
+    preset: str = typer.Option("matched", "--preset", help="matched: same heads/head dim for all; paper: registry (fla) defaults"),
+    device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)"),
+    out: str = typer.Option("results/speed", "--out", help="output folder"),
+    tag: str = typer.Option(None, "--tag", help="file name tag (default: the preset)"),
+    resume: bool = typer.Option(False, "--resume", help="skip cells already in the newest matching JSONL"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="stop between cells after this long (rerun with --resume)"),
+    max_call_s: float = typer.Option(None, "--max-call-s", help="a call slower than this marks the cell slow and skips longer T"),
+    rep_ms: float = typer.Option(None, "--rep-ms", help="timing budget per cell in ms"),
+    lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="lift fla's Hopper guard for Triton < 3.7.1 (timing only); recorded in every row"),
+):
+    """Throughput, latency and memory of every mixer as the sequence grows: JSONL/CSV/markdown tables and a plot."""
+    from pathlib import Path
+
+    import torch
+
+    from .bench.speed import make_config, print_tables, run_speed
+    from .env import default_device
+
+    dev = torch.device(device) if device else default_device()
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for but no CUDA device is visible; drop --device or use --device cpu")
+    cfg = make_config(
+        device=dev, mixers=mixers, levels=level, modes=modes, lengths=lengths, prefill_lengths=prefill_lengths,
+        decode_lengths=decode_lengths, decode_batches=decode_batches, tokens=tokens, batch=batch, heads=heads,
+        head_dim=head_dim, hidden=hidden, num_iter=num_iter, dtype=dtype, preset=preset, max_minutes=max_minutes,
+        max_call_s=max_call_s, rep_ms=rep_ms, lift_fla_guard=lift_fla_guard, tag=tag,
+    )  # fmt: skip
+    if dev.type == "cpu":
+        console.print(
+            "[yellow]No GPU: CPU numbers from the pure-PyTorch reference ops at small shapes. "
+            "They check that the harness runs; they say nothing about GPU speed.[/yellow]"
+        )
+    result = run_speed(cfg, dev, Path(out), resume=resume, console=console)
+    print_tables(console, result.rows, cfg)
+    if result.incomplete:
+        console.print(f"[yellow]{result.incomplete}[/yellow]")
+    console.print("wrote " + ", ".join(str(p) for p in result.paths))
+    if result.interrupted:
+        raise typer.Exit(code=130)
+
+
 def main() -> None:
     app()
 

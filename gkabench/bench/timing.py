@@ -32,17 +32,39 @@ def _quantiles(samples: list[float]) -> Timing:
     return Timing(statistics.median(s), q(0.2), q(0.8), len(s))
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, *, warmup_ms: float = 25, rep_ms: float = 100, max_reps: int = 50) -> Timing:
-    """Median time of ``fn()`` on ``device``."""
+def time_fn(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup_ms: float = 25,
+    rep_ms: float = 100,
+    max_reps: int = 50,
+    grad_to_none: list[torch.Tensor] | None = None,
+    warmed_up: bool = False,
+    min_reps: int = 3,
+) -> Timing:
+    """Median time of ``fn()`` on ``device``. ``grad_to_none``: tensors whose ``.grad`` is cleared before each
+    call (so backward timings do not include gradient accumulation). ``warmed_up``: skip the CPU warm-up call.
+    ``min_reps``: CPU samples taken even past ``rep_ms`` (shared CPUs stall now and then; the median needs a few)."""
     if device.type == "cuda":
         import triton.testing
 
-        q20, q50, q80 = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.2, 0.5, 0.8])
+        q20, q50, q80 = triton.testing.do_bench(
+            fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.2, 0.5, 0.8], grad_to_none=grad_to_none
+        )
         return Timing(q50, q20, q80, -1)
-    fn()  # warm-up (first-call allocations)
+
+    def clear():
+        for t in grad_to_none or ():
+            t.grad = None
+
+    if not warmed_up:
+        clear()
+        fn()  # warm-up (first-call allocations)
     samples: list[float] = []
     budget = time.perf_counter() + rep_ms / 1e3
-    while len(samples) < max_reps and (len(samples) < 3 or time.perf_counter() < budget):
+    while len(samples) < max_reps and (len(samples) < min_reps or time.perf_counter() < budget):
+        clear()
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The standard `gkabench speed` sweep on the device machine (H200), in one call of the device tool.
+#
+#   run(command="bash scripts/speed_device.sh 8", carry=[".whl"])          # 8 minutes of sweep, then files
+#   run(command="bash scripts/speed_device.sh 8 --preset paper", carry=[".whl"])
+#
+# Arguments: MINUTES (default 8; keep it under the 10-minute call limit) then any extra `gkabench speed`
+# options (they replace nothing: defaults are the standard GPU sweep, all mixers, op and layer level).
+# The sweep stops between cells ~1.5 minutes before MINUTES so the files get written; it always runs with
+# --resume, so the next call goes on where this one stopped:
+#   - while the machine stays warm, from /tmp/gkabench_speed on it;
+#   - on a fresh machine, from the JSONL the lead copied back into results/speed/ (it travels with the tree).
+# Writes into $OUT: <date>-<gpu>-<tag>.{jsonl,csv,md,png} and speed-<tag>.log. fla's Hopper guard is lifted
+# for timing (recorded in every row); pass NO_GUARD=1 to keep it.
+set -uo pipefail
+MINUTES="${1:-8}"
+shift || true
+OUT="${OUT:-/tmp/gkabench_speed_out}"
+WORK=/tmp/gkabench_speed
+mkdir -p "$OUT" "$WORK"
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+export PYTHONPATH=/tmp/site:.
+export PYTHONUNBUFFERED=1
+
+# carried partial sweeps (copied back by the lead after an earlier call) seed a fresh machine
+for f in results/speed/*.jsonl; do
+  [ -e "$f" ] || continue
+  [ -e "$WORK/$(basename "$f")" ] || cp "$f" "$WORK/"
+done
+
+python3 - <<'PY'
+import torch, triton
+print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
+try:
+    import fla; print("fla", fla.__version__)
+except Exception as e:
+    print("fla not importable:", e)
+PY
+
+GUARD="--lift-fla-guard"
+[ "${NO_GUARD:-0}" = "1" ] && GUARD=""
+MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - 1.5))")
+TAG=$(python3 -c "import sys; a=sys.argv[1:]; print(a[a.index('--tag')+1] if '--tag' in a else (a[a.index('--preset')+1] if '--preset' in a else 'matched'))" "$@")
+python3 -m gkabench.cli speed --out "$WORK" --resume --max-minutes "$MAXM" $GUARD "$@" 2>&1 | tee "$OUT/speed-$TAG.log"
+rc=${PIPESTATUS[0]}
+
+for f in "$WORK"/*-"$TAG".jsonl "$WORK"/*-"$TAG".csv "$WORK"/*-"$TAG".md "$WORK"/*-"$TAG".png; do
+  [ -e "$f" ] && cp "$f" "$OUT/"
+done
+ls -la "$OUT"
+exit "$rc"

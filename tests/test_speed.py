@@ -1,0 +1,183 @@
+"""The speed harness on CPU at tiny shapes: files, failure cells, Ctrl-C, resume, FLOP counts, parsers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gkabench.bench import cases, sweep
+from gkabench.bench.config import parse_lengths, parse_size
+from gkabench.bench.flops import gka_flops, gka_readout_flops_per_token, gka_solve_flops_per_token
+from gkabench.bench.speed import make_config, run_speed
+
+CPU = torch.device("cpu")
+
+
+def tiny(mixers="gka,gla,attention", levels="op", modes="fwd,fwdbwd,prefill,decode", lengths="4,8", **kw):
+    cfg = make_config(device=CPU, mixers=mixers, levels=levels, modes=modes, lengths=lengths, tokens="16",
+                      heads=1, head_dim=8, hidden=8, num_iter=2, decode_batches="1,2", rep_ms=1, **kw)  # fmt: skip
+    cfg.min_reps, cfg.input_sets, cfg.warmup_ms = 1, 2, 0
+    return cfg
+
+
+def jsonl_rows(result):
+    return [json.loads(x) for x in result.stem.with_suffix(".jsonl").read_text().splitlines()]
+
+
+def test_tiny_sweep_writes_every_output(tmp_path):
+    cfg = tiny(mixers="all", levels="op,layer")
+    res = run_speed(cfg, CPU, tmp_path)
+    rows = jsonl_rows(res)
+    assert len(rows) == len(sweep.plan(cfg))
+    bad = [(r["level"], r["mode"], r["mixer"], r["status"]) for r in rows if r["status"] != "ok"]
+    assert not bad, bad
+    for suffix in (".jsonl", ".csv", ".md", ".png"):
+        p = res.stem.with_suffix(suffix)
+        assert p.exists() and p.stat().st_size > 0, p
+    assert res.stem.name.endswith("-cpu-matched")
+    r = rows[0]
+    assert r["env"]["torch"] == torch.__version__ and "git_sha" in r["env"] and "command" in r["env"]
+    assert r["preset"] == "matched" and r["dtype"] == "fp32" and r["fla_guard_lifted"] is False
+    gka_fwd = [r for r in rows if r["mixer"] == "gka" and r["level"] == "op" and r["mode"] == "fwdbwd"]
+    assert all(r["tflops"] > 0 and r["flops"] == gka_flops(r["batch"], r["T"], 1, 8, 8, 2, backward=True) for r in gka_fwd)
+    dec = [r for r in rows if r["mode"] == "decode"]
+    assert {r["decode_batch"] for r in dec} == {1, 2} and all(r["us_per_step"] > 0 for r in dec)
+    md = res.stem.with_suffix(".md").read_text()
+    assert "CPU numbers" in md and "preset: **matched**" in md
+    assert "## forward + backward, core op only" in md and "## decode" in md and "full layer" in md
+    assert "| gka |" in md
+    csv_head = res.stem.with_suffix(".csv").read_text().splitlines()[0]
+    assert csv_head.startswith("level,mode,mixer,T") and "env_git_sha" in csv_head
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_failing_cell_is_recorded_and_sweep_goes_on(tmp_path, monkeypatch):
+    from gkabench.bench import ops
+
+    real = ops.forward
+
+    def flaky(name, inp, **kw):
+        if name == "gla":
+            raise RuntimeError("simulated kernel failure\nsecond line")
+        if name == "attention" and inp["q"].shape[1] == 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB")
+        return real(name, inp, **kw)
+
+    monkeypatch.setattr(ops, "forward", flaky)
+    res = run_speed(tiny(modes="fwd,prefill"), CPU, tmp_path)
+    rows = {(r["mode"], r["mixer"], r["T"]): r["status"] for r in jsonl_rows(res)}
+    assert rows[("fwd", "gla", 4)] == "error: RuntimeError: simulated kernel failure"
+    assert rows[("fwd", "gla", 8)].startswith("error")
+    assert rows[("fwd", "attention", 4)] == "oom"
+    assert rows[("fwd", "attention", 8)] == "skipped: oom at T=4"  # longer T of an OOM series is not tried
+    assert rows[("fwd", "gka", 8)] == "ok" and rows[("prefill", "gka", 8)] == "ok"
+    md = res.stem.with_suffix(".md").read_text()
+    assert "| gla | err | err |" in md and "| attention | OOM | skip |" in md
+
+
+def test_slow_cell_skips_longer_lengths(tmp_path):
+    cfg = tiny(mixers="gka", modes="fwd", lengths="4,8,16")
+    cfg.max_call_s = 0.0
+    res = run_speed(cfg, CPU, tmp_path)
+    st = [r["status"] for r in jsonl_rows(res)]
+    assert st[0].startswith("slow: one call took") and st[1:] == ["skipped: slow at T=4"] * 2
+
+
+def test_ctrl_c_keeps_rows_done(tmp_path, monkeypatch):
+    real, calls = cases.build_case, []
+
+    def interrupt_third(*a, **kw):
+        calls.append(a)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sweep, "build_case", interrupt_third)
+    res = run_speed(tiny(modes="fwd"), CPU, tmp_path)
+    assert res.interrupted and "interrupted" in res.incomplete
+    assert len(jsonl_rows(res)) == 2
+    assert "Incomplete sweep" in res.stem.with_suffix(".md").read_text()
+
+
+def test_resume_skips_done_cells_and_retries_errors(tmp_path, monkeypatch):
+    run_speed(tiny(mixers="gka,gla", modes="fwd", lengths="4"), CPU, tmp_path)
+    seen = []
+    real = cases.build_case
+
+    def count(cfg, level, mode, mixer, T, b, device):
+        seen.append((mixer, T))
+        return real(cfg, level, mode, mixer, T, b, device)
+
+    monkeypatch.setattr(sweep, "build_case", count)
+    res = run_speed(tiny(mixers="gka,gla", modes="fwd", lengths="4,8"), CPU, tmp_path, resume=True)
+    assert sorted(seen) == [("gka", 8), ("gla", 8)]
+    assert len(jsonl_rows(res)) == 4
+    # an error row is measured again on resume
+    path = res.stem.with_suffix(".jsonl")
+    rows = jsonl_rows(res)
+    rows[0]["status"] = "error: RuntimeError: transient"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"torn": ')  # and a torn last line is ignored
+    seen.clear()
+    run_speed(tiny(mixers="gka,gla", modes="fwd", lengths="4,8"), CPU, tmp_path, resume=True)
+    assert seen == [(rows[0]["mixer"], rows[0]["T"])]
+
+
+def test_max_minutes_stops_between_cells(tmp_path):
+    res = run_speed(tiny(modes="fwd", max_minutes=0.0), CPU, tmp_path)
+    assert res.incomplete and "--resume" in res.incomplete and res.rows == []
+
+
+def test_gka_flop_count():
+    # gka-spec.md section 3: each iteration 2 D^2 + 4 C D per token per head; ~2 MFLOP at D 128, C 64, r 30
+    assert gka_solve_flops_per_token(128, 30, 64) == 30 * (2 * 128 * 128 + 4 * 64 * 128) == 1_966_080
+    assert 0.05e6 < gka_readout_flops_per_token(128, 128) < 0.15e6  # "~0.1 MFLOP for the GLA readout"
+    f = gka_flops(1, 1, 1, 128, 128, 30)
+    assert gka_flops(2, 3, 4, 128, 128, 30) == 24 * f  # linear in B, T, H
+    fb = gka_flops(1, 1, 16, 128, 128, 30, backward=True)
+    assert 60e6 < fb < 75e6  # ANCHORS.md: ~70 MFLOP per token for forward+backward at 16 heads
+    assert gka_flops(1, 1, 1, 128, 128, 60) > 1.9 * f  # dominated by the solve
+    with pytest.raises(ValueError):
+        gka_flops(0, 1, 1, 128, 128, 30)
+
+
+def test_lengths_parser():
+    assert parse_lengths("1k,2k,4k") == [1024, 2048, 4096]
+    assert parse_lengths(" 128k , 512,512") == [512, 131072]
+    assert parse_size("1m") == 1 << 20
+    assert parse_lengths(None, [7]) == [7]
+    for bad in ("abc", "0", "1k,-2", "1.5k", ",", "4g"):
+        with pytest.raises(ValueError):
+            parse_lengths(bad)
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--lengths", "1k,zz"], "bad size"),
+        (["--mixers", "gka,nope"], "unknown mixer 'nope'"),
+        (["--modes", "fwd,sideways"], "unknown mode 'sideways'"),
+        (["--level", "kernel"], "unknown level"),
+        (["--preset", "fair"], "unknown preset"),
+        (["--dtype", "int8"], "unknown dtype"),
+    ],
+)
+def test_cli_user_errors_are_one_liners(args, msg, tmp_path):
+    from gkabench.cli import app
+
+    res = CliRunner().invoke(app, ["speed", "--device", "cpu", "--out", str(tmp_path), *args])
+    assert res.exit_code == 2, res.output
+    assert msg in res.output and "Traceback" not in res.output
+
+
+def test_cli_speed_runs(tmp_path):
+    from gkabench.cli import app
+
+    res = CliRunner().invoke(app, ["speed", "--device", "cpu", "--out", str(tmp_path), "--mixers", "gla,mamba2",
+                                   "--level", "op", "--modes", "fwd,decode", "--lengths", "8", "--tokens", "16",
+                                   "--heads", "1", "--head-dim", "8", "--rep-ms", "1", "--decode-batches", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "CPU numbers" in res.output and "wrote" in res.output
+    assert len(list(tmp_path.glob("*-cpu-matched.*"))) == 4
