@@ -42,12 +42,10 @@ def build_case(cfg: SpeedConfig, level: str, mode: str, mixer: str, T: int, deco
 
 
 def op_dims(cfg: SpeedConfig, mixer: str) -> ops.OpDims:
-    if cfg.preset == "paper" and mixer != "gka":
+    if cfg.preset == "paper":  # the op shapes of the layer built at its registry defaults
         from ..layers import build_mixer
 
         return ops.op_dims_from_layer(build_mixer(mixer, cfg.hidden))
-    if cfg.preset == "paper":  # GKA at the paper's own defaults
-        return ops.OpDims(max(1, cfg.hidden // 128), 128, 128)
     return ops.OpDims(cfg.heads, cfg.head_dim, cfg.head_dim)
 
 

@@ -172,7 +172,7 @@ def markdown(rows: list[dict], header: dict, env: dict, *, incomplete: str | Non
     if incomplete:
         lines += [f"> **Incomplete sweep**: {incomplete}", ""]
     shapes = (f"heads {header.get('heads')} x head dim {header.get('head_dim')} for every mixer" if preset == "matched"
-              else "each mixer at its registry defaults (see heads / dims in the CSV)")  # fmt: skip
+              else "each mixer at its registry defaults (shapes below)")  # fmt: skip
     budget = (f"{header['tokens']} tokens per call (B = tokens / T, at least 1)" if header.get("tokens")
               else f"fixed batch {header.get('batch')}")  # fmt: skip
     lines += [
@@ -185,6 +185,7 @@ def markdown(rows: list[dict], header: dict, env: dict, *, incomplete: str | Non
         "logsigmoid(N(0,1)+4), beta sigmoid(U(0,1)), GKA alpha 0.5, ridge 0.02); median time, "
         f"{'CUDA events (do_bench)' if not cpu else 'perf_counter'}, {header.get('input_sets')} rotated input sets",
         "",
+        *_shape_lines(rows),
         "| environment | |",
         "|---|---|",
     ]
@@ -203,6 +204,20 @@ def markdown(rows: list[dict], header: dict, env: dict, *, incomplete: str | Non
     lines += ["Cells: OOM = out of memory; slow = one call exceeded the per-call limit; skip = not run (kernel "
               "unavailable, or slow/OOM at a shorter T); err = failure (see the JSONL status).", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _shape_lines(rows: list[dict]) -> list[str]:
+    """One line per level: each mixer's heads x key dim (/ value dim) as measured."""
+    out = []
+    for level in ("op", "layer"):
+        seen: dict[str, str] = {}
+        for r in rows:
+            if r.get("level") == level and r.get("heads") and r["mixer"] not in seen:
+                kv = f"{r.get('key_dim')}" + (f"/{r['value_dim']}" if r.get("value_dim") not in (None, r.get("key_dim")) else "")
+                seen[r["mixer"]] = f"{r['mixer']} {r['heads']}x{kv}"
+        if seen:
+            out.append(f"- {level} shapes (heads x head dim[/value dim]): " + ", ".join(seen.values()))
+    return out + [""] if out else out
 
 
 def plot(path: Path, rows: list[dict], title: str) -> None:
