@@ -181,3 +181,22 @@ def test_cli_speed_runs(tmp_path):
     assert res.exit_code == 0, res.output
     assert "CPU numbers" in res.output and "wrote" in res.output
     assert len(list(tmp_path.glob("*-cpu-matched.*"))) == 4
+
+
+@pytest.mark.parametrize("name", ["gka", "gated_deltanet", "gla", "mamba2", "mesanet", "attention"])
+def test_op_decode_step_continues_the_prefill(name):
+    """prefill(T) + step(token T+1), with the state tiled to more sequences, equals forward(T + 1) at the last token."""
+    from gkabench.bench import ops
+
+    dims = ops.OpDims(2, 8, 8)
+    full = ops.make_inputs(name, 1, 6, dims, torch.float64, CPU, seed=3)
+    head = {k: (v[:, :5] if v.ndim >= 3 else v) for k, v in full.items()}
+    last = {k: (v[:, 5:].repeat(3, *[1] * (v.ndim - 1)) if v.ndim >= 3 else v) for k, v in full.items()}
+    with torch.no_grad():
+        o_full, _ = ops.forward(name, full, final_state=False, num_iter=40)
+        _, state = ops.forward(name, head, final_state=True, num_iter=40)
+        state = ops.tile_state(name, state, 3, 5)
+        o_step, _ = ops.step(name, last, state, num_iter=40)
+    assert o_step.shape == (3, 1, 2, 8)
+    for b in range(3):
+        torch.testing.assert_close(o_step[b, 0], o_full[0, 5], rtol=1e-6, atol=1e-8)

@@ -107,6 +107,13 @@ def _op_case(cfg: SpeedConfig, mode: str, mixer: str, T: int, decode_batch: int 
 def _layer_case(cfg: SpeedConfig, mode: str, mixer: str, T: int, decode_batch: int | None, device) -> Case:
     from ..layers import build_mixer
 
+    from ..layers import get_mixer_spec
+
+    if device.type == "cuda":  # a layer that would fall back to a token-by-token reference is not timed
+        spec = get_mixer_spec(mixer)
+        issues = [i for i in (spec.known_issues() if spec.known_issues else []) if "unavailable" in i.lower()]
+        if issues:
+            raise ops.CellUnavailable(issues[0])
     dtype = cfg.torch_dtype
     torch.manual_seed(0)
     kw = {"num_iter": cfg.num_iter} if mixer == "gka" else {}

@@ -98,7 +98,7 @@ class SpeedConfig:
     warmup_ms: float = 25
     rep_ms: float = 100
     min_reps: int = 3  # CPU only (CUDA: do_bench decides)
-    max_call_s: float = 10.0  # one call slower than this: cell marked slow, longer T of that series skipped
+    max_call_s: float = 3.0  # one call slower than this: cell marked slow, longer T of that series skipped
     max_minutes: float | None = None
     lift_fla_guard: bool = False
     fla_guard_lifted: bool = False
@@ -132,7 +132,7 @@ def default_config(device: torch.device) -> dict:
             decode_lengths=[2048, 32768, 131072],
             decode_batches=[1, 8, 64],
             tokens=32768, heads=16, head_dim=128, hidden=2048, num_iter=30,
-            warmup_ms=25, rep_ms=100, max_call_s=10.0, min_reps=3,
+            warmup_ms=25, rep_ms=100, max_call_s=3.0, min_reps=3,
         )  # fmt: skip
     return dict(
         lengths=[32, 64],

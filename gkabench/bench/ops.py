@@ -192,9 +192,13 @@ def tile_state(name: str, state, batch: int, T: int):
     if name == "attention":
         k, v = state
 
-        def kv(t):
-            t = rep(t).transpose(1, 2)  # [B, H, T, D]
-            return torch.cat([t, t[:, :, :1]], dim=2).contiguous()
+        def kv(t):  # sequence by sequence: no transient copy of a cache that may take half the GPU
+            n, L, H, D = t.shape
+            out = t.new_empty(batch, H, L + 1, D)
+            for i in range(batch):
+                out[i, :, :L] = t[i % n].transpose(0, 1)
+            out[:, :, L] = 0
+            return out
 
         return kv(k), kv(v)
     if isinstance(state, tuple):

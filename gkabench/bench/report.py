@@ -19,7 +19,7 @@ LEVEL_TITLES = {"op": "core op only", "layer": "full layer (projections, convs, 
 CSV_COLUMNS = ["level", "mode", "mixer", "T", "decode_batch", "batch", "tokens", "status", "median_ms", "p20_ms",
                "p80_ms", "reps", "tokens_per_s", "us_per_step", "peak_bytes", "state_bytes", "tflops", "flops",
                "heads", "key_dim", "value_dim", "params", "prefill_batch", "op", "preset", "dtype", "hidden",
-               "num_iter", "token_budget", "fixed_batch", "lift_fla_guard", "fla_guard_lifted", "tag", "time_utc"]  # fmt: skip
+               "num_iter", "token_budget", "fixed_batch", "lift_fla_guard", "fla_guard_lifted", "fla_guard_active", "tag", "time_utc"]  # fmt: skip
 ENV_COLUMNS = ["device", "driver", "cuda", "torch", "triton", "fla", "git_sha", "command"]
 
 

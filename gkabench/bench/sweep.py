@@ -91,6 +91,16 @@ def _status_of(exc: BaseException) -> str:
     return f"error: {type(exc).__name__}: {msg}"
 
 
+def _guard_active() -> bool | None:
+    """Whether fla's Hopper gated-backward guard would refuse here (None when it cannot be told)."""
+    try:
+        from ..layers.fla_guard import hopper_guard_active
+
+        return bool(hopper_guard_active())
+    except Exception:  # noqa: BLE001 - a missing / changed helper must not stop the sweep
+        return None
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -171,7 +181,7 @@ def run_sweep(
             too_slow.setdefault((r["level"], r["mode"], r["mixer"], r.get("decode_batch")), (r["T"], why))
     base = {"preset": cfg.preset, "dtype": cfg.dtype, "hidden": cfg.hidden, "num_iter": cfg.num_iter,
             "token_budget": cfg.tokens, "fixed_batch": cfg.batch, "lift_fla_guard": cfg.lift_fla_guard,
-            "fla_guard_lifted": cfg.fla_guard_lifted,
+            "fla_guard_lifted": cfg.fla_guard_lifted, "fla_guard_active": _guard_active(),
             "tag": cfg.tag}  # fmt: skip
     for cell in plan(cfg):
         if cell.key in done:
