@@ -200,3 +200,23 @@ def test_op_decode_step_continues_the_prefill(name):
     assert o_step.shape == (3, 1, 2, 8)
     for b in range(3):
         torch.testing.assert_close(o_step[b, 0], o_full[0, 5], rtol=1e-6, atol=1e-8)
+
+
+def test_cuda_context_crash_stops_the_sweep(tmp_path, monkeypatch):
+    from gkabench.bench import ops
+
+    real = ops.forward
+
+    def crash(name, inp, **kw):
+        if name == "gla":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(name, inp, **kw)
+
+    monkeypatch.setattr(ops, "forward", crash)
+    res = run_speed(tiny(modes="fwd"), CPU, tmp_path)
+    st = [(r["mixer"], r["T"], r["status"].split(":")[0]) for r in jsonl_rows(res)]
+    assert st == [("gka", 4, "ok"), ("gka", 8, "ok"), ("gla", 4, "crash")]
+    assert "--resume" in res.incomplete and not res.interrupted
+    monkeypatch.setattr(ops, "forward", real)
+    res = run_speed(tiny(modes="fwd"), CPU, tmp_path, resume=True)  # goes on after the crashed cell
+    assert [r["status"].split(":")[0] for r in jsonl_rows(res)][3:] == ["ok", "ok", "ok"]

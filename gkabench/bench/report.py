@@ -100,7 +100,7 @@ def fmt_bytes(n) -> str:
 def _status_cell(r: dict) -> str:
     s = str(r.get("status", ""))
     head = s.split(":")[0]
-    return {"oom": "OOM", "slow": "slow", "skipped": "skip"}.get(head, "err")
+    return {"oom": "OOM", "slow": "slow", "skipped": "skip", "crash": "crash"}.get(head, "err")
 
 
 def tables(rows: list[dict]) -> list[dict]:

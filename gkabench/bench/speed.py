@@ -10,7 +10,7 @@ import torch
 
 from . import config as C
 from .report import output_stem, tables, write_outputs
-from .sweep import plan, read_rows, run_sweep
+from .sweep import SweepAborted, plan, read_rows, run_sweep
 
 
 @dataclass
@@ -122,6 +122,8 @@ def run_speed(cfg: C.SpeedConfig, device: torch.device, out: Path, *, resume: bo
     except KeyboardInterrupt:
         interrupted = True
         incomplete = "interrupted (Ctrl-C); rerun the same command with --resume to finish"
+    except SweepAborted as exc:
+        incomplete = str(exc)
     finally:
         if progress is not None:
             progress.stop()

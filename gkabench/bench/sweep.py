@@ -21,7 +21,14 @@ from .cases import build_case
 from .config import SpeedConfig
 from .timing import peak_memory_of, time_fn
 
-DONE_STATUSES = ("ok", "oom", "slow", "skipped")  # resume skips these; errors are retried
+DONE_STATUSES = ("ok", "oom", "slow", "skipped", "crash")  # resume skips these; errors are retried
+# errors after which the CUDA context is unusable: the sweep stops (a fresh process with --resume goes on)
+FATAL_MARKERS = ("illegal memory access", "unspecified launch failure", "device-side assert", "misaligned address",
+                 "illegal instruction", "cuda error: an illegal")  # fmt: skip
+
+
+class SweepAborted(RuntimeError):
+    """A cell broke the CUDA context; the rows so far are on disk."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,8 @@ def _status_of(exc: BaseException) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return "oom"
     msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    if any(m in str(exc).lower() for m in FATAL_MARKERS):
+        return f"crash: {type(exc).__name__}: {msg}"
     if isinstance(exc, CellUnavailable):
         return f"skipped: {msg}"
     return f"error: {type(exc).__name__}: {msg}"
@@ -146,7 +155,7 @@ def measure(cfg: SpeedConfig, cell: Cell, device) -> dict:
         out["status"] = _status_of(exc)
     finally:
         case = None  # noqa: F841
-        if device.type == "cuda":
+        if device.type == "cuda" and not out["status"].startswith("crash"):
             torch.cuda.empty_cache()
     return out
 
@@ -208,3 +217,6 @@ def run_sweep(
         if on_cell:
             on_cell(cell, row)
         yield row
+        if str(row["status"]).startswith("crash"):
+            raise SweepAborted(f"{cell.label()} broke the CUDA context ({row['status']}); rerun with --resume in a "
+                               "new process (that cell is kept as 'crash' and not retried)")  # fmt: skip
