@@ -105,6 +105,8 @@ class AttentionMixer(Mixer):
             q, k = self.q_norm(q), self.k_norm(k)
 
         if cu_seqlens is not None:
+            if attention_mask is not None and not bool(attention_mask.all()):
+                raise ValueError("attention: packed sequences (cu_seqlens) carry no padding; drop the padded tokens or the mask")
             positions = token_positions(cu_seqlens, T)
             q, k = self.rotary(q, positions), self.rotary(k, positions)
             bounds = cu_seqlens.tolist()
