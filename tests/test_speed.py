@@ -148,7 +148,8 @@ def test_lengths_parser():
     assert parse_lengths(" 128k , 512,512") == [512, 131072]
     assert parse_size("1m") == 1 << 20
     assert parse_lengths(None, [7]) == [7]
-    for bad in ("abc", "0", "1k,-2", "1.5k", ",", "4g"):
+    assert parse_lengths("1k..8k,100") == [100, 1024, 2048, 4096, 8192]
+    for bad in ("abc", "0", "1k,-2", "1.5k", ",", "4g", "8k..1k", "1k..x"):
         with pytest.raises(ValueError):
             parse_lengths(bad)
 

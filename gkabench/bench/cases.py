@@ -105,9 +105,7 @@ def _op_case(cfg: SpeedConfig, mode: str, mixer: str, T: int, decode_batch: int 
 
 
 def _layer_case(cfg: SpeedConfig, mode: str, mixer: str, T: int, decode_batch: int | None, device) -> Case:
-    from ..layers import build_mixer
-
-    from ..layers import get_mixer_spec
+    from ..layers import build_mixer, get_mixer_spec
 
     if device.type == "cuda":  # a layer that would fall back to a token-by-token reference is not timed
         spec = get_mixer_spec(mixer)

@@ -28,13 +28,26 @@ def parse_size(text: str) -> int:
 
 
 def parse_lengths(text: str | None, default: list[int] | None = None) -> list[int]:
-    """``"1k,2k,8k"`` -> ``[1024, 2048, 8192]`` (sorted, unique). None/empty -> ``default``."""
+    """``"1k,2k,8k"`` -> ``[1024, 2048, 8192]`` (sorted, unique); ``"1k..8k"`` doubles from 1k up to 8k.
+    None/empty -> ``default``."""
     if text is None or not text.strip():
         return list(default or [])
     parts = [p for p in text.split(",") if p.strip()]
     if not parts:
-        raise ValueError(f"bad lengths {text!r}: give a comma-separated list such as 1k,2k,4k")
-    return sorted({parse_size(p) for p in parts})
+        raise ValueError(f"bad lengths {text!r}: give a comma-separated list such as 1k,2k,4k (or 1k..32k)")
+    out: set[int] = set()
+    for p in parts:
+        if ".." in p:
+            lo, _, hi = p.partition("..")
+            a, b = parse_size(lo), parse_size(hi)
+            if b < a:
+                raise ValueError(f"bad length range {p.strip()!r}: the end must not be below the start")
+            while a <= b:
+                out.add(a)
+                a *= 2
+        else:
+            out.add(parse_size(p))
+    return sorted(out)
 
 
 def parse_choices(text: str | None, valid: tuple[str, ...], what: str) -> list[str]:
@@ -126,22 +139,22 @@ class SpeedConfig:
 def default_config(device: torch.device) -> dict:
     """Per-device defaults: the standard GPU sweep, or a CPU sweep that finishes in well under 2 minutes."""
     if device.type == "cuda":
-        return dict(
-            lengths=[1024 * 2**i for i in range(6)],  # 1k .. 32k
-            prefill_lengths=[1024 * 2**i for i in range(8)],  # 1k .. 128k
-            decode_lengths=[2048, 32768, 131072],
-            decode_batches=[1, 8, 64],
-            tokens=32768, heads=16, head_dim=128, hidden=2048, num_iter=30,
-            warmup_ms=25, rep_ms=100, max_call_s=3.0, min_reps=3,
-        )  # fmt: skip
-    return dict(
-        lengths=[32, 64],
-        prefill_lengths=[32, 64],
-        decode_lengths=[64],
-        decode_batches=[1, 4],
-        tokens=128, heads=2, head_dim=16, hidden=32, num_iter=10,
-        warmup_ms=0, rep_ms=50, max_call_s=5.0, min_reps=5,
-    )  # fmt: skip
+        return {
+            "lengths": [1024 * 2**i for i in range(6)],  # 1k .. 32k
+            "prefill_lengths": [1024 * 2**i for i in range(8)],  # 1k .. 128k
+            "decode_lengths": [2048, 32768, 131072],
+            "decode_batches": [1, 8, 64],
+            "tokens": 32768, "heads": 16, "head_dim": 128, "hidden": 2048, "num_iter": 30,
+            "warmup_ms": 25, "rep_ms": 100, "max_call_s": 3.0, "min_reps": 3,
+        }  # fmt: skip
+    return {
+        "lengths": [32, 64],
+        "prefill_lengths": [32, 64],
+        "decode_lengths": [64],
+        "decode_batches": [1, 4],
+        "tokens": 128, "heads": 2, "head_dim": 16, "hidden": 32, "num_iter": 10,
+        "warmup_ms": 0, "rep_ms": 50, "max_call_s": 5.0, "min_reps": 5,
+    }  # fmt: skip
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -94,7 +94,7 @@ def forward(name: str, inp: dict, *, final_state: bool, num_iter: int = 30, init
     if name == "gka":
         from ..kernels.gka import gka, gka_reference, triton_available
 
-        kw = dict(num_iter=num_iter, ridge=GKA_RIDGE, initial_state=initial_state, output_final_state=final_state)
+        kw = {"num_iter": num_iter, "ridge": GKA_RIDGE, "initial_state": initial_state, "output_final_state": final_state}
         if cuda:
             if not triton_available():
                 raise CellUnavailable("GKA Triton kernels unavailable here (gkabench.kernels.gka.chunk)")

@@ -175,15 +175,18 @@ def markdown(rows: list[dict], header: dict, env: dict, *, incomplete: str | Non
               else "each mixer at its registry defaults (shapes below)")  # fmt: skip
     budget = (f"{header['tokens']} tokens per call (B = tokens / T, at least 1)" if header.get("tokens")
               else f"fixed batch {header.get('batch')}")  # fmt: skip
+    guard = "yes" if header.get("fla_guard_lifted") else "no"
+    if header.get("lift_fla_guard") and not header.get("fla_guard_lifted"):
+        guard += " (asked for; it was not active here)"
+    timer = "CUDA events (do_bench)" if not cpu else "perf_counter"
     lines += [
         f"- preset: **{preset}** ({PRESETS.get(preset, '')}); {shapes}; hidden {header.get('hidden')} (layer level)",
-        f"- dtype {header.get('dtype')}; {budget}; GKA num_iter {header.get('num_iter')}; decode batches "
-        f"{', '.join(map(str, header.get('decode_batches') or []))}",
-        f"- fla Hopper guard (Triton < 3.7.1) lifted for timing: {'yes' if header.get('fla_guard_lifted') else 'no'}"
-        f"{' (asked for; it was not active here)' if header.get('lift_fla_guard') and not header.get('fla_guard_lifted') else ''}",
-        "- inputs as in ANCHORS.md (q, k, v ~ N(0,1), q/k L2-normalised for delta/ridge ops, log-decay "
-        "logsigmoid(N(0,1)+4), beta sigmoid(U(0,1)), GKA alpha 0.5, ridge 0.02); median time, "
-        f"{'CUDA events (do_bench)' if not cpu else 'perf_counter'}, {header.get('input_sets')} rotated input sets",
+        (f"- dtype {header.get('dtype')}; {budget}; GKA num_iter {header.get('num_iter')}; decode batches "
+         f"{', '.join(map(str, header.get('decode_batches') or []))}"),
+        f"- fla Hopper guard (Triton < 3.7.1) lifted for timing: {guard}",
+        ("- inputs as in ANCHORS.md (q, k, v ~ N(0,1), q/k L2-normalised for delta/ridge ops, log-decay "
+         "logsigmoid(N(0,1)+4), beta sigmoid(U(0,1)), GKA alpha 0.5, ridge 0.02); median time, "
+         f"{timer}, {header.get('input_sets')} rotated input sets"),
         "",
         *_shape_lines(rows),
         "| environment | |",
@@ -201,8 +204,9 @@ def markdown(rows: list[dict], header: dict, env: dict, *, incomplete: str | Non
         lines.append("")
         lines += [f"- {n}" for n in t["notes"]]
         lines.append("")
-    lines += ["Cells: OOM = out of memory; slow = one call exceeded the per-call limit; skip = not run (kernel "
-              "unavailable, or slow/OOM at a shorter T); err = failure (see the JSONL status).", ""]  # fmt: skip
+    lines += [("Cells: OOM = out of memory; slow = one call exceeded the per-call limit; skip = not run (kernel "
+               "unavailable, or slow/OOM at a shorter T); crash = broke the CUDA context; err = failure (see the "
+               "JSONL status)."), ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -83,7 +83,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def done_keys(rows: list[dict], cfg: SpeedConfig) -> set[tuple]:
-    same = lambda r: r.get("preset") == cfg.preset and r.get("dtype") == cfg.dtype  # noqa: E731
+    same = lambda r: r.get("preset") == cfg.preset and r.get("dtype") == cfg.dtype
     return {row_key(r) for r in rows if same(r) and str(r.get("status", "")).split(":")[0] in DONE_STATUSES}
 
 
@@ -154,7 +154,7 @@ def measure(cfg: SpeedConfig, cell: Cell, device) -> dict:
     except Exception as exc:  # noqa: BLE001 - one cell failing must not stop the sweep
         out["status"] = _status_of(exc)
     finally:
-        case = None  # noqa: F841
+        case = None
         if device.type == "cuda" and not out["status"].startswith("crash"):
             torch.cuda.empty_cache()
     return out
