@@ -1,0 +1,526 @@
+"""Training loop for gkabench causal LMs (any mixer pattern), on MQAR or local text, one process or DDP.
+
+    from gkabench.train import TrainConfig, train
+    summary = train(TrainConfig(out_dir="runs/x", mixer="gka", preset="tiny", data="mqar", steps=500))
+
+What it does, in the order a reader meets it below:
+
+- **Data** are indexed, not streamed: optimizer step ``s`` always sees the same global batch of ``batch_size``
+  sequences, split into ``grad_accum x world_size`` micro-batches (micro-batch ``m`` of rank ``r`` is part
+  ``m * world + r``). So a resumed run sees exactly the batches an uninterrupted one would, and 2 ranks see what
+  1 rank with twice the accumulation sees. Sources: ``mqar`` (fresh examples per step, seeded by (seed, step)) and
+  local ``.txt`` / ``.jsonl`` / ``.json`` files read with ``datasets``: documents are tokenized, joined with EOS,
+  cut into ``seq_len`` chunks and, with ``packing`` (default), a micro-batch is one row ``[1, micro * seq_len]``
+  with ``cu_seqlens`` at every document and chunk boundary, so no document attends to another.
+- **Optimisation**: AdamW (no weight decay on vectors and on parameters marked ``_no_weight_decay``), linear
+  warm-up then cosine decay to ``min_lr_ratio * lr`` (transformers' scheduler), gradient clipping, bf16 autocast
+  on CUDA only (float32 on CPU), gradient accumulation (DDP gradient sync only on the last micro-batch).
+- **Checkpoints** in ``out_dir/checkpoint``: the model (safetensors, loadable with ``AutoModelForCausalLM``),
+  the tokenizer, and ``trainer_state.pt`` (optimizer, scheduler, RNG states, step, tokens). Written to a temp
+  dir and renamed into place, so an interrupted write never leaves a half checkpoint. A new run in a directory
+  that holds a checkpoint resumes from it (``resume=False`` starts over).
+- **Logs**: ``out_dir/log.jsonl`` (one header row with the environment and config, then one row per
+  ``log_every`` steps and per eval), a rich progress bar with loss and tokens/s. Only rank 0 writes.
+- **DDP**: under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) the process group is set up from the
+  environment (gloo on CPU, nccl on CUDA) and the model wrapped in ``DistributedDataParallel``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .tasks.mqar import MQARConfig, mqar_accuracy, mqar_batch
+
+CHECKPOINT = "checkpoint"
+STATE_FILE = "trainer_state.pt"
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str
+    # model
+    mixer: str = "gka"  # one name or a pattern, e.g. "gka,gka,gka,attention"
+    preset: str = "tiny"
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    head_dim: int | None = None
+    intermediate_size: int | None = None
+    mixer_options: dict = field(default_factory=dict)  # {"gka": {"use_alpha": False}}
+    backend: str = "auto"
+    # data
+    data: str = "mqar"  # "mqar" or comma-separated local .txt / .jsonl / .json files
+    eval_data: str | None = None  # text only; default: hold out the last chunks of data
+    text_field: str = "text"
+    tokenizer: str | None = None  # None: byte-level; or a local tokenizer.json / directory
+    seq_len: int = 256
+    packing: bool = True  # text: documents packed with cu_seqlens (no cross-document attention)
+    mqar_vocab: int = 8192
+    mqar_pairs: int = 64
+    mqar_queries: int | None = None
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 64  # sequences per optimizer step, over all ranks and accumulation steps
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str | None = None  # default: cuda (this rank's GPU) when present, else cpu
+    # bookkeeping
+    eval_every: int = 100
+    eval_batches: int = 4
+    log_every: int = 10
+    save_every: int = 200  # 0: only at the end; checkpoints off entirely with save=False
+    save: bool = True
+    resume: bool = True
+    progress: bool = True
+    stop_at: int | None = None  # stop after this step as if interrupted (checkpoint written first); for tests
+
+    def mqar(self) -> MQARConfig:
+        return MQARConfig(vocab_size=self.mqar_vocab, seq_len=self.seq_len, num_pairs=self.mqar_pairs, num_queries=self.mqar_queries)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # we initialised the process group (and tear it down)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_hint: str | None) -> tuple[Dist, torch.device]:
+    """Process group from the torchrun environment (gloo on CPU, nccl on CUDA) and this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_hint:
+        device = torch.device(device_hint)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for but no CUDA device is visible; drop --device or use --device cpu")
+    else:
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        device = torch.device("cuda", local if world > 1 else (device.index or 0))
+        torch.cuda.set_device(device)
+    d = Dist(rank, world, local)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        d.owns_group = True
+    return d, device
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+class MQARSource:
+    """MQAR: step s's global batch is ``mqar_batch(cfg, batch_size, (seed, s))``; eval uses another seed."""
+
+    def __init__(self, cfg: MQARConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self._cache: tuple[int, dict] | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    def global_batch(self, step: int, size: int, split: str = "train") -> dict:
+        if self._cache is not None and self._cache[0] == (step, size, split):
+            return self._cache[1]
+        seed = (self.seed, step) if split == "train" else (self.seed + 7919, 10**6 + step)
+        b = mqar_batch(self.cfg, size, seed)
+        out = {"input_ids": b.input_ids, "labels": b.labels}
+        self._cache = ((step, size, split), out)
+        return out
+
+    def micro_batch(self, step: int, part: int, parts: int, size: int, split: str = "train") -> dict:
+        g = self.global_batch(step, size, split)
+        n = size // parts
+        return {k: v[part * n : (part + 1) * n] for k, v in g.items()}
+
+
+class TextSource:
+    """Local text/JSONL documents, tokenized and cut into ``seq_len`` chunks (EOS after every document).
+
+    A micro-batch is either ``[n, seq_len]`` (``packing=False``; documents then see each other inside a chunk)
+    or one packed row ``[1, n * seq_len]`` with ``cu_seqlens`` at every document and chunk boundary.
+    Labels equal the inputs except at the first token of each document (nothing before it to predict from).
+    """
+
+    def __init__(self, files: list[str], tokenizer, seq_len: int, packing: bool, text_field: str, seed: int, holdout: float = 0.02):
+        self.seq_len, self.packing, self.seed = seq_len, packing, seed
+        self.vocab_size = len(tokenizer)
+        tokens, starts = tokenize_files(files, tokenizer, text_field)
+        n = len(tokens) // seq_len
+        if n < 2:
+            raise ValueError(f"{', '.join(files)}: only {len(tokens)} tokens, fewer than 2 chunks of seq_len {seq_len}; use a smaller --seq-len or more text")
+        self.tokens = torch.from_numpy(tokens[: n * seq_len].reshape(n, seq_len))
+        self.starts = torch.from_numpy(starts[: n * seq_len].reshape(n, seq_len))
+        self.starts[:, 0] = True  # a chunk boundary is a sequence boundary
+        n_eval = max(1, int(n * holdout))
+        self.train_ids = np.arange(n - n_eval)
+        self.eval_ids = np.arange(n - n_eval, n)
+        self.eval_override: TextSource | None = None
+
+    def _rows(self, step: int, size: int, split: str) -> np.ndarray:
+        if split == "eval":
+            if self.eval_override is not None:
+                return self.eval_override._rows(step, size, "all")
+            ids = self.eval_ids
+            return ids[(step * size + np.arange(size)) % len(ids)]
+        ids = self.train_ids if split == "train" else np.arange(len(self.tokens))
+        if split != "train":
+            return ids[(step * size + np.arange(size)) % len(ids)]
+        # Sample k of the run is chunk perm_epoch[k mod n]: every chunk once per epoch, order seeded per epoch.
+        k = step * size + np.arange(size)
+        epoch, pos = k // len(ids), k % len(ids)
+        out = np.empty(size, dtype=np.int64)
+        for e in np.unique(epoch):
+            perm = np.random.default_rng((self.seed, int(e))).permutation(len(ids))
+            out[epoch == e] = ids[perm[pos[epoch == e]]]
+        return out
+
+    def micro_batch(self, step: int, part: int, parts: int, size: int, split: str = "train") -> dict:
+        src = self.eval_override if (split == "eval" and self.eval_override is not None) else self
+        rows = self._rows(step, size, split)
+        n = size // parts
+        rows = rows[part * n : (part + 1) * n]
+        ids, starts = src.tokens[rows], src.starts[rows]
+        labels = ids.masked_fill(starts, -100)
+        if not self.packing:
+            return {"input_ids": ids, "labels": labels}
+        flat_starts = starts.reshape(-1)
+        cu = torch.cat([flat_starts.nonzero().flatten(), torch.tensor([flat_starts.numel()])]).to(torch.int32)
+        return {"input_ids": ids.reshape(1, -1), "labels": labels.reshape(1, -1), "cu_seqlens": cu}
+
+
+def tokenize_files(files: list[str], tokenizer, text_field: str) -> tuple[np.ndarray, np.ndarray]:
+    """All documents of ``files`` as one token stream (EOS after each) and a bool array marking document starts."""
+    import datasets
+
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"data file {missing[0]} not found; pass local .txt/.jsonl files or --data mqar")
+    kinds = {Path(f).suffix for f in files}
+    if kinds <= {".txt", ".text"}:
+        # One document per blank-line-separated paragraph block: "paragraph" sampling keeps documents whole.
+        ds = datasets.load_dataset("text", data_files=files, split="train", sample_by="paragraph")
+        field_name = "text"
+    elif kinds <= {".jsonl", ".json"}:
+        ds = datasets.load_dataset("json", data_files=files, split="train")
+        field_name = text_field
+        if field_name not in ds.column_names:
+            raise ValueError(f"{files[0]}: no field {field_name!r} (fields: {', '.join(ds.column_names)}); pass --text-field")
+    else:
+        raise ValueError(f"data files must all be .txt or all .jsonl/.json, got {sorted(kinds)}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token; documents cannot be separated (use the byte tokenizer or one with eos)")
+    enc = ds.map(lambda b: {"ids": tokenizer(b[field_name], add_special_tokens=False)["input_ids"]}, batched=True, remove_columns=ds.column_names)
+    docs = [np.asarray(d + [eos], dtype=np.int64) for d in enc["ids"] if d]
+    if not docs:
+        raise ValueError(f"{', '.join(files)}: no non-empty documents")
+    tokens = np.concatenate(docs)
+    starts = np.zeros(len(tokens), dtype=bool)
+    starts[np.cumsum([0] + [len(d) for d in docs[:-1]])] = True
+    return tokens, starts
+
+
+def build_source(cfg: TrainConfig, tokenizer):
+    if cfg.data == "mqar":
+        return MQARSource(cfg.mqar(), cfg.seed)
+    files = [f.strip() for f in cfg.data.split(",") if f.strip()]
+    src = TextSource(files, tokenizer, cfg.seq_len, cfg.packing, cfg.text_field, cfg.seed)
+    if cfg.eval_data:
+        ev = [f.strip() for f in cfg.eval_data.split(",") if f.strip()]
+        src.eval_override = TextSource(ev, tokenizer, cfg.seq_len, cfg.packing, cfg.text_field, cfg.seed, holdout=0.0)
+    return src
+
+
+# ----------------------------------------------------------------------------------------------------- model
+
+
+def build_model(cfg: TrainConfig, vocab_size: int, tokenizer):
+    from .models import GKABenchForCausalLM, preset_config
+
+    overrides = {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size") if getattr(cfg, k) is not None}
+    if cfg.hidden_size is not None and cfg.intermediate_size is None:
+        overrides["intermediate_size"] = None  # let the config derive it from the new hidden size
+    special = {}
+    if cfg.data != "mqar":
+        special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    mcfg = preset_config(
+        cfg.preset, mixer=cfg.mixer, mixer_options=cfg.mixer_options, vocab_size=vocab_size, backend=cfg.backend, **overrides, **special
+    )
+    return GKABenchForCausalLM(mcfg)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; vectors (norms, biases, gates) and ``_no_weight_decay`` params get none."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out_dir: Path, model, tokenizer, trainer_state: dict) -> Path:
+    """Write ``out_dir/checkpoint`` atomically: everything goes to a temp dir that is then renamed into place."""
+    final = out_dir / CHECKPOINT
+    tmp, old = out_dir / f".{CHECKPOINT}.tmp", out_dir / f".{CHECKPOINT}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(trainer_state, tmp / STATE_FILE)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(out_dir: Path) -> Path | None:
+    """The complete checkpoint in ``out_dir`` (the previous one if a crash hit between the two renames)."""
+    for cand in (out_dir / CHECKPOINT, out_dir / f".{CHECKPOINT}.old"):
+        if (cand / STATE_FILE).exists():
+            return cand
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------- log
+
+
+class JsonlLog:
+    """Append-only JSONL log (rank 0). On resume, rows past the checkpoint's step are dropped (they will be
+    redone), so the log of a resumed run reads like that of an uninterrupted one."""
+
+    def __init__(self, path: Path, enabled: bool, keep_until_step: int | None = None):
+        self.path, self.enabled = path, enabled
+        if enabled and keep_until_step is not None and path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            keep = [r for r in rows if r.get("step", -1) <= keep_until_step or r.get("event") == "start"]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            tmp.replace(path)
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row, default=str) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------ loop
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate(model, source, cfg: TrainConfig, device, autocast) -> dict:
+    """Mean loss over ``eval_batches`` held-out batches (and MQAR accuracy)."""
+    model.eval()
+    losses, correct, total = [], 0, 0
+    for i in range(cfg.eval_batches):
+        b = source.micro_batch(i, 0, 1, cfg.batch_size, split="eval")
+        b = {k: v.to(device) for k, v in b.items()}
+        with autocast:
+            out = model(**b, use_cache=False)
+        losses.append(out.loss.item())
+        if isinstance(source, MQARSource):
+            c, t = mqar_accuracy(out.logits, b["labels"])
+            correct, total = correct + c, total + t
+    model.train()
+    res = {"eval_loss": float(np.mean(losses))}
+    if isinstance(source, MQARSource):
+        res["eval_acc"] = correct / max(total, 1)
+    return res
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) per ``cfg``; returns a summary dict (final step, losses, eval metrics, tokens/s)."""
+    from .env import environment
+    from .tokenizers import load_tokenizer
+
+    d, device = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, d, device, load_tokenizer, environment)
+    finally:
+        if d.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, environment) -> dict:
+    parts = cfg.grad_accum * d.world
+    if cfg.batch_size % parts:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by grad_accum x world size = {parts}")
+    if cfg.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    out = Path(cfg.out_dir)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    source = build_source(cfg, tokenizer)
+
+    torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+    ckpt = find_checkpoint(out) if cfg.resume else None
+    if ckpt is not None:
+        from .models import GKABenchForCausalLM
+
+        model = GKABenchForCausalLM.from_pretrained(ckpt)
+    else:
+        model = build_model(cfg, source.vocab_size, tokenizer)
+    model.to(device).train()
+    n_params = sum(p.numel() for p in model.parameters())
+
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps), cfg.steps, min_lr_rate=cfg.min_lr_ratio)
+    step, tokens_seen = 0, 0
+    if ckpt is not None:
+        state = torch.load(ckpt / STATE_FILE, weights_only=False, map_location="cpu")
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
+        step, tokens_seen = state["step"], state["tokens"]
+
+    ddp_model = model
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    log = JsonlLog(out / LOG_FILE, d.main, keep_until_step=step if ckpt is not None else None)
+    if ckpt is None and d.main and (out / LOG_FILE).exists():
+        (out / LOG_FILE).unlink()  # a fresh run in an old directory starts a fresh log
+    log.write({"event": "start", "resumed_from": step if ckpt is not None else None, "params": n_params,
+               "world_size": d.world, "config": cfg.to_dict(), "env": environment(device)})  # fmt: skip
+
+    def checkpoint():
+        states = [None] * d.world
+        st = rng_state()
+        if d.world > 1:
+            dist.all_gather_object(states, st)
+        else:
+            states = [st]
+        if d.main:
+            save_checkpoint(out, model, tokenizer, {
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": states,
+                "step": step, "tokens": tokens_seen, "config": cfg.to_dict(),
+            })  # fmt: skip
+        if d.world > 1:
+            dist.barrier()
+
+    micro = cfg.batch_size // parts
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    last = {"loss": float("nan")}
+    t_start, t_window, tok_window = time.perf_counter(), time.perf_counter(), 0
+    end = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
+    with _progress(cfg.progress and d.main) as prog:
+        task = prog.add_task(f"train {cfg.mixer}", total=cfg.steps, completed=step, loss="-", tps="-")
+        while step < end:
+            loss_sum = torch.zeros((), device=device)
+            for m in range(cfg.grad_accum):
+                b = source.micro_batch(step, m * d.world + d.rank, parts, cfg.batch_size)
+                b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+                sync = m == cfg.grad_accum - 1 or d.world == 1
+                with (ddp_model.no_sync() if (d.world > 1 and not sync) else nullcontext()), autocast:
+                    loss = ddp_model(**b, use_cache=False).loss / cfg.grad_accum
+                loss.backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            tok_window += tokens_per_step
+            if d.world > 1:
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG if dist.get_backend() == "nccl" else dist.ReduceOp.SUM)
+                if dist.get_backend() != "nccl":
+                    loss_sum /= d.world
+            last = {"loss": loss_sum.item()}
+            if not math.isfinite(last["loss"]):
+                raise FloatingPointError(f"loss is {last['loss']} at step {step}; lower --lr or raise --warmup")
+            if step % cfg.log_every == 0 or step == end:
+                now = time.perf_counter()
+                tps = tok_window / max(now - t_window, 1e-9)
+                t_window, tok_window = now, 0
+                row = {"step": step, "loss": last["loss"], "lr": sched.get_last_lr()[0], "tokens": tokens_seen,
+                       "tokens_per_s": tps, "elapsed_s": now - t_start}  # fmt: skip
+                if grad_norm is not None:
+                    row["grad_norm"] = float(grad_norm)
+                log.write(row)
+                prog.update(task, loss=f"{last['loss']:.4f}", tps=f"{tps:,.0f}")
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                if d.main:
+                    ev = evaluate(model, source, cfg, device, autocast)
+                    last.update(ev)
+                    log.write({"step": step, **ev})
+                if d.world > 1:
+                    dist.barrier()
+            if cfg.save and ((cfg.save_every and step % cfg.save_every == 0) or step == end):
+                checkpoint()
+            prog.update(task, completed=step)
+
+    elapsed = time.perf_counter() - t_start
+    summary = {"step": step, "finished": step >= cfg.steps, "params": n_params, "tokens": tokens_seen,
+               "elapsed_s": elapsed, "out_dir": str(out), **last}  # fmt: skip
+    if d.main and step >= cfg.steps:
+        log.write({"event": "end", **summary})
+    summary["model"] = model
+    return summary

@@ -1,0 +1,137 @@
+"""The training loop on CPU: a tiny MQAR run learns, resume after an interruption equals an uninterrupted run,
+the JSONL log and checkpoint are written, text files are packed with cu_seqlens, and 2-process gloo DDP equals
+one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from gkabench.train import TextSource, TrainConfig, find_checkpoint, train
+
+
+def small(out_dir, **kw) -> TrainConfig:
+    base = dict(
+        out_dir=str(out_dir), mixer="attention", preset="tiny", data="mqar", seq_len=24, mqar_vocab=32, mqar_pairs=4,
+        steps=12, batch_size=8, lr=3e-3, warmup_steps=3, weight_decay=0.1, eval_every=6, eval_batches=2,
+        log_every=1, save_every=4, progress=False, seed=0,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def read_log(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_tiny_mqar_run_beats_chance_by_far(tmp_path):
+    """2-layer attention, 4 pairs, 16 possible values (chance 1/16): 150 steps reach several times chance."""
+    torch.set_num_threads(2)
+    s = train(small(tmp_path, steps=150, batch_size=32, lr=3e-3, warmup_steps=10, eval_every=150, eval_batches=8, log_every=25, save=False))
+    chance = 1 / 16
+    assert s["eval_acc"] > 3 * chance, s["eval_acc"]
+    assert s["loss"] < 2.5
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path):
+    full = train(small(tmp_path / "full"))
+    part = train(small(tmp_path / "resumed", stop_at=6))  # "interrupted" after step 6 (checkpoint at 4 and 6)
+    assert part["step"] == 6 and not part["finished"]
+    assert find_checkpoint(tmp_path / "resumed") is not None
+    resumed = train(small(tmp_path / "resumed"))
+    assert resumed["step"] == 12 and resumed["finished"]
+    assert resumed["loss"] == pytest.approx(full["loss"], rel=1e-5)
+    assert resumed["eval_loss"] == pytest.approx(full["eval_loss"], rel=1e-5)
+    for (name, a), b in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    # the resumed log reads like the uninterrupted one: each step once, same losses
+    def steps(p):
+        return [(r["step"], round(r["loss"], 5)) for r in read_log(p / "log.jsonl") if "loss" in r and "step" in r]
+
+    assert steps(tmp_path / "resumed") == steps(tmp_path / "full")
+
+
+def test_log_and_checkpoint_files(tmp_path):
+    train(small(tmp_path, steps=4, eval_every=2))
+    rows = read_log(tmp_path / "log.jsonl")
+    assert rows[0]["event"] == "start" and rows[0]["env"]["torch"] == torch.__version__
+    assert rows[0]["config"]["mixer"] == "attention"
+    train_rows = [r for r in rows if "tokens_per_s" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in train_rows)
+    assert [r["step"] for r in rows if "eval_acc" in r and "event" not in r] == [2, 4]
+    assert rows[-1]["event"] == "end"
+    ckpt = tmp_path / "checkpoint"
+    for f in ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.pt"):
+        assert (ckpt / f).exists(), f
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    assert model.config.vocab_size == 32
+    assert AutoTokenizer.from_pretrained(ckpt)("hi")["input_ids"] == [104, 105]
+    assert not list(tmp_path.glob(".checkpoint*"))  # no temp dirs left
+
+
+def test_text_files_are_packed_with_cu_seqlens(tmp_path):
+    docs = ["alpha beta gamma " * 3, "second document here", "x" * 50, "the fourth one, a bit longer " * 4]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs * 3))
+    from gkabench.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(None)
+    src = TextSource([str(jsonl)], tok, seq_len=32, packing=True, text_field="text", seed=0)
+    b = src.micro_batch(0, 0, 1, 4)
+    ids, labels, cu = b["input_ids"], b["labels"], b["cu_seqlens"]
+    assert ids.shape == (1, 128) and cu[0] == 0 and cu[-1] == 128
+    assert set(range(0, 128, 32)) <= set(cu.tolist())  # every chunk boundary is a sequence boundary
+    starts = cu[:-1].long()
+    assert (labels[0, starts] == -100).all()  # no target at a document's first token
+    eos_pos = (ids[0] == tok.eos_token_id).nonzero().flatten()
+    assert set((eos_pos + 1).tolist()) - {128} <= set(cu.tolist())  # a new document starts after every EOS
+    # and the loop runs on it (packed, cu_seqlens through every layer)
+    s = train(small(tmp_path / "run", data=str(jsonl), seq_len=32, steps=3, batch_size=4, eval_every=3, eval_batches=1))
+    assert s["finished"] and s["eval_loss"] > 0
+    txt = tmp_path / "d.txt"
+    txt.write_text("\n\n".join(docs * 3))
+    s = train(small(tmp_path / "run_txt", data=str(txt), seq_len=32, steps=2, batch_size=4, eval_every=0, packing=False, save=False))
+    assert s["finished"]
+
+
+def test_user_errors_are_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data mqar"):
+        train(small(tmp_path, data=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(ValueError, match="divisible"):
+        train(small(tmp_path, batch_size=7, grad_accum=2))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str, result_file: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    s = train(small(out_dir, steps=4, eval_every=4, save_every=0))
+    if rank == 0:
+        torch.save({"loss": s["loss"], "eval_loss": s["eval_loss"], "state": s["model"].state_dict()}, result_file)
+
+
+def test_ddp_two_processes_gloo_equal_single_process(tmp_path):
+    """2 ranks x batch 4 == 1 rank with 2 accumulation steps of 4 (same global batch, same data order)."""
+    res = tmp_path / "ddp.pt"
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), str(res)), nprocs=2, join=True, start_method="fork")
+    ddp = torch.load(res, weights_only=False)
+    single = train(small(tmp_path / "single", steps=4, eval_every=4, save_every=0, grad_accum=2))
+    assert ddp["loss"] == pytest.approx(single["loss"], rel=1e-4)
+    assert ddp["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-4)
+    for (name, a), b in zip(ddp["state"].items(), single["model"].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    rows = read_log(tmp_path / "ddp" / "log.jsonl")
+    assert rows[0]["world_size"] == 2 and (tmp_path / "ddp" / "checkpoint").exists()
