@@ -32,7 +32,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (ValueError, FileNotFoundError) as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -63,16 +63,20 @@ def layers(
     from .layers.inventory import mixer_inventory
 
     rows = mixer_inventory(hidden, num_heads, head_dim, seq_len, names=parse_mixer_list(mixers))
-    table = Table(title=f"gkabench mixers at hidden {hidden} (state in bf16 conv + fp32 recurrent; KV at T={seq_len}) on {device_name()}")
-    for col in ("mixer", "heads x dim", "params/layer", "state/seq", "backends here", "known issues"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=f"gkabench mixers at hidden {hidden} on {device_name()}",
+                  caption=f"state/seq: fp32 recurrent state + conv states in bf16; attention: bf16 KV cache at T={seq_len}")
+    for col in ("mixer", "heads x dim", "params/layer", "state/seq", "CPU op", "CUDA op", "runs here", "known issues"):
+        table.add_column(col, overflow="fold", no_wrap=col == "mixer",
+                         justify="right" if col in ("params/layer", "state/seq") else "left")
     for r in rows:
         table.add_row(
-            f"[bold]{r.name}[/bold]\n{r.summary}",
+            f"[bold]{r.name}[/bold]",
             f"{r.num_heads} x {r.head_dim}",
             f"{r.params / 1e6:.2f} M",
             fmt_bytes(r.state_bytes),
-            "\n".join(r.backends),
+            r.cpu_op.split(".")[-1].split(" ")[0],
+            r.cuda_op.split(" (")[0].split(".")[-1],
+            ", ".join(r.backends),
             "\n".join(r.known_issues) or "none detected",
         )
     console.print(table)

@@ -11,7 +11,11 @@ from gkabench.cli import app
 runner = CliRunner()
 
 
-def test_layers_table_lists_every_mixer():
+def test_layers_table_lists_every_mixer(monkeypatch):
+    import gkabench.cli as cli
+    from rich.console import Console
+
+    monkeypatch.setattr(cli, "console", Console(width=250))
     result = runner.invoke(app, ["layers", "--hidden", "256"])
     assert result.exit_code == 0, result.output
     for name in ("gka", "gated_deltanet", "gla", "mamba2", "mesanet", "attention"):

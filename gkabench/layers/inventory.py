@@ -61,7 +61,7 @@ def mixer_inventory(
             mixer = build_mixer(name, hidden_size, num_heads, head_dim)
         params = sum(p.numel() for p in mixer.parameters())
         ok, why = triton_backend_available(name)
-        backends = ["reference (CPU/CUDA)"] + (["triton (CUDA)"] if ok else [f"triton: {why}"])
+        backends = ["reference"] + (["triton"] if ok else [f"not triton ({why})"])
         issues = list(spec.known_issues()) if spec.known_issues else []
         rows.append(
             MixerInfo(
