@@ -29,7 +29,7 @@ def hopper_guard_active() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        import fla.ops.common.chunk_o as chunk_o
+        from fla.ops.common import chunk_o
     except Exception:  # noqa: BLE001 - fla absent or broken: no guard to speak of
         return False
     return bool(chunk_o.IS_NVIDIA_HOPPER and chunk_o.TRITON_ABOVE_3_4_0 and not chunk_o.TRITON_ABOVE_3_7_1)
@@ -77,7 +77,7 @@ def lift_fla_hopper_guard() -> bool:
 
     for name, module in list(sys.modules.items()):
         if (name == "fla" or name.startswith("fla.")) and module is not None and hasattr(module, "TRITON_ABOVE_3_7_1"):
-            setattr(module, "TRITON_ABOVE_3_7_1", True)
+            module.TRITON_ABOVE_3_7_1 = True
     if was_active:
         GUARD_LIFTED = True
     return was_active

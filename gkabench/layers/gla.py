@@ -25,7 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Mixer, MixerCache
-from .blocks import GatedRMSNorm, RMSNorm, ShortConv, compute_dtype, conv_with_state, mask_tokens, resolve_heads, take_options
+from .blocks import (
+    GatedRMSNorm,
+    RMSNorm,
+    ShortConv,
+    compute_dtype,
+    conv_with_state,
+    mask_tokens,
+    resolve_heads,
+    take_options,
+)
 from .registry import register_mixer
 
 DEFAULTS = {

@@ -29,7 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Mixer, MixerCache
-from .blocks import ShortConv, compute_dtype, conv_with_state, mamba_a_log, mamba_dt_bias, mask_tokens, resolve_heads, take_options
+from .blocks import (
+    ShortConv,
+    compute_dtype,
+    conv_with_state,
+    mamba_a_log,
+    mamba_dt_bias,
+    mask_tokens,
+    resolve_heads,
+    take_options,
+)
 from .fla_guard import hopper_guard_issues
 from .registry import register_mixer
 
