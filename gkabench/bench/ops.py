@@ -30,6 +30,13 @@ MESA_LAMBDA = 0.25 + 0.6931  # fla MesaNet layer: lambda_lower_bound + softplus(
 GKA_ALPHA, GKA_RIDGE = 0.5, 0.02
 
 
+FORCE_FAST = False  # tests: run the CUDA-path ops on CPU tensors (under TRITON_INTERPRET=1)
+
+
+def _fast(x: torch.Tensor) -> bool:
+    return x.is_cuda or FORCE_FAST
+
+
 class CellUnavailable(RuntimeError):
     """The op cannot run here (e.g. a kernel missing on this machine): the cell is recorded as skipped."""
 
@@ -87,7 +94,7 @@ def forward(name: str, inp: dict, *, final_state: bool, num_iter: int = 30, init
     """Run op ``name`` on one input set; returns ``(o [B, T, H, V], state)``. ``state`` is what a decode step
     continues from (None unless ``final_state``). Attention's state is its KV cache ``(k, v)``."""
     q, k, v = inp["q"], inp["k"], inp["v"]
-    cuda = q.is_cuda
+    cuda = _fast(q)
     if name == "attention":
         o = _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
         return o.transpose(1, 2), ((k.detach(), v.detach()) if final_state else None)
@@ -120,7 +127,7 @@ def step(name: str, inp: dict, state, *, num_iter: int = 30):
     """One decode step (inputs of length 1) from ``state``; returns ``(o, new_state)``. ``state`` is not modified
     (except attention's preallocated KV cache, whose last slot is rewritten each step)."""
     q, k, v = inp["q"], inp["k"], inp["v"]
-    cuda = q.is_cuda
+    cuda = _fast(q)
     if name == "attention":
         kc, vc = state  # [B, H, T + 1, D], the last slot free for the new token
         kc[:, :, -1] = k[:, 0]
