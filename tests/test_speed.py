@@ -290,7 +290,7 @@ def test_cuda_branch_of_ops_under_triton_interpreter():
 
     pytest.importorskip("fla")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", _FLA_INTERPRET], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", _FLA_INTERPRET], capture_output=True, text=True, env=env, timeout=300, check=False)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert line, proc.stdout[-2000:] + proc.stderr[-4000:]
     errors = json.loads(line[0][len("RESULT ") :])
