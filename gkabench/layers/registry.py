@@ -51,15 +51,21 @@ def _ensure_loaded() -> None:
     from . import _builtin  # noqa: F401
 
 
+# Tables list the built-in mixers in this order whatever order their modules were imported in; mixers
+# registered by users follow, in registration order.
+DISPLAY_ORDER = ("gka", "gated_deltanet", "gla", "mamba2", "mesanet", "attention")
+
+
 def mixer_names() -> list[str]:
     _ensure_loaded()
-    return list(_REGISTRY)
+    rank = {n: i for i, n in enumerate(DISPLAY_ORDER)}
+    return sorted(_REGISTRY, key=lambda n: rank.get(n, len(rank)))
 
 
 def get_mixer_spec(name: str) -> MixerSpec:
     _ensure_loaded()
     if name not in _REGISTRY:
-        raise UnknownMixerError(f"unknown mixer {name!r}; valid names: {', '.join(_REGISTRY)}")
+        raise UnknownMixerError(f"unknown mixer {name!r}; valid names: {', '.join(mixer_names())}")
     return _REGISTRY[name]
 
 
