@@ -22,6 +22,7 @@ Generation is vectorised in numpy and deterministic in ``seed``. Chance accuracy
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -126,3 +127,247 @@ def evaluate_mqar(model, cfg: MQARConfig, num_examples: int = 1000, batch_size: 
         correct, total = correct + c, total + t
     model.train(was_training)
     return correct / max(total, 1)
+
+
+# ---------------------------------------------------------------------------------------------------- sweep
+#
+# The paper's MQAR figure: 2-layer models per mixer over model dims and (seq_len, pairs), the best accuracy
+# over a few learning rates per cell. Every run appends one JSONL row as soon as it finishes; a rerun skips the
+# runs already in the file, so an interrupted sweep resumes where it stopped. md table and png are derived.
+
+# Named variants: the paper's MQAR figure ran GKA without the forgetting gate and without alpha.
+MIXER_VARIANTS: dict[str, tuple[str, dict]] = {
+    "gka_plain": ("gka", {"use_decay": False, "use_alpha": False}),
+}
+
+
+def resolve_variant(name: str) -> tuple[str, dict]:
+    """``"gka_plain"`` -> ``("gka", {...})``; a registered mixer name -> ``(name, {})``."""
+    if name in MIXER_VARIANTS:
+        base, opts = MIXER_VARIANTS[name]
+        return base, dict(opts)
+    from ..layers import get_mixer_spec
+
+    try:
+        get_mixer_spec(name)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; MQAR variants: {', '.join(MIXER_VARIANTS)}") from None
+    return name, {}
+
+
+@dataclass
+class SweepConfig:
+    mixers: list[str]
+    dims: list[int]
+    lengths: list[tuple[int, int]]  # (seq_len, num_pairs)
+    lrs: list[float]
+    vocab_size: int = 8192
+    steps: int = 3000
+    batch_size: int = 64
+    num_layers: int = 2
+    num_heads: int | None = None
+    head_dim: int | None = None
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    eval_examples: int = 1000
+    seed: int = 0
+    device: str | None = None
+    out_dir: str = "results/mqar"
+    name: str = "mqar"
+    run_dir: str = "runs/mqar"  # per-run logs (not results)
+
+    @classmethod
+    def defaults_for(cls, gpu: bool, **overrides) -> "SweepConfig":
+        """The paper-scale sweep on a GPU; a CPU-tiny one (it only shows the pipeline works) otherwise."""
+        if gpu:
+            base = dict(
+                mixers=["gka", "gka_plain", "gated_deltanet", "gla", "mamba2", "mesanet", "attention"],
+                dims=[64, 128, 256], lengths=[(256, 64), (512, 128), (1024, 256)], lrs=[3e-4, 1e-3, 3e-3, 1e-2],
+            )  # fmt: skip
+        else:
+            base = dict(
+                mixers=["attention", "gka"], dims=[32, 64], lengths=[(32, 4)], lrs=[3e-3], vocab_size=64, head_dim=16,
+                steps=60, batch_size=32, warmup_steps=10, eval_examples=256, name="mqar_cpu_tiny",
+            )  # fmt: skip
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def runs(self) -> list[dict]:
+        """One dict per training run (the row key fields), in sweep order."""
+        out = []
+        for seq_len, pairs in self.lengths:
+            for dim in self.dims:
+                for mixer in self.mixers:
+                    for lr in self.lrs:
+                        out.append(dict(
+                            mixer=mixer, dim=dim, seq_len=seq_len, num_pairs=pairs, lr=lr, vocab_size=self.vocab_size,
+                            steps=self.steps, batch_size=self.batch_size, num_layers=self.num_layers,
+                            num_heads=self.num_heads, head_dim=self.head_dim, seed=self.seed,
+                        ))  # fmt: skip
+        return out
+
+
+KEY_FIELDS = ("mixer", "dim", "seq_len", "num_pairs", "lr", "vocab_size", "steps", "batch_size", "num_layers", "num_heads", "head_dim", "seed")
+
+
+def run_key(row: dict) -> tuple:
+    return tuple(row.get(k) for k in KEY_FIELDS)
+
+
+def read_rows(path) -> list[dict]:
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
+    """Train one 2-layer model on MQAR and return its result row (accuracy on fresh examples)."""
+    import time
+    from pathlib import Path
+
+    from ..env import environment
+    from ..train import TrainConfig, train
+
+    base, opts = resolve_variant(run["mixer"])
+    tag = f"{run['mixer']}_d{run['dim']}_T{run['seq_len']}_P{run['num_pairs']}_lr{run['lr']:g}"
+    eval_batches = max(1, -(-sweep.eval_examples // sweep.batch_size))
+    cfg = TrainConfig(
+        out_dir=str(Path(sweep.run_dir) / sweep.name / tag), mixer=base, mixer_options={base: opts} if opts else {},
+        preset="tiny", hidden_size=run["dim"], num_layers=run["num_layers"], num_heads=run["num_heads"], head_dim=run["head_dim"],
+        data="mqar", seq_len=run["seq_len"], mqar_vocab=run["vocab_size"], mqar_pairs=run["num_pairs"],
+        steps=run["steps"], batch_size=run["batch_size"], lr=run["lr"], warmup_steps=min(sweep.warmup_steps, run["steps"]),
+        weight_decay=sweep.weight_decay, eval_every=run["steps"], eval_batches=eval_batches, log_every=max(1, run["steps"] // 50),
+        save=False, resume=False, progress=False, seed=run["seed"], device=sweep.device,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    s = train(cfg)
+    model = s.pop("model")
+    return {
+        **run, "base_mixer": base, "options": opts, "accuracy": s["eval_acc"], "eval_loss": s["eval_loss"],
+        "train_loss": s["loss"], "params": s["params"], "eval_examples": eval_batches * run["batch_size"],
+        "state_bytes_per_layer": model.model.layers[0].mixer.state_bytes(run["seq_len"]),
+        "elapsed_s": time.perf_counter() - t0, "env": environment(next(model.parameters()).device),
+    }  # fmt: skip
+
+
+def best_per_cell(rows: list[dict]):
+    """DataFrame of the best accuracy over learning rates per (mixer, seq_len, num_pairs, dim), with its lr."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    idx = df.groupby(["mixer", "seq_len", "num_pairs", "dim"])["accuracy"].idxmax()
+    best = df.loc[idx, ["mixer", "seq_len", "num_pairs", "dim", "accuracy", "lr"]]
+    runs = df.groupby(["mixer", "seq_len", "num_pairs", "dim"]).size().rename("lrs_tried").reset_index()
+    return best.merge(runs, on=["mixer", "seq_len", "num_pairs", "dim"]).sort_values(["seq_len", "mixer", "dim"])
+
+
+def write_markdown(rows: list[dict], path, title: str) -> None:
+    """One table per (seq_len, pairs): rows = mixers, columns = model dims, cells = best accuracy (its lr)."""
+    best = best_per_cell(rows)
+    lines = [f"# {title}", ""]
+    if rows:
+        env = rows[-1].get("env", {})
+        r0 = rows[0]
+        lines += [
+            f"2-layer models, vocab {r0['vocab_size']}, {r0['steps']} steps x batch {r0['batch_size']}, "
+            f"best accuracy over the learning rates tried (in parentheses: that lr). Accuracy on "
+            f"{r0.get('eval_examples', '?')} fresh examples per run.",
+            "",
+            f"Environment: {env.get('device')}, torch {env.get('torch')}, git {env.get('git_sha')}; command: `{env.get('command')}`",
+            "",
+        ]
+    for (T, P), sub in best.groupby(["seq_len", "num_pairs"]) if not best.empty else []:
+        dims = sorted(sub["dim"].unique())
+        lines += [f"## seq_len {T}, {P} pairs", "", "| mixer | " + " | ".join(f"d={d}" for d in dims) + " |",
+                  "|---|" + "---|" * len(dims)]  # fmt: skip
+        for mixer, m in sub.groupby("mixer", sort=False):
+            cells = []
+            for dd in dims:
+                r = m[m["dim"] == dd]
+                cells.append(f"{r['accuracy'].iloc[0]:.3f} ({r['lr'].iloc[0]:g})" if len(r) else "-")
+            lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
+        lines.append("")
+    _atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_plot(rows: list[dict], path, title: str) -> None:
+    """Accuracy vs model dim, one line per mixer, one panel per (seq_len, pairs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = best_per_cell(rows)
+    if best.empty:
+        return
+    panels = sorted({(int(t), int(p)) for t, p in zip(best["seq_len"], best["num_pairs"])})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
+    for ax, (T, P) in zip(axes[0], panels):
+        sub = best[(best["seq_len"] == T) & (best["num_pairs"] == P)]
+        for mixer, m in sub.groupby("mixer"):
+            m = m.sort_values("dim")
+            ax.plot(m["dim"], m["accuracy"], marker="o", label=mixer)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(sub["dim"].unique()), [str(d) for d in sorted(sub["dim"].unique())])
+        ax.set_title(f"seq_len {T}, {P} pairs")
+        ax.set_xlabel("model dim")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("MQAR accuracy (best lr)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    from pathlib import Path
+
+    p = Path(path)
+    tmp = p.with_name(p.stem + ".tmp" + p.suffix)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(p)
+
+
+def _atomic_write_text(path, text: str) -> None:
+    from pathlib import Path
+
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(p)
+
+
+def run_mqar_sweep(sweep: SweepConfig, on_run=None) -> list[dict]:
+    """Run every run of ``sweep`` not yet in ``out_dir/name.jsonl``, appending each row when it finishes; then
+    write ``name.md`` and ``name.png``. ``on_run(run, row_or_None)`` is called per run (row None = skipped).
+    Returns all rows of the file that belong to this sweep."""
+    from pathlib import Path
+
+    for m in sweep.mixers:
+        resolve_variant(m)
+    for T, P in sweep.lengths:
+        MQARConfig(vocab_size=sweep.vocab_size, seq_len=T, num_pairs=P)  # validates sizes up front
+    out = Path(sweep.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = out / f"{sweep.name}.jsonl"
+    done = {run_key(r) for r in read_rows(jsonl)}
+    for run in sweep.runs():
+        if run_key(run) in done:
+            if on_run:
+                on_run(run, None)
+            continue
+        row = train_mqar_run(run, sweep)
+        with jsonl.open("a") as f:  # one line per finished run: an interruption loses at most the run in flight
+            f.write(json.dumps(row, default=str) + "\n")
+        done.add(run_key(run))
+        if on_run:
+            on_run(run, row)
+    wanted = {run_key(r) for r in sweep.runs()}
+    rows = [r for r in read_rows(jsonl) if run_key(r) in wanted]
+    title = f"MQAR ({sweep.name})"
+    write_markdown(rows, out / f"{sweep.name}.md", title)
+    write_plot(rows, out / f"{sweep.name}.png", title)
+    return rows
