@@ -237,6 +237,159 @@ def speed(
         raise typer.Exit(code=130)
 
 
+def _parse_list(text: str | None, cast, what: str) -> list | None:
+    """``"64,128"`` -> ``[64, 128]``; None stays None. A bad item raises a one-line error naming the option."""
+    if text is None:
+        return None
+    try:
+        return [cast(t.strip()) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{what}: could not read {text!r}; pass comma-separated values, e.g. {what} 64,128") from None
+
+
+def _parse_mixer_options(items: list[str] | None) -> dict:
+    """``["gka.use_alpha=false", "attention.rope_theta=500000"]`` -> ``{"gka": {"use_alpha": False}, ...}``."""
+    import json
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        mixer, dot, opt = key.partition(".")
+        if not (sep and dot and mixer and opt):
+            raise ValueError(f"--mixer-option {item!r}: use MIXER.OPTION=VALUE, e.g. --mixer-option gka.use_alpha=false")
+        try:
+            value = json.loads(raw.lower() if raw.lower() in ("true", "false", "null") else raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(mixer, {})[opt] = value
+    return out
+
+
+@app.command()
+@user_errors
+def train(
+    out: str = typer.Option(..., "--out", help="run directory: log.jsonl and checkpoint/ (a rerun resumes from it)"),
+    mixer: str = typer.Option("gka", "--mixer", help="mixer or per-layer pattern, e.g. gka or gka,gka,gka,attention"),
+    preset: str = typer.Option("tiny", "--preset", help="model size: tiny, 125m, 440m"),
+    hidden: int = typer.Option(None, "--hidden", help="override the preset's hidden size"),
+    num_layers: int = typer.Option(None, "--layers", help="override the preset's layer count"),
+    num_heads: int = typer.Option(None, "--num-heads"),
+    head_dim: int = typer.Option(None, "--head-dim"),
+    mixer_option: list[str] = typer.Option(None, "--mixer-option", help="MIXER.OPTION=VALUE, repeatable (gka.use_alpha=false)"),
+    data: str = typer.Option("mqar", "--data", help="mqar, or comma-separated local .txt / .jsonl files"),
+    eval_data: str = typer.Option(None, "--eval-data", help="held-out text files (default: last 2% of --data)"),
+    text_field: str = typer.Option("text", "--text-field", help="JSONL field holding the document text"),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="local tokenizer.json or directory (default: bytes)"),
+    seq_len: int = typer.Option(256, "--seq-len"),
+    packing: bool = typer.Option(True, "--packing/--no-packing", help="pack documents with cu_seqlens (no cross-document attention)"),
+    mqar_vocab: int = typer.Option(8192, "--mqar-vocab"),
+    mqar_pairs: int = typer.Option(64, "--mqar-pairs"),
+    steps: int = typer.Option(1000, "--steps"),
+    batch_size: int = typer.Option(64, "--batch-size", help="sequences per optimizer step over all GPUs"),
+    grad_accum: int = typer.Option(1, "--grad-accum"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    warmup: int = typer.Option(100, "--warmup"),
+    weight_decay: float = typer.Option(0.1, "--weight-decay"),
+    grad_clip: float = typer.Option(1.0, "--grad-clip"),
+    eval_every: int = typer.Option(100, "--eval-every"),
+    save_every: int = typer.Option(200, "--save-every"),
+    log_every: int = typer.Option(10, "--log-every"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from out/checkpoint when present"),
+):
+    """Train a causal LM with any mixer on MQAR or local text (run under torchrun for several GPUs)."""
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    cfg = TrainConfig(
+        out_dir=out, mixer=mixer, preset=preset, hidden_size=hidden, num_layers=num_layers, num_heads=num_heads,
+        head_dim=head_dim, mixer_options=_parse_mixer_options(mixer_option), data=data, eval_data=eval_data,
+        text_field=text_field, tokenizer=tokenizer, seq_len=seq_len, packing=packing, mqar_vocab=mqar_vocab,
+        mqar_pairs=mqar_pairs, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup,
+        weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every, save_every=save_every,
+        log_every=log_every, seed=seed, device=device, resume=resume,
+    )  # fmt: skip
+    summary = run_train(cfg)
+    summary.pop("model", None)
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        table = Table(title=f"gkabench train: {out}")
+        table.add_column("field")
+        table.add_column("value", justify="right")
+        for k, v in summary.items():
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        console.print(table)
+
+
+@app.command()
+@user_errors
+def mqar(
+    mixers: str = typer.Option(None, "--mixers", help="comma-separated mixers / variants (gka_plain = GKA without gate and alpha); all = every one"),
+    dims: str = typer.Option(None, "--dims", help="model dims, e.g. 64,128,256"),
+    lengths: str = typer.Option(None, "--lengths", help="SEQ_LEN:PAIRS list, e.g. 256:64,512:128,1024:256"),
+    lrs: str = typer.Option(None, "--lrs", help="learning rates, e.g. 3e-4,1e-3,3e-3,1e-2"),
+    steps: int = typer.Option(None, "--steps"),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    vocab: int = typer.Option(None, "--vocab"),
+    num_layers: int = typer.Option(None, "--layers"),
+    num_heads: int = typer.Option(None, "--num-heads", help="heads for every mixer (default: each mixer's own)"),
+    head_dim: int = typer.Option(None, "--head-dim", help="head dim for every mixer (default: each mixer's own)"),
+    eval_examples: int = typer.Option(None, "--eval-examples"),
+    out: str = typer.Option("results/mqar", "--out", help="where NAME.jsonl / .md / .png go"),
+    name: str = typer.Option(None, "--name", help="file stem (default mqar on GPU, mqar_cpu_tiny on CPU)"),
+    device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)"),
+):
+    """MQAR sweep: mixers x model dims x (seq_len, pairs) x learning rates; best accuracy per cell, resumable."""
+    import torch
+    from rich.progress import Progress
+
+    from .tasks.mqar import MIXER_VARIANTS, SweepConfig, run_mqar_sweep
+
+    gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if gpu and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for but no CUDA device is visible; drop --device or use --device cpu")
+    mixer_list = _parse_list(mixers, str, "--mixers")
+    if mixer_list == ["all"]:
+        from .layers import mixer_names
+
+        mixer_list = [*mixer_names(), *MIXER_VARIANTS]
+    length_list = None
+    if lengths is not None:
+        try:
+            length_list = [tuple(int(x) for x in item.split(":")) for item in lengths.split(",") if item.strip()]
+            assert all(len(t) == 2 for t in length_list)
+        except (ValueError, AssertionError):
+            raise ValueError(f"--lengths: could not read {lengths!r}; pass SEQ_LEN:PAIRS items, e.g. --lengths 256:64,512:128") from None
+    sweep = SweepConfig.defaults_for(
+        gpu, mixers=mixer_list, dims=_parse_list(dims, int, "--dims"), lengths=length_list, lrs=_parse_list(lrs, float, "--lrs"),
+        steps=steps, batch_size=batch_size, vocab_size=vocab, num_layers=num_layers, num_heads=num_heads,
+        head_dim=head_dim, eval_examples=eval_examples, out_dir=out, name=name, device=device,
+    )  # fmt: skip
+    if not gpu:
+        console.print("[yellow]No GPU: a CPU-tiny sweep through the pure-PyTorch reference ops; it shows the pipeline works, not the paper's result.[/yellow]")
+    total = len(sweep.runs())
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"MQAR {sweep.name}", total=total)
+
+        def on_run(run, row):
+            what = "skip (done)" if row is None else f"acc {row['accuracy']:.3f}"
+            progress.console.print(f"{run['mixer']:>16} d={run['dim']:<4} T={run['seq_len']:<5} P={run['num_pairs']:<4} lr={run['lr']:<7g} {what}")
+            progress.advance(task)
+
+        rows = run_mqar_sweep(sweep, on_run=on_run)
+    from .tasks.mqar import best_per_cell
+
+    best = best_per_cell(rows)
+    table = Table(title=f"MQAR best accuracy over lrs ({len(rows)} runs) -> {out}/{sweep.name}.{{jsonl,md,png}}")
+    for col in ("mixer", "seq_len", "pairs", "dim", "accuracy", "best lr"):
+        table.add_column(col, justify="left" if col == "mixer" else "right")
+    for r in best.itertuples():
+        table.add_row(r.mixer, str(r.seq_len), str(r.num_pairs), str(r.dim), f"{r.accuracy:.3f}", f"{r.lr:g}")
+    console.print(table)
+
+
 def main() -> None:
     app()
 

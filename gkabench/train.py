@@ -391,8 +391,12 @@ def evaluate(model, source, cfg: TrainConfig, device, autocast) -> dict:
 
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) per ``cfg``; returns a summary dict (final step, losses, eval metrics, tokens/s)."""
+    from transformers.utils import logging as hf_logging
+
     from .env import environment
     from .tokenizers import load_tokenizer
+
+    hf_logging.disable_progress_bar()  # save_pretrained's shard bar would cut through our own progress bar
 
     d, device = setup_distributed(cfg.device)
     try:
@@ -429,13 +433,14 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     sched = get_cosine_with_min_lr_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps), cfg.steps, min_lr_rate=cfg.min_lr_ratio)
-    step, tokens_seen = 0, 0
+    step, tokens_seen, last_restored = 0, 0, None
     if ckpt is not None:
         state = torch.load(ckpt / STATE_FILE, weights_only=False, map_location="cpu")
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
         step, tokens_seen = state["step"], state["tokens"]
+        last_restored = state.get("last")
 
     ddp_model = model
     if d.world > 1:
@@ -460,15 +465,16 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
         if d.main:
             save_checkpoint(out, model, tokenizer, {
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": states,
-                "step": step, "tokens": tokens_seen, "config": cfg.to_dict(),
+                "step": step, "tokens": tokens_seen, "config": cfg.to_dict(), "last": last,
             })  # fmt: skip
         if d.world > 1:
             dist.barrier()
 
     micro = cfg.batch_size // parts
     tokens_per_step = cfg.batch_size * cfg.seq_len
-    last = {"loss": float("nan")}
+    last = dict(last_restored or {"loss": float("nan")})
     t_start, t_window, tok_window = time.perf_counter(), time.perf_counter(), 0
+    start_step = step
     end = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
     with _progress(cfg.progress and d.main) as prog:
         task = prog.add_task(f"train {cfg.mixer}", total=cfg.steps, completed=step, loss="-", tps="-")
@@ -520,7 +526,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     elapsed = time.perf_counter() - t_start
     summary = {"step": step, "finished": step >= cfg.steps, "params": n_params, "tokens": tokens_seen,
                "elapsed_s": elapsed, "out_dir": str(out), **last}  # fmt: skip
-    if d.main and step >= cfg.steps:
+    if d.main and step >= cfg.steps and step > start_step:
         log.write({"event": "end", **summary})
     summary["model"] = model
     return summary

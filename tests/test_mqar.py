@@ -82,3 +82,37 @@ def test_accuracy_scorer():
     assert mqar_accuracy(perfect, b.labels) == (4 * CFG.num_pairs, 4 * CFG.num_pairs)
     assert mqar_accuracy(torch.zeros(4, CFG.seq_len, V), b.labels)[0] < 4 * CFG.num_pairs
     np.testing.assert_equal(mqar_accuracy(perfect[:, :, :], b.labels)[1], 4 * CFG.num_pairs)
+
+
+def test_sweep_appends_rows_resumes_and_writes_table_and_plot(tmp_path):
+    from gkabench.tasks.mqar import SweepConfig, read_rows, run_mqar_sweep
+
+    sweep = SweepConfig.defaults_for(
+        False, mixers=["attention"], dims=[16, 32], lengths=[(24, 4)], lrs=[1e-2, 3e-3], vocab_size=32, steps=3,
+        batch_size=8, eval_examples=16, head_dim=8, out_dir=str(tmp_path / "res"), run_dir=str(tmp_path / "runs"), name="t",
+    )  # fmt: skip
+    seen = []
+    rows = run_mqar_sweep(sweep, on_run=lambda run, row: seen.append(row is None))
+    assert len(rows) == 4 and seen == [False] * 4
+    assert all(0 <= r["accuracy"] <= 1 and r["env"]["torch"] for r in rows)
+    # a rerun skips every finished run; one more lr only runs the new ones
+    sweep.lrs = [1e-2, 3e-3, 1e-3]
+    rows = run_mqar_sweep(sweep, on_run=lambda run, row: seen.append(row is None))
+    assert len(rows) == 6 and seen[4:] == [True, True, False, True, True, False]
+    assert len(read_rows(tmp_path / "res" / "t.jsonl")) == 6
+    md = (tmp_path / "res" / "t.md").read_text()
+    assert "| attention |" in md and "d=16" in md and "seq_len 24, 4 pairs" in md
+    assert (tmp_path / "res" / "t.png").stat().st_size > 1000
+
+
+def test_cli_user_errors_are_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from gkabench.cli import app
+
+    r = CliRunner().invoke(app, ["mqar", "--lengths", "256-64", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--lengths" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["mqar", "--mixers", "nope", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "valid names" in r.output
+    r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "none.txt")])
+    assert r.exit_code == 2 and "not found" in r.output

@@ -30,9 +30,9 @@ def read_log(path):
 
 
 def test_tiny_mqar_run_beats_chance_by_far(tmp_path):
-    """2-layer attention, 4 pairs, 16 possible values (chance 1/16): 150 steps reach several times chance."""
+    """2-layer attention, 4 pairs, 16 possible values (chance 1/16): 100 steps reach several times chance."""
     torch.set_num_threads(2)
-    s = train(small(tmp_path, steps=150, batch_size=32, lr=3e-3, warmup_steps=10, eval_every=150, eval_batches=8, log_every=25, save=False))
+    s = train(small(tmp_path, steps=100, batch_size=32, lr=3e-3, warmup_steps=10, eval_every=100, eval_batches=8, log_every=25, save=False))
     chance = 1 / 16
     assert s["eval_acc"] > 3 * chance, s["eval_acc"]
     assert s["loss"] < 2.5
