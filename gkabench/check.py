@@ -319,8 +319,12 @@ def _is_fla_guard(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "3.7.1" in str(exc)
 
 
-def run_checks(device: torch.device, ops: list[str] | None = None, lift_guard: bool = False, progress=None) -> list[CheckRow]:
-    """Run every case for ``device``; ``ops`` filters by op-name prefix. Never raises for a failing case."""
+def run_checks(
+    device: torch.device, ops: list[str] | None = None, lift_guard: bool = False, progress=None, quick: bool = False
+) -> list[CheckRow]:
+    """Run every case for ``device``; ``ops`` filters by op-name prefix; ``quick`` keeps the first shape of each
+    op (fewer Triton compilations: fla autotunes every new shape). ``progress(case, rows)`` is called after each
+    case with that case's rows. Never raises for a failing case."""
     guard_lifted = False
     if lift_guard and device.type == "cuda":
         from .layers.fla_guard import lift_fla_hopper_guard
@@ -329,8 +333,14 @@ def run_checks(device: torch.device, ops: list[str] | None = None, lift_guard: b
     cases = gka_cases(device) + attention_cases(device) + baseline_cases(device)
     if ops:
         cases = [c for c in cases if any(c.op.startswith(o) for o in ops)]
+    if quick:
+        first_shape: dict[str, str] = {}
+        for c in cases:
+            first_shape.setdefault(c.op, c.case.split(" r=")[0])
+        cases = [c for c in cases if c.case.split(" r=")[0] == first_shape[c.op]]
     rows: list[CheckRow] = []
     for case in cases:
+        start = len(rows)
         dt = _dtype_name(case.dtype)
         note = "fla Hopper guard lifted" if guard_lifted and "fla" in case.tags else ""
         try:
@@ -346,7 +356,7 @@ def run_checks(device: torch.device, ops: list[str] | None = None, lift_guard: b
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         if progress is not None:
-            progress(case)
+            progress(case, rows[start:])
     return rows
 
 

@@ -138,6 +138,7 @@ def check(
     device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)"),
     lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="run fla's gated backward despite its Hopper/Triton<3.7.1 guard, to test it"),
     json_out: str = typer.Option(None, "--json", help="also write the rows to this JSON file"),
+    quick: bool = typer.Option(False, "--quick", help="one shape per op (fewer Triton compilations)"),
 ):
     """Every fast kernel here against its float64 reference (fresh random data, forward and gradients).
 
@@ -145,7 +146,6 @@ def check(
     import json
 
     import torch
-    from rich.progress import Progress
 
     from .check import any_failure, run_checks
     from .env import default_device, device_name, environment
@@ -157,13 +157,20 @@ def check(
     if dev.type == "cpu":
         console.print("[yellow]No CUDA device: there are no Triton paths to check here; checking the CPU references against the exact float64 solve.[/yellow]")
     op_list = [o.strip() for o in ops.split(",")] if ops else None
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("checking", total=None)
-        rows = run_checks(dev, op_list, lift_guard=lift_fla_guard, progress=lambda c: progress.update(task, description=f"{c.op} {c.case}", advance=1))
+    colors = {"pass": "green", "FAIL": "red", "error": "red", "refused": "yellow", "skip": "dim"}
+
+    def report(case, case_rows):  # one line per case as it finishes, so a killed run still shows its progress
+        worst = max((r.rel_err / r.tol for r in case_rows if r.rel_err is not None and r.tol), default=None)
+        status = "pass" if case_rows and all(r.status == "pass" for r in case_rows) else (case_rows[0].status if case_rows else "-")
+        if any(r.status == "FAIL" for r in case_rows):
+            status = "FAIL"
+        tail = f"worst err/tol {worst:.2f}" if worst is not None else (case_rows[0].note if case_rows else "")
+        console.print(f"[{colors.get(status, 'white')}]{status:7s}[/] {case.op} | {case.case} | {str(case.dtype).replace('torch.', '')} | {tail}", highlight=False)
+
+    rows = run_checks(dev, op_list, lift_guard=lift_fla_guard, progress=report, quick=quick)
     table = Table(title=f"gkabench check on {device_name(dev)}")
     for col in ("op", "case", "dtype", "quantity", "rel err", "tol", "status", "note"):
         table.add_column(col, justify="right" if col in ("rel err", "tol") else "left", overflow="fold")
-    colors = {"pass": "green", "FAIL": "red", "error": "red", "refused": "yellow", "skip": "dim"}
     for r in rows:
         table.add_row(
             r.op, r.case, r.dtype, r.quantity,
