@@ -143,20 +143,35 @@ class MQARSource:
     """MQAR: step s's global batch is ``mqar_batch(cfg, batch_size, (seed, s))``; eval uses another seed."""
 
     def __init__(self, cfg: MQARConfig, seed: int):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.cfg, self.seed = cfg, seed
-        self._cache: tuple[int, dict] | None = None
+        self._cache: tuple[tuple, dict] | None = None
+        # The next step's batch is generated in a background thread while the GPU works on this one (numpy
+        # releases the GIL), so data generation does not bound small models' step time.
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._next = None  # (key, future)
 
     @property
     def vocab_size(self) -> int:
         return self.cfg.vocab_size
 
-    def global_batch(self, step: int, size: int, split: str = "train") -> dict:
-        if self._cache is not None and self._cache[0] == (step, size, split):
-            return self._cache[1]
+    def _make(self, step: int, size: int, split: str) -> dict:
         seed = (self.seed, step) if split == "train" else (self.seed + 7919, 10**6 + step)
         b = mqar_batch(self.cfg, size, seed)
-        out = {"input_ids": b.input_ids, "labels": b.labels}
-        self._cache = ((step, size, split), out)
+        return {"input_ids": b.input_ids, "labels": b.labels}
+
+    def global_batch(self, step: int, size: int, split: str = "train") -> dict:
+        key = (step, size, split)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        if self._next is not None and self._next[0] == key:
+            out = self._next[1].result()
+        else:
+            out = self._make(step, size, split)
+        self._cache = (key, out)
+        if split == "train":
+            self._next = ((step + 1, size, split), self._pool.submit(self._make, step + 1, size, split))
         return out
 
     def micro_batch(self, step: int, part: int, parts: int, size: int, split: str = "train") -> dict:

@@ -15,6 +15,16 @@ import torch.multiprocessing as mp
 from gkabench.train import TextSource, TrainConfig, find_checkpoint, train
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP threads contending
+    with other processes slow these runs down ~10x; one thread keeps the timings stable."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def small(out_dir, **kw) -> TrainConfig:
     base = dict(
         out_dir=str(out_dir), mixer="attention", preset="tiny", data="mqar", seq_len=24, mqar_vocab=32, mqar_pairs=4,
@@ -31,7 +41,6 @@ def read_log(path):
 
 def test_tiny_mqar_run_beats_chance_by_far(tmp_path):
     """2-layer attention, 4 pairs, 16 possible values (chance 1/16): 100 steps reach several times chance."""
-    torch.set_num_threads(2)
     s = train(small(tmp_path, steps=100, batch_size=32, lr=3e-3, warmup_steps=10, eval_every=100, eval_batches=8, log_every=25, save=False))
     chance = 1 / 16
     assert s["eval_acc"] > 3 * chance, s["eval_acc"]

@@ -82,8 +82,11 @@ def mqar_batch(cfg: MQARConfig, batch_size: int, seed: int | tuple[int, ...] | n
     rng = np.random.default_rng(seed)
     B, P, Q, T = batch_size, cfg.num_pairs, cfg.queries, cfg.seq_len
     half = cfg.vocab_size // 2
-    # Distinct keys per example: the first P of a random permutation of the key range (argsort of uniform noise).
-    keys = np.argsort(rng.random((B, half - 1)), axis=1)[:, :P] + 1  # [B, P] in [1, half)
+    # Distinct keys per example: the P smallest of uniform noise over the key range (a uniform random P-subset;
+    # argpartition is linear time), then put in random order.
+    noise = rng.random((B, half - 1))
+    subset = np.argpartition(noise, P - 1, axis=1)[:, :P] if P < half - 1 else np.tile(np.arange(half - 1), (B, 1))
+    keys = np.take_along_axis(subset, np.argsort(rng.random((B, P)), axis=1), axis=1) + 1  # [B, P] in [1, half)
     values = rng.integers(half, cfg.vocab_size, size=(B, P))  # [B, P] in [half, vocab)
     ids = np.zeros((B, T), dtype=np.int64)
     ids[:, 0 : 2 * P : 2] = keys
