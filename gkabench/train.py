@@ -239,6 +239,7 @@ def tokenize_files(files: list[str], tokenizer, text_field: str) -> tuple[np.nda
     """All documents of ``files`` as one token stream (EOS after each) and a bool array marking document starts."""
     import datasets
 
+    datasets.disable_progress_bars()  # our own progress bar is the one to watch
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise FileNotFoundError(f"data file {missing[0]} not found; pass local .txt/.jsonl files or --data mqar")

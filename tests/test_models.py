@@ -72,6 +72,16 @@ def test_generate_equals_full_forward(mixer):
 
 
 @pytest.mark.parametrize("mixer", ["gka", "attention"])
+def test_beam_search_with_cache_equals_without(mixer):
+    """Beam search reorders the recurrent caches (GKABenchCache.reorder_cache); without a cache it recomputes."""
+    model = tiny(mixer)
+    ids = torch.randint(0, VOCAB - 1, (2, 5))
+    kw = dict(max_new_tokens=4, num_beams=3, do_sample=False, pad_token_id=VOCAB - 1)
+    with torch.no_grad():
+        assert torch.equal(model.generate(ids, use_cache=True, **kw), model.generate(ids, use_cache=False, **kw))
+
+
+@pytest.mark.parametrize("mixer", ["gka", "attention"])
 def test_left_padded_generate_matches_unpadded(mixer):
     """A left-padded batch generates what each prompt generates alone."""
     model = tiny(mixer)
