@@ -405,6 +405,20 @@ def evaluate(model, source, cfg: TrainConfig, device, autocast) -> dict:
     return res
 
 
+# Settings a resumed run must share with the checkpoint: the model, the data and their order.
+RESUME_MUST_MATCH = (
+    "mixer", "preset", "hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size", "mixer_options",
+    "data", "text_field", "tokenizer", "seq_len", "packing", "mqar_vocab", "mqar_pairs", "mqar_queries", "batch_size", "seed",
+)  # fmt: skip
+
+
+def _check_resumable(cfg: TrainConfig, saved: dict, out: Path) -> None:
+    diff = [k for k in RESUME_MUST_MATCH if k in saved and saved[k] != getattr(cfg, k)]
+    if diff:
+        what = ", ".join(f"{k}={saved[k]!r} there vs {getattr(cfg, k)!r} now" for k in diff)
+        raise ValueError(f"{out} holds a run with other settings ({what}); use another --out, or --no-resume to start over")
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) per ``cfg``; returns a summary dict (final step, losses, eval metrics, tokens/s)."""
     from transformers.utils import logging as hf_logging
@@ -437,6 +451,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
     ckpt = find_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
+        _check_resumable(cfg, torch.load(ckpt / STATE_FILE, weights_only=False, map_location="cpu")["config"], out)
         from .models import GKABenchForCausalLM
 
         model = GKABenchForCausalLM.from_pretrained(ckpt)

@@ -111,6 +111,14 @@ def test_text_files_are_packed_with_cu_seqlens(tmp_path):
     assert s["finished"]
 
 
+def test_resume_with_other_settings_is_refused(tmp_path):
+    train(small(tmp_path, steps=2, eval_every=0))
+    with pytest.raises(ValueError, match="mixer='attention' there vs 'gka' now.*--no-resume"):
+        train(small(tmp_path, steps=4, mixer="gka"))
+    s = train(small(tmp_path, steps=2, eval_every=0, mixer="gla", resume=False))  # starts over
+    assert s["finished"] and read_log(tmp_path / "log.jsonl")[0]["config"]["mixer"] == "gla"
+
+
 def test_user_errors_are_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="--data mqar"):
         train(small(tmp_path, data=str(tmp_path / "missing.jsonl")))
