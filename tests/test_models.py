@@ -159,3 +159,20 @@ def test_presets_param_counts():
     assert 400e6 < n440 < 480e6, n440
     cfg = preset_config("440m", mixer="gka")
     assert (cfg.num_layers, cfg.hidden_size, cfg.head_dim) == (28, 1024, 128)
+
+
+def test_byte_tokenizer_round_trip_and_local_loading(tmp_path):
+    from gkabench.tokenizers import BYTE_VOCAB_SIZE, load_tokenizer
+
+    tok = load_tokenizer(None)
+    text = "Héllo  wörld\n\tend 🙂"
+    ids = tok(text)["input_ids"]
+    assert ids == list(text.encode()) and len(tok) == BYTE_VOCAB_SIZE
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (256, 257, 258)
+    assert tok.decode(ids + [tok.eos_token_id], skip_special_tokens=True) == text
+    tok.save_pretrained(tmp_path)
+    for path in (tmp_path, tmp_path / "tokenizer.json"):
+        again = load_tokenizer(path)
+        assert again(text)["input_ids"] == ids and again.eos_token_id == 257
+    with pytest.raises(FileNotFoundError, match="no hub downloads"):
+        load_tokenizer(tmp_path / "nope")
