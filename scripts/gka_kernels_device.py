@@ -241,13 +241,13 @@ def bench(args):
         sc = D**-0.5
         hs, us, _, _ = scan_fwd(k, v, g, None, idx)
         o, x, n = solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc)
-        dq, da, y, beta, e = solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc)
-        dhs, dus, _, _ = scan_bwd(q, k, x, y, a, g, beta, hs, do, None, idx, scale=sc)
+        dq, da, y, beta, e, tau, sigma = solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc)
+        dhs, dus, _, _ = scan_bwd(q, k, x, y, a, g, tau, sigma, hs, do, None, idx, scale=sc)
         stages["scan_fwd"] = do_bench(lambda: scan_fwd(k, v, g, None, idx), return_mode="median")
         stages["solve_fwd"] = do_bench(lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc), return_mode="median")
         stages["solve_fwd_r0"] = do_bench(lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=0, ridge=0.02, scale=sc), return_mode="median")
         stages["solve_bwd"] = do_bench(lambda: solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc), return_mode="median")
-        stages["scan_bwd"] = do_bench(lambda: scan_bwd(q, k, x, y, a, g, beta, hs, do, None, idx, scale=sc), return_mode="median")
+        stages["scan_bwd"] = do_bench(lambda: scan_bwd(q, k, x, y, a, g, tau, sigma, hs, do, None, idx, scale=sc), return_mode="median")
         stages["grads_bwd"] = do_bench(lambda: grads_bwd(q, k, v, g, a, hs, x, y, beta, do, dhs, dus, e.clone(), idx, scale=sc), return_mode="median")
         log("stages_ms_T8192", json.dumps(stages))
     except Exception:  # noqa: BLE001

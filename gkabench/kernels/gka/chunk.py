@@ -101,7 +101,7 @@ class ChunkGKAFunction(torch.autograd.Function):
         q, k, v, g, alpha, hs, us, x, n, ht_kk, ht_kv = ctx.saved_tensors
         idx = ctx.idx
         do = do.contiguous()
-        dq, da, y, beta, e = solve_bwd(
+        dq, da, y, beta, e, tau, sigma = solve_bwd(
             q, k, v, g, alpha, hs, us, x, n, do, idx, num_iter=ctx.num_iter, ridge=ctx.ridge, scale=ctx.scale
         )
         has_dht = dht_kk is not None or dht_kv is not None
@@ -110,7 +110,7 @@ class ChunkGKAFunction(torch.autograd.Function):
             dht_kk = torch.zeros_like(ht_kk) if dht_kk is None else dht_kk.float().contiguous()
             dht_kv = torch.zeros_like(ht_kv) if dht_kv is None else dht_kv.float().contiguous()
             dht = (dht_kk, dht_kv)
-        dhs, dus, dh0, du0 = scan_bwd(q, k, x, y, alpha, g, beta, hs, do, dht, idx, scale=ctx.scale)
+        dhs, dus, dh0, du0 = scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, scale=ctx.scale)
         dk, dv = grads_bwd(q, k, v, g, alpha, hs, x, y, beta, do, dhs, dus, e, idx, scale=ctx.scale)
         if has_dht:
             # dg of a sequence's last token also sees the final states: <dH_T, H_T> + <dU_T, U_T>.

@@ -13,7 +13,8 @@ Per token, with x the forward solution, ``qt = q + alpha (x - q)`` and ``o = sca
 2. ``_scan_bwd_kernel`` (row tile, column tile, sequence x head): reverse scan over chunks of the state
    gradients ``dH_[c]``, ``dU_[c]`` (w.r.t. the chunk-initial states). The ``beta H_t`` part summed over a chunk is
    ``sigma H_[c] + sum_i tau_i k_i k_i^T`` (``tau_i = sum_{j>=i} e^{2G_j - G_i} beta_j``, ``sigma = sum_j e^{2G_j} beta_j``).
-3. ``_grads_bwd_kernel`` (chunk, head): dk, dv and the remaining part of dg.
+3. ``_grads_u_kernel`` then ``_grads_h_kernel`` (chunk, head): dk, dv and the remaining part of dg (split in
+   two so each fits the 227 KB of shared memory).
 
 The log-decay gradient uses ``dg_t = sum_{s >= t} e_s`` with
 ``e_s = <L_s, H_s> + qt_s . dqt_s - k_s^T T_s k_s - k_s^T TU_s v_s`` (T, TU the total gradients w.r.t. H_s, U_s),
@@ -29,11 +30,12 @@ import triton.language as tl
 
 from .chunk_fwd import CHUNK, dot_precision, num_warps_for
 from .common import NORM_FLOOR
-from .solve import apply_h, beta_suffix, chebyshev, decay_lower, decay_upper, load_rows
+from .solve import apply_h, beta_suffix, chebyshev, decay_lower, decay_upper, load_rows, load_tile, solve_operands
 
 
-@triton.jit
-def _solve_bwd_kernel(q, k, v, g, alpha, hs, us, xo, no, do, dq, dalpha, yo, betao, eo, chunk_info, scale, ridge,
+@triton.jit(do_not_specialize=["num_iter"])
+def _solve_bwd_kernel(q, k, v, g, alpha, hs, us, xo, no, do, dq, dalpha, yo, betao, eo, tauo, sigmao, chunk_info,
+                      scale, ridge,
                       num_iter, H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
                       BDV: tl.constexpr, C: tl.constexpr, FLOOR: tl.constexpr, LOWP: tl.constexpr,
                       PREC: tl.constexpr):  # fmt: skip
@@ -42,57 +44,62 @@ def _solve_bwd_kernel(q, k, v, g, alpha, hs, us, xo, no, do, dq, dalpha, yo, bet
     te = tl.load(chunk_info + 2 * i_c + 1)
     t = ts + tl.arange(0, C)
     tm = t < te
-    d = tl.arange(0, BD)
-    dm = d < D
-    e = tl.arange(0, BDV)
-    em = e < DV
     G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32), axis=0)
     eG = tl.exp(G)
     M = decay_lower(G, C)
     base = (i_c * H + i_h).to(tl.int64)
-    K = load_rows(k, t, tm, H * D, i_h * D, d, dm)
-    V = load_rows(v, t, tm, H * DV, i_h * DV, e, em)
-    dO = load_rows(do, t, tm, H * DV, i_h * DV, e, em)
+    kp = k + i_h * D
+    V = load_tile(v + i_h * DV, ts, te, DV, H * DV, 1, C, BDV, False)
+    dO = load_tile(do + i_h * DV, ts, te, DV, H * DV, 1, C, BDV, False)
     # U0^T [Dv, D] so that dO @ U0^T gives rows (U0 do)^T.
-    U0t = tl.load(us + base * D * DV + d[None, :] * DV + e[:, None], mask=em[:, None] & dm[None, :], other=0.0)
-    if LOWP:
-        Kd = K
-        U0t = U0t.to(k.dtype.element_ty)
-    else:
-        Kd = K.to(tl.float32)
+    U0t = load_tile(us + base * D * DV, 0, DV, D, 1, DV, BDV, BD, True)
+    Kb = load_tile(kp, ts, te, D, H * D, 1, C, BD, False)
+    if not LOWP:
         V = V.to(tl.float32)
         dO = dO.to(tl.float32)
+        Kb = Kb.to(tl.float32)
     S = tl.dot(dO, tl.trans(V), input_precision=PREC) * M
     dqt = tl.dot(dO, U0t, input_precision=PREC) * eG[:, None]
-    dqt = tl.dot(S.to(Kd.dtype), Kd, acc=dqt, input_precision=PREC) * scale
-    Q = load_rows(q, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
-    X = load_rows(xo, t, tm, H * D, i_h * D, d, dm)
+    dqt = tl.dot(S.to(Kb.dtype), Kb, acc=dqt, input_precision=PREC) * scale
+    Q = load_tile(q + i_h * D, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)
+    X = load_tile(xo + i_h * D, ts, te, D, H * D, 1, C, BD, False)
     a = tl.load(alpha + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
     n = tl.load(no + t * H + i_h, mask=tm, other=1.0)
-    # H0 as stored: the adjoint solve applies A^T, whose rows are (H0^T y)^T = y^T H0.
-    Hop = tl.load(hs + base * D * D + d[:, None] * D + d[None, :], mask=dm[:, None] & dm[None, :], other=0.0)
-    if LOWP:
-        Hop = Hop.to(k.dtype.element_ty)
     da = tl.sum(dqt * (X - Q), axis=1)
-    Y = chebyshev(a[:, None] * dqt, Hop, Kd, M, eG, n, ridge, num_iter, LOWP, PREC)
-    hx = apply_h(X, Hop, Kd, M, eG, LOWP, PREC)  # rows (H_t^T x_t)^T: y . (H_t^T x) = y^T H_t^T x = x^T H_t y
-    xy = tl.sum(X * Y, axis=1)
-    beta = tl.where(n > FLOOR, -ridge * xy / n, 0.0)
     Qt = Q + a[:, None] * (X - Q)
-    # <L, H_t> = -y^T H_t x + beta ||H_t||^2 (H_t symmetric for every state the op builds)
-    e_part = tl.sum(Qt * dqt, axis=1) - tl.sum(Y * hx, axis=1) + beta * n * n
-    dQ = (1.0 - a)[:, None] * dqt + Y
+    e_part = tl.sum(Qt * dqt, axis=1)
+    dQ = (1.0 - a)[:, None] * dqt
+    # H0 as stored (not transposed): the adjoint solve applies A^T, whose rows are (H0^T y)^T = y^T H0.
+    Hm = load_tile(hs + base * D * D, 0, D, D, D, 1, BD, BD, False)
+    Hop, Kd, n0 = solve_operands(Hm, Kb.to(tl.float32), LOWP)
+    Y = chebyshev(a[:, None] * dqt, Hop, Kd, M, eG * n0, n, ridge, num_iter, LOWP, PREC)
+    dQ += Y
+    d = tl.arange(0, BD)
     row = t[:, None].to(tl.int64) * H + i_h
-    m2 = tm[:, None] & dm[None, :]
+    m2 = tm[:, None] & (d < D)[None, :]
     tl.store(dq + row * D + d[None, :], dQ.to(dq.dtype.element_ty), mask=m2)
     tl.store(yo + row * D + d[None, :], Y, mask=m2)
+    X = load_tile(xo + i_h * D, ts, te, D, H * D, 1, C, BD, False)
+    # rows (H_t^T x_t)^T: y . (H_t^T x) = x^T H_t y. x ~ |q| / n: scaled by n to O(1) for the float16 dots.
+    if LOWP:
+        Ml = M.to(Kd.dtype)
+    else:
+        Ml = M
+    hx = apply_h(X * n[:, None], Hop, Kd, Ml, eG * n0, LOWP, PREC) / n[:, None]
+    xy = tl.sum(X * Y, axis=1)
+    beta = tl.where(n > FLOOR, -ridge * xy / n, 0.0)
+    # <L, H_t> = -y^T H_t x + beta ||H_t||^2 (H_t symmetric for every state the op builds)
+    e_part += beta * n * n - tl.sum(Y * hx, axis=1)
     tl.store(dalpha + t * H + i_h, da, mask=tm)
     tl.store(betao + t * H + i_h, beta, mask=tm)
     tl.store(eo + t * H + i_h, e_part, mask=tm)
+    # the chunk sums of beta_t H_t that the reverse state scan needs: tau_i (per token) and sigma (per chunk)
+    tl.store(tauo + t * H + i_h, eG * beta_suffix(beta, G, C), mask=tm)
+    tl.store(sigmao + i_c * H + i_h, tl.sum(eG * eG * beta, axis=0))
 
 
 @triton.jit
-def _scan_bwd_dh(k, xo, yo, g, betao, hs, dht, dhs, dh0, bos, eos, coff, i_n, i_h, rk,
+def _scan_bwd_dh(k, xo, yo, g, tauo, sigmao, hs, dht, dhs, dh0, bos, eos, coff, i_n, i_h, rk,
                  H: tl.constexpr, D: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BW: tl.constexpr, c0,
                  HAS_DHT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     """Reverse scan of one [BK, BW] tile of dH_[c]:
@@ -115,16 +122,15 @@ def _scan_bwd_dh(k, xo, yo, g, betao, hs, dht, dhs, dh0, bos, eos, coff, i_n, i_
         gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
         G = tl.cumsum(gc, axis=0)
         eG = tl.exp(G)
-        beta = tl.load(betao + t * H + i_h, mask=tm, other=0.0)
-        tau = eG * beta_suffix(beta, G, C)
-        sigma = tl.sum(eG * eG * beta, axis=0)
+        tau = tl.load(tauo + t * H + i_h, mask=tm, other=0.0)
+        sigma = tl.load(sigmao + (coff + c) * H + i_h)
         rowsT = t[None, :].to(tl.int64) * (H * D) + i_h * D + rk[:, None]
         mT = tm[None, :] & rkm[:, None]
         yt = tl.load(yo + rowsT, mask=mT, other=0.0) * (-eG)[None, :]
         kt = tl.load(k + rowsT, mask=mT, other=0.0).to(tl.float32) * tau[None, :]
         xc = load_rows(xo, t, tm, H * D, i_h * D, rw, rwm)
         kc = load_rows(k, t, tm, H * D, i_h * D, rw, rwm).to(tl.float32)
-        hc = tl.load(hs + sbase + st_off, mask=m2, other=0.0)
+        hc = tl.load(hs + sbase + st_off, mask=m2, other=0.0).to(tl.float32)
         h = h * tl.exp(tl.sum(gc, axis=0)) + sigma * hc
         h = tl.dot(yt, xc, acc=h, input_precision=PREC)
         h = tl.dot(kt, kc, acc=h, input_precision=PREC)
@@ -164,7 +170,7 @@ def _scan_bwd_du(q, xo, alpha, g, do, dut, dus, du0, scale, bos, eos, coff, i_n,
 
 
 @triton.jit
-def _scan_bwd_kernel(q, k, xo, yo, alpha, g, betao, hs, do, dht, dut, dhs, dus, dh0, du0, seq_info, scale,
+def _scan_bwd_kernel(q, k, xo, yo, alpha, g, tauo, sigmao, hs, do, dht, dut, dhs, dus, dh0, du0, seq_info, scale,
                      H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
                      BW: tl.constexpr, NWH: tl.constexpr, HAS_DHT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     i_k, i_w, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -174,7 +180,7 @@ def _scan_bwd_kernel(q, k, xo, yo, alpha, g, betao, hs, do, dht, dut, dhs, dus, 
     coff = tl.load(seq_info + i_n * 3 + 2)
     rk = i_k * BK + tl.arange(0, BK)
     if i_w < NWH:
-        _scan_bwd_dh(k, xo, yo, g, betao, hs, dht, dhs, dh0, bos, eos, coff, i_n, i_h, rk, H, D, C, BK, BW, i_w * BW,
+        _scan_bwd_dh(k, xo, yo, g, tauo, sigmao, hs, dht, dhs, dh0, bos, eos, coff, i_n, i_h, rk, H, D, C, BK, BW, i_w * BW,
                      HAS_DHT, PREC)  # fmt: skip
     else:
         _scan_bwd_du(q, xo, alpha, g, do, dut, dus, du0, scale, bos, eos, coff, i_n, i_h, rk, H, D, DV, C, BK, BW,
@@ -182,9 +188,10 @@ def _scan_bwd_kernel(q, k, xo, yo, alpha, g, betao, hs, do, dht, dut, dhs, dus, 
 
 
 @triton.jit
-def _grads_bwd_kernel(q, k, v, g, alpha, hs, xo, yo, betao, do, dhs, dus, eo, dk, dv, chunk_info, scale,
-                      H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                      C: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+def _grads_u_kernel(q, k, v, g, alpha, xo, do, dus, eo, dk32, dv, chunk_info, scale,
+                    H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                    C: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """Readout (U) part of launch 3: dv, dk through U (to the float32 scratch dk32), and ``-k.dk_U`` into e."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     ts = tl.load(chunk_info + 2 * i_c)
     te = tl.load(chunk_info + 2 * i_c + 1)
@@ -197,38 +204,68 @@ def _grads_bwd_kernel(q, k, v, g, alpha, hs, xo, yo, betao, do, dhs, dus, eo, dk
     gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
     G = tl.cumsum(gc, axis=0)
     eGl = tl.exp(tl.sum(gc, axis=0) - G)  # decay from token i to the chunk end
-    Mt = decay_upper(G, C)  # [i, j] = e^{G_j - G_i}, j >= i
+    Mt = decay_upper(G, C) * scale  # [i, j] = scale e^{G_j - G_i}, j >= i
     base = (i_c * H + i_h).to(tl.int64)
     K = load_rows(k, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
-    V = load_rows(v, t, tm, H * DV, i_h * DV, e, em).to(tl.float32)
-    dO = load_rows(do, t, tm, H * DV, i_h * DV, e, em).to(tl.float32)
     Q = load_rows(q, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
     X = load_rows(xo, t, tm, H * D, i_h * D, d, dm)
     a = tl.load(alpha + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
     Qt = Q + a[:, None] * (X - Q)
-    mDV = dm[:, None] & em[None, :]
-    # --- readout (U) part: dv, and dk through U ---
-    du_a = tl.load(dus + base * D * DV + d[:, None] * DV + e[None, :], mask=mDV, other=0.0)
+    dO = load_rows(do, t, tm, H * DV, i_h * DV, e, em).to(tl.float32)
+    du_a = tl.load(dus + base * D * DV + d[:, None] * DV + e[None, :], mask=dm[:, None] & em[None, :], other=0.0)
     dv_ = tl.dot(K, du_a, input_precision=PREC) * eGl[:, None]
-    P = tl.dot(K, tl.trans(Qt), input_precision=PREC) * (Mt * scale)
+    P = tl.dot(K, tl.trans(Qt), input_precision=PREC) * Mt
     dv_ = tl.dot(P, dO, acc=dv_, input_precision=PREC)
-    du_at = tl.load(dus + base * D * DV + d[None, :] * DV + e[:, None], mask=em[:, None] & dm[None, :], other=0.0)
-    dkU = tl.dot(V, du_at, input_precision=PREC) * eGl[:, None]
-    P = tl.dot(V, tl.trans(dO), input_precision=PREC) * (Mt * scale)
-    dkU = tl.dot(P, Qt, acc=dkU, input_precision=PREC)
     row = t[:, None].to(tl.int64) * H + i_h
     tl.store(dv + row * DV + e[None, :], dv_.to(dv.dtype.element_ty), mask=tm[:, None] & em[None, :])
-    # --- solve (H) part ---
+    V = load_rows(v, t, tm, H * DV, i_h * DV, e, em).to(tl.float32)
+    du_at = tl.load(dus + base * D * DV + d[None, :] * DV + e[:, None], mask=em[:, None] & dm[None, :], other=0.0)
+    dkU = tl.dot(V, du_at, input_precision=PREC) * eGl[:, None]
+    P = tl.dot(V, tl.trans(dO), input_precision=PREC) * Mt
+    dkU = tl.dot(P, Qt, acc=dkU, input_precision=PREC)
+    tl.store(dk32 + row * D + d[None, :], dkU, mask=tm[:, None] & dm[None, :])
+    e_ = tl.load(eo + t * H + i_h, mask=tm, other=0.0) - tl.sum(K * dkU, axis=1)
+    tl.store(eo + t * H + i_h, e_, mask=tm)
+
+
+@triton.jit
+def _grads_h_kernel(k, g, hs, xo, yo, betao, dhs, eo, dk32, dk, chunk_info,
+                    H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, C: tl.constexpr, LOWP: tl.constexpr,
+                    PREC: tl.constexpr):  # fmt: skip
+    """Solve (H) part of launch 3: dk through H (added to dk32, written to dk) and ``-k.dk_H / 2`` into e."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    ts = tl.load(chunk_info + 2 * i_c)
+    te = tl.load(chunk_info + 2 * i_c + 1)
+    t = ts + tl.arange(0, C)
+    tm = t < te
+    d = tl.arange(0, BD)
+    dm = d < D
+    gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+    G = tl.cumsum(gc, axis=0)
+    eGl = tl.exp(tl.sum(gc, axis=0) - G)
+    base = (i_c * H + i_h).to(tl.int64)
+    K = load_rows(k, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
     mDD = dm[:, None] & dm[None, :]
+    # (dH_a + dH_a^T) k_i e^{G_last - G_i}: the total gradient of the next chunk's initial state, decayed to token i
     sym = tl.load(dhs + base * D * D + d[:, None] * D + d[None, :], mask=mDD, other=0.0)
     sym += tl.load(dhs + base * D * D + d[None, :] * D + d[:, None], mask=mDD, other=0.0)
-    dkH = tl.dot(K, sym, input_precision=PREC) * eGl[:, None]
+    if LOWP:
+        # operands rounded to the input dtype: halves the shared memory of these two D x D operands
+        Kd = K.to(k.dtype.element_ty)
+        sym = sym.to(k.dtype.element_ty)
+    else:
+        Kd = K
+    dkH = tl.dot(Kd, sym, input_precision=PREC) * eGl[:, None]
     beta = tl.load(betao + t * H + i_h, mask=tm, other=0.0)
     bs = beta_suffix(beta, G, C)
     tau = tl.exp(G) * bs
-    hsym = tl.load(hs + base * D * D + d[:, None] * D + d[None, :], mask=mDD, other=0.0)
-    hsym += tl.load(hs + base * D * D + d[None, :] * D + d[:, None], mask=mDD, other=0.0)
-    dkH += tl.dot(K, hsym, input_precision=PREC) * tau[:, None]
+    hsym = tl.load(hs + base * D * D + d[:, None] * D + d[None, :], mask=mDD, other=0.0).to(tl.float32)
+    hsym += tl.load(hs + base * D * D + d[None, :] * D + d[:, None], mask=mDD, other=0.0).to(tl.float32)
+    if LOWP:
+        hsym = hsym.to(k.dtype.element_ty)
+    dkH += tl.dot(Kd, hsym, input_precision=PREC) * tau[:, None]
+    Mt = decay_upper(G, C)  # [i, j] = e^{G_j - G_i}, j >= i
+    X = load_rows(xo, t, tm, H * D, i_h * D, d, dm)
     Y = load_rows(yo, t, tm, H * D, i_h * D, d, dm)
     P = tl.dot(K, tl.trans(X), input_precision=PREC) * Mt
     dkH = tl.dot(-P, Y, acc=dkH, input_precision=PREC)
@@ -243,30 +280,34 @@ def _grads_bwd_kernel(q, k, v, g, alpha, hs, xo, yo, betao, do, dhs, dus, eo, dk
     R = Bm * tl.exp((Gm - G[:, None]) + (Gm - G[None, :]))
     gram = tl.dot(K, tl.trans(K), input_precision=PREC)
     dkH = tl.dot(2.0 * gram * R, K, acc=dkH, input_precision=PREC)
-    e_ = tl.load(eo + t * H + i_h, mask=tm, other=0.0)
-    e_ = e_ - 0.5 * tl.sum(K * dkH, axis=1) - tl.sum(K * dkU, axis=1)
+    row = t[:, None].to(tl.int64) * H + i_h
+    m2 = tm[:, None] & dm[None, :]
+    e_ = tl.load(eo + t * H + i_h, mask=tm, other=0.0) - 0.5 * tl.sum(K * dkH, axis=1)
     tl.store(eo + t * H + i_h, e_, mask=tm)
-    tl.store(dk + row * D + d[None, :], (dkH + dkU).to(dk.dtype.element_ty), mask=tm[:, None] & dm[None, :])
+    dk_ = tl.load(dk32 + row * D + d[None, :], mask=m2, other=0.0) + dkH
+    tl.store(dk + row * D + d[None, :], dk_.to(dk.dtype.element_ty), mask=m2)
 
 
 def solve_bwd(q, k, v, g, alpha, hs, us, x, n, do, idx, *, num_iter, ridge, scale):
-    """Launch 1. Returns ``(dq, dalpha [TT,H] f32, y [TT,H,D] f32, beta [TT,H] f32, e [TT,H] f32)``."""
+    """Launch 1. Returns ``(dq, dalpha [TT,H] f32, y [TT,H,D] f32, beta [TT,H] f32, e [TT,H] f32, tau [TT,H] f32,
+    sigma [NT,H] f32)``."""
     TT, H, D = q.shape
     DV = v.shape[-1]
     lowp, prec = dot_precision(q.dtype)
     dq = torch.empty_like(q)
     y = torch.empty_like(x)
-    da, beta, e = (q.new_empty(TT, H, dtype=torch.float32) for _ in range(3))
+    da, beta, e, tau = (q.new_empty(TT, H, dtype=torch.float32) for _ in range(4))
+    sigma = q.new_empty(idx.num_chunks, H, dtype=torch.float32)
     BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
     _solve_bwd_kernel[(idx.num_chunks, H)](
-        q, k, v, g, alpha, hs, us, x, n, do, dq, da, y, beta, e, idx.chunk_info, float(scale), float(ridge),
+        q, k, v, g, alpha, hs, us, x, n, do, dq, da, y, beta, e, tau, sigma, idx.chunk_info, float(scale), float(ridge),
         int(num_iter), H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, FLOOR=NORM_FLOOR, LOWP=lowp, PREC=prec,
-        num_warps=num_warps_for(max(BD, BDV)),
+        num_warps=num_warps_for(max(BD, BDV), lowp),
     )  # fmt: skip
-    return dq, da, y, beta, e
+    return dq, da, y, beta, e, tau, sigma
 
 
-def scan_bwd(q, k, x, y, alpha, g, beta, hs, do, dht, idx, *, scale, BK=64, BW=64):
+def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64, BW=64):
     """Launch 2. Returns ``(dhs, dus, dh0, du0)``: gradients w.r.t. each chunk's final state (= the next chunk's
     initial state) ``[NT, H, D, D]`` / ``[NT, H, D, Dv]`` and w.r.t. the initial states ``[N, H, ...]``."""
     TT, H, D = q.shape
@@ -284,22 +325,28 @@ def scan_bwd(q, k, x, y, alpha, g, beta, hs, do, dht, idx, *, scale, BK=64, BW=6
     dht_kk, dht_kv = (dht[0].contiguous().float(), dht[1].contiguous().float()) if has_dht else (dh0, du0)
     grid = (triton.cdiv(D, BK), nwh + triton.cdiv(DV, BW), N * H)
     _scan_bwd_kernel[grid](
-        q, k, x, y, alpha, g, beta, hs, do, dht_kk, dht_kv, dhs, dus, dh0, du0, idx.seq_info, float(scale),
+        q, k, x, y, alpha, g, tau, sigma, hs, do, dht_kk, dht_kv, dhs, dus, dh0, du0, idx.seq_info, float(scale),
         H=H, D=D, DV=DV, C=CHUNK, BK=BK, BW=BW, NWH=nwh, HAS_DHT=has_dht, PREC=prec, num_warps=4,
     )  # fmt: skip
     return dhs, dus, dh0, du0
 
 
 def grads_bwd(q, k, v, g, alpha, hs, x, y, beta, do, dhs, dus, e, idx, *, scale):
-    """Launch 3. Returns ``(dk, dv)``; completes ``e`` in place."""
+    """Launch 3 (two kernels). Returns ``(dk, dv)``; completes ``e`` in place."""
     TT, H, D = q.shape
     DV = v.shape[-1]
-    _, prec = dot_precision(q.dtype)
+    lowp, prec = dot_precision(q.dtype)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
+    dk32 = torch.empty_like(x)
     BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
-    _grads_bwd_kernel[(idx.num_chunks, H)](
-        q, k, v, g, alpha, hs, x, y, beta, do, dhs, dus, e, dk, dv, idx.chunk_info, float(scale),
-        H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, PREC=prec, num_warps=num_warps_for(max(BD, BDV)),
+    nw = num_warps_for(max(BD, BDV), lowp)
+    _grads_u_kernel[(idx.num_chunks, H)](
+        q, k, v, g, alpha, x, do, dus, e, dk32, dv, idx.chunk_info, float(scale),
+        H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, PREC=prec, num_warps=nw,
+    )  # fmt: skip
+    _grads_h_kernel[(idx.num_chunks, H)](
+        k, g, hs, x, y, beta, dhs, e, dk32, dk, idx.chunk_info,
+        H=H, D=D, BD=BD, C=CHUNK, LOWP=lowp, PREC=prec, num_warps=nw,
     )  # fmt: skip
     return dk, dv

@@ -3,7 +3,7 @@
 Two launches:
 
 1. ``_scan_fwd_kernel``: chunk-initial states ``H_[c]`` (``[NT, H, D, D]``) and ``U_[c]`` (``[NT, H, D, Dv]``),
-   float32, by a sequential scan over the chunks of each sequence, plus the final states. One program per
+   accumulated in float32 (U stored in the input dtype for bf16/fp16), by a sequential scan over the chunks of each sequence, plus the final states. One program per
    (row tile, column tile, sequence x head); the H columns and the U columns are separate column tiles of the
    same launch.
 2. ``_solve_fwd_kernel``: one program per (chunk, head): closed-form norms, ``num_iter`` Chebyshev steps on-chip,
@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .common import NORM_FLOOR
-from .solve import chebyshev, chunk_norms, decay_lower, load_rows
+from .solve import chebyshev, chunk_norms, decay_lower, load_rows, load_tile, solve_operands
 
 CHUNK = 64
 
@@ -42,7 +42,7 @@ def _scan_fwd_one(kp, wp, g, h0p, hsp, htp, bos, eos, coff, i_n, i_h, rk, c0,
         h += tl.load(h0p + (i_n * H + i_h).to(tl.int64) * D * DW + st_off, mask=m2, other=0.0)
     nc = tl.cdiv(eos - bos, C)
     for c in range(nc):
-        tl.store(hsp + ((coff + c) * H + i_h).to(tl.int64) * D * DW + st_off, h, mask=m2)
+        tl.store(hsp + ((coff + c) * H + i_h).to(tl.int64) * D * DW + st_off, h.to(hsp.dtype.element_ty), mask=m2)
         t = bos + c * C + tl.arange(0, C)
         tm = t < eos
         gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
@@ -74,7 +74,7 @@ def _scan_fwd_kernel(k, v, g, h0_kk, h0_kv, hs, us, ht_kk, ht_kv, seq_info,
                       HAS_H0, PREC)  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_iter"])
 def _solve_fwd_kernel(q, k, v, g, alpha, hs, us, o, xo, no, chunk_info, scale, ridge, num_iter,
                       H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                       C: tl.constexpr, FLOOR: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
@@ -83,43 +83,35 @@ def _solve_fwd_kernel(q, k, v, g, alpha, hs, us, o, xo, no, chunk_info, scale, r
     te = tl.load(chunk_info + 2 * i_c + 1)
     t = ts + tl.arange(0, C)
     tm = t < te
-    d = tl.arange(0, BD)
-    dm = d < D
-    e = tl.arange(0, BDV)
-    em = e < DV
     G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32), axis=0)
     eG = tl.exp(G)
-    K = load_rows(k, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
-    Q = load_rows(q, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
     base = (i_c * H + i_h).to(tl.int64)
-    # H0^T (Ht[a, b] = H0[b, a]) so that rows of X @ Ht are (H0 x)^T.
-    Ht = tl.load(hs + base * D * D + d[None, :] * D + d[:, None], mask=dm[:, None] & dm[None, :], other=0.0)
+    kp = k + i_h * D
+    K = load_tile(kp, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)
+    # H0^T so that rows of X @ H0^T are (H0 x)^T
+    Ht = load_tile(hs + base * D * D, 0, D, D, 1, D, BD, BD, True)
     n, _ = chunk_norms(K, Ht, G, FLOOR, C, PREC)
+    Hop, Kd, n0 = solve_operands(Ht, K, LOWP)
     M = decay_lower(G, C)
-    if LOWP:
-        Kd = K.to(k.dtype.element_ty)
-        Hop = Ht.to(k.dtype.element_ty)
-    else:
-        Kd = K
-        Hop = Ht
-    X = chebyshev(Q, Hop, Kd, M, eG, n, ridge, num_iter, LOWP, PREC)
+    Q = load_tile(q + i_h * D, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)
+    X = chebyshev(Q, Hop, Kd, M, eG * n0, n, ridge, num_iter, LOWP, PREC)
     a = tl.load(alpha + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
     Qt = Q + a[:, None] * (X - Q)
-    U0 = tl.load(us + base * D * DV + d[:, None] * DV + e[None, :], mask=dm[:, None] & em[None, :], other=0.0)
-    V = load_rows(v, t, tm, H * DV, i_h * DV, e, em)
+    U0 = load_tile(us + base * D * DV, 0, D, DV, DV, 1, BD, BDV, False)
+    V = load_tile(v + i_h * DV, ts, te, DV, H * DV, 1, C, BDV, False)
+    Kd = load_tile(kp, ts, te, D, H * D, 1, C, BD, False)  # readout in the input dtype
     if LOWP:
         Qtd = Qt.to(k.dtype.element_ty)
-        U0d = U0.to(k.dtype.element_ty)
     else:
         Qtd = Qt
-        U0d = U0
-        V = V.to(tl.float32)
-    out = tl.dot(Qtd, U0d, input_precision=PREC) * eG[:, None]
+    out = tl.dot(Qtd, U0, input_precision=PREC) * eG[:, None]
     S = tl.dot(Qtd, tl.trans(Kd), input_precision=PREC) * M
     out = tl.dot(S.to(V.dtype), V, acc=out, input_precision=PREC)
+    d = tl.arange(0, BD)
+    e = tl.arange(0, BDV)
     row = t[:, None].to(tl.int64) * H + i_h
-    tl.store(o + row * DV + e[None, :], (out * scale).to(o.dtype.element_ty), mask=tm[:, None] & em[None, :])
-    tl.store(xo + row * D + d[None, :], X, mask=tm[:, None] & dm[None, :])
+    tl.store(o + row * DV + e[None, :], (out * scale).to(o.dtype.element_ty), mask=tm[:, None] & (e < DV)[None, :])
+    tl.store(xo + row * D + d[None, :], X, mask=tm[:, None] & (d < D)[None, :])
     tl.store(no + t * H + i_h, n, mask=tm)
 
 
@@ -131,18 +123,24 @@ def dot_precision(dtype: torch.dtype) -> tuple[bool, str]:
     return False, "ieee"
 
 
-def num_warps_for(bd: int) -> int:
-    return 8 if bd >= 128 else 4
+def num_warps_for(bd: int, lowp: bool) -> int:
+    """Warps for the per-chunk kernels. Their dots are chained, for which Triton gives each warpgroup 64 whole
+    rows: with C = 64 rows, 8 warps would only duplicate work, so bf16/fp16 use 4. The fp32 ('ieee', no tensor
+    cores) variants use 8 at D = 128: at 4, ptxas spilled them into >20 KB of stack."""
+    return 8 if (bd >= 128 and not lowp) else 4
 
 
 def scan_fwd(k, v, g, h0, idx, *, BK=64, BW=64):
-    """Chunk-initial states and final states. Returns ``(hs [NT,H,D,D], us [NT,H,D,Dv], ht_kk, ht_kv)``."""
+    """Chunk-initial states (H float32; U in the input dtype for bf16/fp16 inputs, else float32) and final states
+    (float32). Returns ``(hs [NT,H,D,D], us [NT,H,D,Dv], ht_kk, ht_kv)``."""
     TT, H, D = k.shape
     DV = v.shape[-1]
     N, NT = idx.num_seqs, idx.num_chunks
     lowp, prec = dot_precision(k.dtype)
+    # H_[c] float32 (norms and the normalised float16 solve operand are taken from it); U_[c] in the readout's
+    # dot dtype (bf16/fp16 inputs: the readout only reads it rounded to that)
     hs = k.new_empty(NT, H, D, D, dtype=torch.float32)
-    us = k.new_empty(NT, H, D, DV, dtype=torch.float32)
+    us = k.new_empty(NT, H, D, DV, dtype=k.dtype if lowp else torch.float32)
     ht_kk = k.new_empty(N, H, D, D, dtype=torch.float32)
     ht_kv = k.new_empty(N, H, D, DV, dtype=torch.float32)
     BK = min(BK, triton.next_power_of_2(D))
@@ -170,6 +168,6 @@ def solve_fwd(q, k, v, g, alpha, hs, us, idx, *, num_iter, ridge, scale):
     _solve_fwd_kernel[(idx.num_chunks, H)](
         q, k, v, g, alpha, hs, us, o, x, n, idx.chunk_info, float(scale), float(ridge), int(num_iter),
         H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, FLOOR=NORM_FLOOR, LOWP=lowp, PREC=prec,
-        num_warps=num_warps_for(max(BD, BDV)),
+        num_warps=num_warps_for(max(BD, BDV), lowp),
     )  # fmt: skip
     return o, x, n

@@ -17,7 +17,7 @@ from .common import DEFAULT_NUM_ITER, DEFAULT_RIDGE, NORM_FLOOR, GKAState, defau
 from .reference import gka_reference
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "num_iter"])
 def _decode_kernel(q, k, v, g, alpha, h_kk, h_kv, o, nh_kk, nh_kv, T, scale, ridge, num_iter,
                    H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                    FLOOR: tl.constexpr):  # fmt: skip

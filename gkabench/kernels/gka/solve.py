@@ -10,9 +10,9 @@ All helpers work on one chunk of ``C`` tokens of one head, held on-chip:
 Row ``j`` of an ``[C, D]`` tile is token ``j`` of the chunk. ``H_t`` is never formed:
 ``H_t x = exp(G_j) H0 x + sum_{i<=j} exp(G_j - G_i) k_i (k_i . x)``.
 
-Precision: ``LOWP`` (bf16/fp16 inputs) runs the iteration's matmuls on the input dtype (tensor cores, fp32
-accumulation, fp32 iterates); otherwise they run in full fp32 (``PREC = "ieee"``), which the 1e-5 accuracy target
-at ``num_iter = 80`` needs (tf32 alone floors near 3e-4).
+Precision: ``LOWP`` (bf16/fp16 inputs) runs the iteration's matmuls in float16 on normalised operands (tensor
+cores, fp32 accumulation, fp32 iterates); otherwise they run in full fp32 (``PREC = "ieee"``), which the 1e-5
+accuracy target at ``num_iter = 80`` needs (tf32 alone floors near 3e-4).
 """
 
 from __future__ import annotations
@@ -68,18 +68,21 @@ def chunk_norms(K, Hm, G, FLOOR: tl.constexpr, C: tl.constexpr, PREC: tl.constex
 
 
 @triton.jit
-def apply_h(X, Hop, Kd, M, eG, LOWP: tl.constexpr, PREC: tl.constexpr):
-    """Rows ``H_t x_t`` for a chunk: ``e^{G_j} (X Hop) + ((X K^T) o M) K``.
+def apply_h(X, Hop, Kd, M, eGn0, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """Rows ``H_t x_t`` for a chunk: ``e^{G_j} n0 (X Hop) + ((X K^T) o M) K``.
 
-    X ``[C, BD]`` float32; Hop ``[BD, BD]`` in the dot dtype (``H0^T`` for the forward solve, ``H0`` for the
-    adjoint one); Kd ``[C, BD]`` keys in the dot dtype; M from :func:`decay_lower`; eG ``[C]``.
+    X ``[C, BD]`` float32; ``Hop = H0^T / n0`` (forward solve) or ``H0 / n0`` (adjoint solve) ``[BD, BD]`` and the
+    keys Kd ``[C, BD]``, both in the dot dtype; M ``[C, C]`` from :func:`decay_lower`; eGn0 ``[C] = e^{G_j} n0``
+    with ``n0 = ||H0||_F``. With LOWP the dots run in float16: H0 / n0 has entries in [-1, 1] and the callers
+    scale X to O(1), so float16's 11-bit mantissa applies (bfloat16's 8 bits cost ~1e-2 at the condition
+    numbers of the solve).
     """
     if LOWP:
         Xd = X.to(Kd.dtype)
     else:
         Xd = X
-    acc = tl.dot(Xd, Hop, input_precision=PREC) * eG[:, None]
-    S = tl.dot(Xd, tl.trans(Kd), input_precision=PREC) * M
+    acc = tl.dot(Xd, Hop, input_precision=PREC) * eGn0[:, None]
+    S = tl.dot(Xd, tl.trans(Kd), input_precision=PREC) * M.to(tl.float32)
     if LOWP:
         Sd = S.to(Kd.dtype)
     else:
@@ -88,27 +91,50 @@ def apply_h(X, Hop, Kd, M, eG, LOWP: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def chebyshev(Rhs, Hop, Kd, M, eG, n, ridge, num_iter, LOWP: tl.constexpr, PREC: tl.constexpr):
+def chebyshev(Rhs, Hop, Kd, M, eGn0, n, ridge, num_iter, LOWP: tl.constexpr, PREC: tl.constexpr):
     """``num_iter`` Chebyshev steps for ``(H_t + lam_t I) x_t = rhs_t``, all rows of a chunk at once (spec sec. 2).
 
-    ``lam = ridge * n``, ``mu = lam``, ``L = n + lam``: the step ``s = 2 / (n + 2 lam)`` is per row and
-    ``rho = (L - mu) / (L + mu) = 1 / (1 + 2 ridge)`` is the same for every row, so the weights ``w_i`` are
-    scalars. Iterates stay in float32.
+    Run on the normalised system ``(H_t / n + ridge I) xh = rhs / |rhs|`` (``x = xh |rhs| / n``, n = ||H_t||_F
+    floored): eigenvalue bounds ``mu = ridge``, ``L = 1 + ridge``, step ``2 / (1 + 2 ridge)`` and
+    ``rho = 1 / (1 + 2 ridge)`` are then the same for every row, and the iterates are O(1), which float16 needs.
+    In exact arithmetic this is the spec's iteration (``s A = s_hat A / n``). Iterates are float32.
     """
-    lam = ridge * n
-    s = (2.0 / (n + 2.0 * lam))[:, None]
-    rho = 1.0 / (1.0 + 2.0 * ridge)
-    q_rho2 = rho * rho * 0.25
-    x_prev = tl.zeros_like(Rhs)
-    x = s * Rhs
+    rn = tl.sqrt(tl.sum(Rhs * Rhs, axis=1))
+    R = Rhs * tl.where(rn > 0.0, 1.0 / rn, 0.0)[:, None]
+    sh = 2.0 / (1.0 + 2.0 * ridge)
+    c1 = 1.0 / (1.0 + 2.0 * ridge)  # 1 - sh * ridge
+    q_rho2 = c1 * c1 * 0.25
+    sinv = (sh / n)[:, None]
+    if LOWP:
+        # Register budget: at C = 64 rows one warpgroup holds each [64, 128] fp32 tile at 64 registers per
+        # thread (Triton gives chained dots one warpgroup per 64 rows), so only x and the accumulator stay
+        # fp32; the unit-norm rhs, x_{i-1} (O(1)) and the decay mask are held in float16.
+        Rl = R.to(Kd.dtype)
+        Ml = M.to(Kd.dtype)
+    else:
+        Rl = R
+        Ml = M
+    x = sh * R
+    x_prev = tl.zeros_like(Rl)
     w = q_rho2 * 0.0 + 2.0
     for _ in range(num_iter):
         w = 1.0 / (1.0 - q_rho2 * w)
-        ax = apply_h(x, Hop, Kd, M, eG, LOWP, PREC) + lam[:, None] * x
-        x_new = w * (x - s * (ax - Rhs)) + (1.0 - w) * x_prev
-        x_prev = x
+        acc = apply_h(x, Hop, Kd, Ml, eGn0, LOWP, PREC)
+        x_new = w * (c1 * x - sinv * acc + sh * Rl.to(tl.float32)) + (1.0 - w) * x_prev.to(tl.float32)
+        x_prev = x.to(Rl.dtype)
         x = x_new
-    return x
+    return x * (rn / n)[:, None]
+
+
+@triton.jit
+def solve_operands(Hm, K, LOWP: tl.constexpr):
+    """``(Hop, Kd, n0)`` for :func:`chebyshev` from the float32 state ``Hm`` (either orientation) and keys K."""
+    n0 = tl.sqrt(tl.sum(tl.sum(Hm * Hm, axis=1), axis=0))
+    Hn = Hm * tl.where(n0 > 0.0, 1.0 / n0, 0.0)
+    if LOWP:
+        return Hn.to(tl.float16), K.to(tl.float16), n0
+    else:
+        return Hn, K, n0
 
 
 @triton.jit
@@ -116,6 +142,33 @@ def beta_suffix(beta, G, C: tl.constexpr):
     """``B[m] = sum_{j >= m} exp(2 (G_j - G_m)) beta_j`` (every exponent <= 0), ``[C]``."""
     Mt = decay_upper(G, C)  # [m, j] = e^{G_j - G_m}, j >= m
     return tl.sum(Mt * Mt * beta[None, :], axis=1)
+
+
+@triton.jit
+def _load_tile_bp(ptr, row0, nrows, ncols, stride_r, stride_c, BR: tl.constexpr, BC: tl.constexpr,
+                  COLMAJOR: tl.constexpr):  # fmt: skip
+    if COLMAJOR:
+        blk = tl.make_block_ptr(ptr, (nrows, ncols), (stride_r, stride_c), (row0, 0), (BR, BC), (0, 1))
+    else:
+        blk = tl.make_block_ptr(ptr, (nrows, ncols), (stride_r, stride_c), (row0, 0), (BR, BC), (1, 0))
+    return tl.load(blk, boundary_check=(0, 1), padding_option="zero")
+
+
+@triton.jit
+def _load_tile_ptr(ptr, row0, nrows, ncols, stride_r, stride_c, BR: tl.constexpr, BC: tl.constexpr,
+                   COLMAJOR: tl.constexpr):  # fmt: skip
+    r = row0 + tl.arange(0, BR)
+    c = tl.arange(0, BC)
+    p = ptr + r[:, None].to(tl.int64) * stride_r + c[None, :] * stride_c
+    return tl.load(p, mask=(r < nrows)[:, None] & (c < ncols)[None, :], other=0.0)
+
+
+# ``load_tile(ptr, row0, nrows, ncols, stride_r, stride_c, BR, BC, COLMAJOR)``: the [BR, BC] tile at rows
+# row0.. of an (nrows, ncols) strided matrix, out-of-range entries 0. Block pointers (a descriptor instead of a
+# [BR, BC] tensor of 64-bit addresses) keep register pressure down; Triton >= 3.7 removed them, and its
+# interpreter is what the CPU tests run, so there the plain pointer version is used.
+_TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
+load_tile = _load_tile_bp if _TRITON_VERSION < (3, 7) else _load_tile_ptr
 
 
 @triton.jit
