@@ -477,7 +477,9 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Ablations leave parameters unused (GKA with use_decay=False never touches a_proj / A_log / dt_bias);
+        # DDP must then be told to look for them, at the cost of one graph walk per step.
+        ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     log = JsonlLog(out / LOG_FILE, d.main, keep_until_step=step if ckpt is not None else None)
