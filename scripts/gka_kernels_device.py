@@ -60,11 +60,13 @@ def rand_state(N, H, D, DV, gen, dev="cuda"):
     return h, u
 
 
-def check_case(name, B, T, H, D, DV, dtype, num_iter, gen, cu=None, state=False, grads=True):
+def check_case(name, B, T, H, D, DV, dtype, num_iter, gen, cu=None, state=False, grads=True, alpha_one=False):
     from gkabench.kernels.gka import gka_exact
     from gkabench.kernels.gka.chunk import chunk_gka
 
     ins = list(make(B, T, H, D, DV, dtype, gen))
+    if alpha_one:  # pure ridge readout: the solve's error reaches o undamped
+        ins[4] = torch.ones_like(ins[4])
     N = B if cu is None else len(cu) - 1
     cu_t = None if cu is None else torch.tensor(cu, device="cuda", dtype=torch.int32)
     h0 = list(rand_state(N, H, D, DV, gen)) if state else []
@@ -95,16 +97,19 @@ def check_case(name, B, T, H, D, DV, dtype, num_iter, gen, cu=None, state=False,
     return res
 
 
-def decode_case(name, B, T0, T1, H, D, DV, dtype, num_iter, gen):
-    """State from the chunked path over T0 tokens, then T1 decode calls of one token (and one call of T1 tokens);
-    compare with gka_exact over all T0 + T1 tokens and with the chunked path."""
+def decode_case(name, B, T0, T1, H, D, DV, dtype, num_iter, gen, with_chunk=True):
+    """State after T0 tokens (exact, float64 -> float32), then T1 decode calls of one token and one call of T1
+    tokens; compare with gka_exact over all T0 + T1 tokens and (with_chunk) with the chunked path."""
     from gkabench.kernels.gka import gka_exact
     from gkabench.kernels.gka.chunk import chunk_gka
     from gkabench.kernels.gka.decode import gka_decode
 
     q, k, v, g, a = make(B, T0 + T1, H, D, DV, dtype, gen)
+    res = {"case": name, "B": B, "T0": T0, "T1": T1, "D": D, "dtype": str(dtype).replace("torch.", ""),
+           "num_iter": num_iter}  # fmt: skip
     with torch.no_grad():
-        _, st = chunk_gka(q[:, :T0], k[:, :T0], v[:, :T0], g[:, :T0], a[:, :T0], num_iter=num_iter, output_final_state=True)
+        _, st = gka_exact(*(x[:, :T0].double() for x in (q, k, v, g, a)), output_final_state=True)
+        st = tuple(s_.float() for s_ in st)
         outs, s = [], st
         for t in range(T0, T0 + T1):
             sl = slice(t, t + 1)
@@ -113,14 +118,15 @@ def decode_case(name, B, T0, T1, H, D, DV, dtype, num_iter, gen):
         od = torch.cat(outs, 1)
         sl = slice(T0, T0 + T1)
         om, sm = gka_decode(q[:, sl], k[:, sl], v[:, sl], g[:, sl], a[:, sl], st, num_iter=num_iter)
-        oc, sc = chunk_gka(q, k, v, g, a, num_iter=num_iter, output_final_state=True)
         oe, se = gka_exact(*(x.double() for x in (q, k, v, g, a)), output_final_state=True)
-    return {
-        "case": name, "B": B, "T0": T0, "T1": T1, "D": D, "dtype": str(dtype).replace("torch.", ""), "num_iter": num_iter,
-        "decode_vs_exact": rel(od, oe[:, T0:]), "multi_vs_exact": rel(om, oe[:, T0:]),
-        "decode_vs_chunk": rel(od, oc[:, T0:]), "state_vs_exact": rel(s[0], se[0]), "state_kv_vs_exact": rel(s[1], se[1]),
-        "multi_state_vs_single": rel(sm[0], s[0]),
-    }  # fmt: skip
+        res.update({"decode_vs_exact": rel(od, oe[:, T0:]), "multi_vs_exact": rel(om, oe[:, T0:]),
+                    "state_vs_exact": rel(s[0], se[0]), "state_kv_vs_exact": rel(s[1], se[1]),
+                    "multi_state_vs_single": rel(sm[0], s[0])})  # fmt: skip
+        if with_chunk:
+            oc, _ = chunk_gka(q, k, v, g, a, num_iter=num_iter, initial_state=None)
+            res["chunk_vs_exact"] = rel(oc[:, T0:], oe[:, T0:])
+            res["decode_vs_chunk"] = rel(od, oc[:, T0:])
+    return res
 
 
 def degenerate_case():
@@ -164,10 +170,14 @@ def bench(args):
     H, D, TOK, R = 16, 128, 32768, args.num_iter
     rows = []
     gen = torch.Generator(device="cuda").manual_seed(1234)
-    for T in args.T:
+
+    def inputs(T):
         B = TOK // T
         q, k, v, g, a = make(B, T, H, D, D, torch.bfloat16, gen)
-        do = torch.randn_like(v)
+        return B, q, k, v, g, a, torch.randn_like(v)
+
+    for T in args.T:
+        B, q, k, v, g, a, do = inputs(T)
         row = {"T": T, "B": B}
         leaves = [x.clone().requires_grad_() for x in (q, k, v, g, a)]
 
@@ -186,47 +196,12 @@ def bench(args):
             gka_fb()
             torch.cuda.synchronize()
             row["gka_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            for lf in leaves:
-                lf.grad = None
         except Exception:  # noqa: BLE001
             log(traceback.format_exc())
-        if have_fla:
-            beta = torch.rand(B, T, H, device="cuda", generator=gen).sigmoid().to(torch.bfloat16)
-            gl = [x.clone().requires_grad_() for x in (q, k, v)]
-
-            def gdn_fwd():
-                return chunk_gated_delta_rule(q, k, v, g, beta)
-
-            def gdn_fb():
-                o, _ = chunk_gated_delta_rule(gl[0], gl[1], gl[2], g, beta)
-                o.backward(do)
-
-            try:
-                row["gdn_fwd_ms"] = do_bench(gdn_fwd, warmup=50, rep=300, return_mode="median")
-                row["gdn_fb_ms"] = do_bench(gdn_fb, warmup=50, rep=300, grad_to_none=gl, return_mode="median")
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                gdn_fb()
-                torch.cuda.synchronize()
-                row["gdn_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            except Exception:  # noqa: BLE001
-                log(traceback.format_exc())
-        fl = flops_per_token_head(D, R) * H * TOK
-        for key in ("gka_fwd", "gka_fb", "gdn_fwd", "gdn_fb"):
-            if key + "_ms" in row:
-                row[key + "_mtoks"] = TOK / (row[key + "_ms"] * 1e-3) / 1e6
-        if "gka_fwd_ms" in row:
-            row["gka_fwd_tflops"] = fl / (row["gka_fwd_ms"] * 1e-3) / 1e12
-        if "gka_fb_ms" in row:
-            row["gka_fb_tflops"] = 2 * fl / (row["gka_fb_ms"] * 1e-3) / 1e12
-        if "gdn_fb_ms" in row and "gka_fb_ms" in row:
-            row["ratio_fb"] = row["gdn_fb_ms"] / row["gka_fb_ms"]
-            row["ratio_fwd"] = row["gdn_fwd_ms"] / row["gka_fwd_ms"]
         log(json.dumps(row))
         rows.append(row)
         del q, k, v, g, a, do, leaves
         torch.cuda.empty_cache()
-
     # per-launch times at T=8192 (where the time goes)
     stages = {}
     try:
@@ -268,73 +243,70 @@ def bench(args):
         except Exception:  # noqa: BLE001
             log(traceback.format_exc())
     log("decode", json.dumps(dec))
+    # GDN side by side (fla autotunes on first use: after the GKA numbers, while the budget lasts; T=8192 first)
+    for T in sorted(args.T, key=lambda t: t != 8192):
+        if not have_fla or left(args.budget_s) < 90:
+            log("GDN skipped at T", T)
+            continue
+        row = next(r for r in rows if r["T"] == T)
+        B, q, k, v, g, a, do = inputs(T)
+        beta = torch.rand(B, T, H, device="cuda", generator=gen).sigmoid().to(torch.bfloat16)
+        gl = [x.clone().requires_grad_() for x in (q, k, v)]
+
+        def gdn_fwd():
+            return chunk_gated_delta_rule(q, k, v, g, beta)
+
+        def gdn_fb():
+            o, _ = chunk_gated_delta_rule(gl[0], gl[1], gl[2], g, beta)
+            o.backward(do)
+
+        try:
+            row["gdn_fwd_ms"] = do_bench(gdn_fwd, warmup=50, rep=300, return_mode="median")
+            row["gdn_fb_ms"] = do_bench(gdn_fb, warmup=50, rep=300, grad_to_none=gl, return_mode="median")
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            gdn_fb()
+            torch.cuda.synchronize()
+            row["gdn_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+        del q, k, v, g, a, do, gl
+        torch.cuda.empty_cache()
+    for row in rows:
+        fl = flops_per_token_head(D, R) * H * TOK
+        for key in ("gka_fwd", "gka_fb", "gdn_fwd", "gdn_fb"):
+            if key + "_ms" in row:
+                row[key + "_mtoks"] = TOK / (row[key + "_ms"] * 1e-3) / 1e6
+        if "gka_fwd_ms" in row:
+            row["gka_fwd_tflops"] = fl / (row["gka_fwd_ms"] * 1e-3) / 1e12
+        if "gka_fb_ms" in row:
+            row["gka_fb_tflops"] = 2 * fl / (row["gka_fb_ms"] * 1e-3) / 1e12
+        if "gdn_fb_ms" in row and "gka_fb_ms" in row:
+            row["ratio_fb"] = row["gdn_fb_ms"] / row["gka_fb_ms"]
+            row["ratio_fwd"] = row["gdn_fwd_ms"] / row["gka_fwd_ms"]
+        log(json.dumps(row))
+
     return rows, stages, dec
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--skip-check", action="store_true")
-    ap.add_argument("--skip-bench", action="store_true")
-    ap.add_argument("--T", type=int, nargs="+", default=[2048, 8192, 32768])
-    ap.add_argument("--num-iter", type=int, default=30)
-    args = ap.parse_args()
-    import triton
+T_START = time.time()
 
-    env = {
-        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "command": " ".join(sys.argv),
-    }  # fmt: skip
+
+def left(budget):
+    return budget - (time.time() - T_START)
+
+
+def run_case(fn, name, checks, **kw):
     try:
-        import fla
-
-        env["fla"] = fla.__version__
+        r = fn(name, **kw)
     except Exception:  # noqa: BLE001
-        env["fla"] = None
-    log("env", json.dumps(env))
-    checks = []
-    if not args.skip_check:
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        cases = [
-            ("fp32_r30", dict(B=2, T=200, H=3, D=128, DV=128, dtype=torch.float32, num_iter=30)),
-            ("fp32_r80", dict(B=2, T=200, H=3, D=128, DV=128, dtype=torch.float32, num_iter=80)),
-            ("fp32_r80_D64_Dv32_state", dict(B=2, T=150, H=2, D=64, DV=32, dtype=torch.float32, num_iter=80, state=True)),
-            ("fp32_r80_varlen_state", dict(B=1, T=300, H=2, D=128, DV=64, dtype=torch.float32, num_iter=80,
-                                           cu=[0, 50, 51, 177, 300], state=True)),
-            ("bf16_r30", dict(B=2, T=200, H=3, D=128, DV=128, dtype=torch.bfloat16, num_iter=30)),
-            ("bf16_r30_varlen_state", dict(B=1, T=300, H=2, D=128, DV=64, dtype=torch.bfloat16, num_iter=30,
-                                           cu=[0, 50, 51, 177, 300], state=True)),
-            ("bf16_r30_D64", dict(B=2, T=130, H=2, D=64, DV=64, dtype=torch.bfloat16, num_iter=30)),
-            ("fp16_r30", dict(B=1, T=100, H=2, D=128, DV=128, dtype=torch.float16, num_iter=30)),
-            ("fp32_r30_T512_fwd", dict(B=1, T=512, H=4, D=128, DV=128, dtype=torch.float32, num_iter=30, grads=False)),
-            ("bf16_r30_T512_fwd", dict(B=1, T=512, H=4, D=128, DV=128, dtype=torch.bfloat16, num_iter=30, grads=False)),
-        ]
-        for name, kw in cases:
-            try:
-                r = check_case(name, gen=gen, **kw)
-            except Exception:  # noqa: BLE001
-                log(traceback.format_exc())
-                r = {"case": name, "error": True}
-            log(json.dumps(r))
-            checks.append(r)
-        for name, kw in [
-            ("decode_fp32_r80", dict(B=3, T0=70, T1=3, H=2, D=128, DV=128, dtype=torch.float32, num_iter=80)),
-            ("decode_bf16_r30", dict(B=3, T0=70, T1=3, H=2, D=128, DV=128, dtype=torch.bfloat16, num_iter=30)),
-        ]:
-            try:
-                r = decode_case(name, gen=gen, **kw)
-            except Exception:  # noqa: BLE001
-                log(traceback.format_exc())
-                r = {"case": name, "error": True}
-            log(json.dumps(r))
-            checks.append(r)
-        try:
-            r = degenerate_case()
-        except Exception:  # noqa: BLE001
-            log(traceback.format_exc())
-            r = {"case": "zero_keys", "error": True}
-        log(json.dumps(r))
-        checks.append(r)
-    rows, stages, dec = ([], {}, {}) if args.skip_bench else bench(args)
+        log(traceback.format_exc())
+        r = {"case": name, "error": True}
+    log(json.dumps(r))
+    checks.append(r)
+
+
+def report(env, checks, rows, stages, dec, args):
     with open(os.path.join(OUT, "gka_kernels.json"), "w") as f:
         json.dump({"env": env, "checks": checks, "bench": rows, "stages_ms_T8192": stages, "decode": dec}, f, indent=1)
     log("\n=== accuracy (rel. error vs gka_exact float64) ===")
@@ -361,6 +333,67 @@ def main():
         log("stages ms @T=8192:", " ".join(f"{k}={v:.3f}" for k, v in stages.items()))
     if dec:
         log("decode us:", " ".join(f"{k}={v:.1f}" for k, v in dec.items()))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--T", type=int, nargs="+", default=[2048, 8192, 32768])
+    ap.add_argument("--num-iter", type=int, default=30)
+    ap.add_argument("--budget-s", type=float, default=380.0, help="start no new phase/case after this many seconds")
+    args = ap.parse_args()
+    import triton
+
+    env = {
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "command": " ".join(sys.argv),
+    }  # fmt: skip
+    try:
+        import fla
+
+        env["fla"] = fla.__version__
+    except Exception:  # noqa: BLE001
+        env["fla"] = None
+    log("env", json.dumps(env))
+    checks, rows, stages, dec = [], [], {}, {}
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    # phase 1: low-precision accuracy (compiles the kernels the benchmark uses)
+    lowp_cases = [
+        ("bf16_r30", dict(B=2, T=200, H=3, D=128, DV=128, dtype=torch.bfloat16, num_iter=30)),
+        ("bf16_r30_varlen_state", dict(B=1, T=300, H=2, D=128, DV=64, dtype=torch.bfloat16, num_iter=30,
+                                       cu=[0, 50, 51, 177, 300], state=True)),
+        ("bf16_r30_T512_fwd", dict(B=1, T=512, H=4, D=128, DV=128, dtype=torch.bfloat16, num_iter=30, grads=False)),
+        ("bf16_r30_alpha1", dict(B=1, T=256, H=2, D=128, DV=128, dtype=torch.bfloat16, num_iter=30, alpha_one=True)),
+    ]
+    if not args.skip_check:
+        for name, kw in lowp_cases:
+            run_case(check_case, name, checks, gen=gen, **kw)
+        run_case(decode_case, "decode_bf16_r30", checks, B=3, T0=70, T1=3, H=2, D=128, DV=128, dtype=torch.bfloat16,
+                 num_iter=30, gen=gen)  # fmt: skip
+        run_case(decode_case, "decode_fp32_r80", checks, B=3, T0=70, T1=3, H=2, D=128, DV=128, dtype=torch.float32,
+                 num_iter=80, gen=gen, with_chunk=False)  # fmt: skip
+        run_case(lambda name: degenerate_case(), "zero_keys", checks)
+        report(env, checks, rows, stages, dec, args)
+    # phase 2: speed
+    if not args.skip_bench and left(args.budget_s) > 60:
+        rows, stages, dec = bench(args)
+        report(env, checks, rows, stages, dec, args)
+    # phase 3: fp32 accuracy (slow to compile: full-fp32 dots without tensor cores), while the budget lasts
+    fp32_cases = [
+        ("fp32_r80_varlen_state", dict(B=1, T=300, H=2, D=128, DV=64, dtype=torch.float32, num_iter=80,
+                                       cu=[0, 50, 51, 177, 300], state=True)),
+        ("fp32_r30", dict(B=2, T=200, H=3, D=128, DV=128, dtype=torch.float32, num_iter=30)),
+        ("fp32_r80_D64_Dv32_state", dict(B=2, T=150, H=2, D=64, DV=32, dtype=torch.float32, num_iter=80, state=True)),
+    ]
+    if not args.skip_check:
+        for name, kw in fp32_cases:
+            if left(args.budget_s) < 30:
+                log("budget: skipped", name)
+                continue
+            run_case(check_case, name, checks, gen=gen, **kw)
+            report(env, checks, rows, stages, dec, args)
+    report(env, checks, rows, stages, dec, args)
 
 
 if __name__ == "__main__":
