@@ -145,30 +145,17 @@ def beta_suffix(beta, G, C: tl.constexpr):
 
 
 @triton.jit
-def _load_tile_bp(ptr, row0, nrows, ncols, stride_r, stride_c, BR: tl.constexpr, BC: tl.constexpr,
-                  COLMAJOR: tl.constexpr):  # fmt: skip
-    if COLMAJOR:
-        blk = tl.make_block_ptr(ptr, (nrows, ncols), (stride_r, stride_c), (row0, 0), (BR, BC), (0, 1))
-    else:
-        blk = tl.make_block_ptr(ptr, (nrows, ncols), (stride_r, stride_c), (row0, 0), (BR, BC), (1, 0))
-    return tl.load(blk, boundary_check=(0, 1), padding_option="zero")
-
-
-@triton.jit
-def _load_tile_ptr(ptr, row0, nrows, ncols, stride_r, stride_c, BR: tl.constexpr, BC: tl.constexpr,
-                   COLMAJOR: tl.constexpr):  # fmt: skip
+def load_tile(ptr, row0, nrows, ncols, stride_r, stride_c, BR: tl.constexpr, BC: tl.constexpr,
+              COLMAJOR: tl.constexpr):  # fmt: skip
+    """The ``[BR, BC]`` tile at rows ``row0..`` of an ``(nrows, ncols)`` matrix with strides ``(stride_r, stride_c)``;
+    out-of-range entries read as 0. (COLMAJOR only documents the access order: ``stride_c != 1``. Block pointers
+    were tried: Triton >= 3.7 removed them, and on 3.6 they compiled to the same register use.)"""
     r = row0 + tl.arange(0, BR)
     c = tl.arange(0, BC)
     p = ptr + r[:, None].to(tl.int64) * stride_r + c[None, :] * stride_c
     return tl.load(p, mask=(r < nrows)[:, None] & (c < ncols)[None, :], other=0.0)
 
 
-# ``load_tile(ptr, row0, nrows, ncols, stride_r, stride_c, BR, BC, COLMAJOR)``: the [BR, BC] tile at rows
-# row0.. of an (nrows, ncols) strided matrix, out-of-range entries 0. Block pointers (a descriptor instead of a
-# [BR, BC] tensor of 64-bit addresses) keep register pressure down; Triton >= 3.7 removed them, and its
-# interpreter is what the CPU tests run, so there the plain pointer version is used.
-_TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
-load_tile = _load_tile_bp if _TRITON_VERSION < (3, 7) else _load_tile_ptr
 
 
 @triton.jit
