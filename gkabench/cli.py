@@ -397,6 +397,63 @@ def mqar(
     console.print(table)
 
 
+@app.command("eval")
+@user_errors
+def eval_(
+    task: str = typer.Option("rag,longqa,niah", "--task", help="rag, longqa, niah (all flavours) or task.flavour (rag.nq, niah.niah_single); lm-eval:<t1>,<t2> for lm-eval tasks"),
+    model: str = typer.Option(..., "--model", help="gkabench checkpoint / run dir, local HF model dir, or oracle / closed-book (reference readers)"),
+    lengths: str = typer.Option("4k,8k,16k,32k,64k,128k", "--lengths", help="input lengths in the model's tokens, e.g. 4k,8k"),
+    n: int = typer.Option(50, "--n", help="rows per task flavour and length (depths cycle 0, .25, .5, .75, 1)"),
+    data: str = typer.Option(None, "--data", help="folder with HELMET RAG jsonl / RULER squad.json, hotpotqa.json (default: generated fictional facts); lm-eval: local task data"),
+    batch_size: int = typer.Option(1, "--batch-size", help="rows per generate call (left-padded)"),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="answer budget (default 16 rag/longqa, 48 niah; x3 for the byte tokenizer)"),
+    chunk_size: int = typer.Option(8192, "--chunk-size", help="prefill chunk in tokens (the cache carries state between chunks)"),
+    out: str = typer.Option("results/eval", "--out", help="folder for <name>.jsonl / .md / .csv"),
+    name: str = typer.Option(None, "--name", help="result file stem (default: the model directory's name)"),
+    cache_dir: str = typer.Option(None, "--cache-dir", help="task row cache (default ~/.cache/gkabench/tasks)"),
+    seed: int = typer.Option(0, "--seed"),
+    limit: int = typer.Option(None, "--limit", help="lm-eval: examples per task"),
+    device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)"),
+    dtype: str = typer.Option(None, "--dtype", help="bf16 (CUDA default), fp16, fp32 (CPU default)"),
+):
+    """Long-context tasks (rag, longqa, niah) fitted to each length with the model's tokenizer; lm-eval tasks."""
+    from .evaluate import EvalConfig, run_eval, run_lm_eval_tasks
+    from .tasks.fitting import parse_lengths
+
+    ours, _, lm_tasks = task.partition("lm-eval:")
+    ours = ours.strip().strip(",")
+    if dtype not in (None, "bf16", "fp16", "fp32"):
+        raise ValueError(f"--dtype {dtype!r}: choose bf16, fp16 or fp32")
+    if lm_tasks:
+        names = [t.strip() for t in lm_tasks.split(",") if t.strip()]
+        result, path = run_lm_eval_tasks(model, names, data, limit, batch_size, device, out, name)
+        console.print(f"lm-eval {', '.join(names)} -> {path}")
+    if not ours:
+        return
+    cfg = EvalConfig(
+        model=model, tasks=ours, lengths=parse_lengths(lengths), n=n, data=data if not lm_tasks else None,
+        batch_size=batch_size, max_new_tokens=max_new_tokens, out=out, name=name, device=device, seed=seed,
+        cache_dir=cache_dir, chunk_size=chunk_size, dtype=dtype,
+    )  # fmt: skip
+    result = run_eval(cfg, console=console)
+    df = result.summary
+    if df is not None and not df.empty:
+        from .tasks.fitting import format_length
+
+        table = Table(title=f"gkabench eval: {model} (score x100)")
+        lens = sorted(df.length.unique())
+        for col in ("task", "flavour", *(format_length(int(x)) for x in lens)):
+            table.add_column(col, justify="left" if col in ("task", "flavour") else "right")
+        for (t, f), g in df.groupby(["task", "flavour"], sort=True):
+            by = dict(zip(g.length, g.score, strict=True))
+            table.add_row(t, f, *(f"{by[x]:.1f}" if x in by else "-" for x in lens))
+        console.print(table)
+    console.print("wrote " + ", ".join(str(p) for p in result.paths))
+    if result.interrupted:
+        console.print("[yellow]interrupted: rows done are kept; rerun the same command to resume[/yellow]")
+        raise typer.Exit(code=130)
+
+
 def main() -> None:
     app()
 

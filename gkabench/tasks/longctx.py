@@ -1,0 +1,152 @@
+"""The long-context tasks in one place: names, row building with an on-disk cache, and reference readers.
+
+    spec = parse_tasks("rag,longqa.squad,niah")      # [("rag", "nq"), ..., ("longqa", "squad"), ("niah", ...)]
+    rows = get_rows("rag", "nq", 4096, n=50, seed=0, tokenizer=tok, cache_dir="~/.cache/gkabench/tasks")
+
+A row is a JSON-able dict (see :func:`gkabench.tasks.rag.build_row`): ``task, flavour, length, index, depth,
+prompt, answers, gold_passages, input_tokens, ...``. Row ``i`` has depth ``depths[i % len(depths)]`` and is the
+same question at every length (only the filler grows), so scores across lengths are paired.
+
+Cache: ``<cache_dir>/<task>-<flavour>-<length>-s<seed>-n<n>-<key>.jsonl`` plus ``.manifest.json`` beside it
+stating the generator version, tokenizer hash, task, flavour, length, seed, n, depths and data fingerprint. A
+manifest that differs from what is asked (new generator version, other tokenizer, changed data file) makes the
+rows be rebuilt; rows are written atomically.
+
+Reference readers (validity checks): :func:`oracle_answer` answers from the gold passage when, and only when,
+all gold passages are in the test context; :func:`closed_book_answer` sees only the question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from . import longqa, niah, rag
+from .facts import GENERATOR_VERSION, guess_answer
+from .fitting import TokenCounter
+
+TASKS = {"rag": rag, "longqa": longqa, "niah": niah}
+DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+ROW_FORMAT = 1  # bump with any change to the row fields
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GKABENCH_CACHE", Path.home() / ".cache" / "gkabench")) / "tasks"
+
+
+def parse_tasks(text: str) -> list[tuple[str, str]]:
+    """``"rag,longqa.squad,niah.niah_single"`` -> ``[(task, flavour), ...]``; a bare task means all its flavours."""
+    out: list[tuple[str, str]] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        task, _, flavour = item.partition(".")
+        if task not in TASKS:
+            raise ValueError(f"--task: unknown task {task!r}; choose from {', '.join(TASKS)} (or lm-eval:<task>), e.g. --task rag,longqa.squad")
+        flavours = TASKS[task].FLAVOURS
+        if flavour and flavour not in flavours:
+            raise ValueError(f"--task: {task} has no flavour {flavour!r}; choose from {', '.join(flavours)}")
+        for f in [flavour] if flavour else flavours:
+            if (task, f) not in out:
+                out.append((task, f))
+    if not out:
+        raise ValueError("--task is empty; pass e.g. --task rag,longqa,niah")
+    return out
+
+
+def load_data(task: str, flavour: str, data_dir: str | None):
+    """Real examples for (task, flavour) under ``data_dir`` (None -> generated facts; niah is always generated)."""
+    if data_dir is None or task == "niah":
+        return None
+    from .formats import read_qa
+
+    return read_qa(task, flavour, data_dir)
+
+
+def build_row(task: str, flavour: str, length: int, index: int, seed: int, counter: TokenCounter, depths=DEFAULT_DEPTHS, data=None, gold_in_context: bool = True) -> dict:
+    depth = float(depths[index % len(depths)])
+    return TASKS[task].build_row(flavour, length, index, depth, seed, counter, data=data, gold_in_context=gold_in_context)
+
+
+def _fingerprint(data) -> str | None:
+    if data is None:
+        return None
+    path = Path(data[2])
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def manifest_for(task, flavour, length, n, seed, counter: TokenCounter, depths, data) -> dict:
+    return {
+        "generator_version": GENERATOR_VERSION, "row_format": ROW_FORMAT, "tokenizer_hash": counter.hash,
+        "task": task, "flavour": flavour, "length": length, "seed": seed, "n": n, "depths": list(map(float, depths)),
+        "data": _fingerprint(data),
+    }  # fmt: skip
+
+
+def get_rows(
+    task: str, flavour: str, length: int, n: int, seed: int, tokenizer=None, counter: TokenCounter | None = None,
+    cache_dir: str | Path | None = None, depths=DEFAULT_DEPTHS, data_dir: str | None = None, data=None, progress=None,
+) -> list[dict]:  # fmt: skip
+    """``n`` rows of (task, flavour) at ``length``, from the cache when its manifest matches, else built (and
+    cached). ``cache_dir=False`` disables the cache. ``progress(i)`` is called after each built row."""
+    from ..io import read_jsonl, write_text_atomic
+
+    counter = counter or TokenCounter(tokenizer)
+    if data is None:
+        data = load_data(task, flavour, data_dir)
+    want = manifest_for(task, flavour, length, n, seed, counter, depths, data)
+    path = None
+    if cache_dir is not False:
+        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        key = hashlib.sha256(json.dumps(want, sort_keys=True).encode()).hexdigest()[:10]
+        path = root / f"{task}-{flavour}-{length}-s{seed}-n{n}-{key}.jsonl"
+        man = path.with_suffix(".manifest.json")
+        if path.exists() and man.exists():
+            try:
+                have = json.loads(man.read_text())
+            except json.JSONDecodeError:
+                have = None
+            if have == want:
+                rows = read_jsonl(path)
+                if len(rows) == n:
+                    return rows
+    rows = []
+    for i in range(n):
+        rows.append(build_row(task, flavour, length, i, seed, counter, depths=depths, data=data))
+        if progress:
+            progress(i)
+    if path is not None:
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(path.with_suffix(".manifest.json"), json.dumps(want, indent=1))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ reference readers
+
+
+def test_context(row: dict) -> str:
+    """The part of the prompt a reader may answer from: after the demos (which hold other questions' answers)."""
+    return row["prompt"][row.get("context_start", 0) :]
+
+
+def oracle_answer(row: dict) -> str:
+    """Answer from the gold passage(s) by construction: the gold answer when every gold passage is in the test
+    context, else the empty string. Scores 1.0 on valid rows and 0 when the gold is moved out."""
+    ctx = test_context(row)
+    if all(g in ctx for g in row["gold_passages"]):
+        return " ".join(row["answers"])
+    return ""
+
+
+def closed_book_answer(row: dict) -> str:
+    """A reader that sees only the question: a plausible value of the asked kind, drawn from the question."""
+    rel = row.get("relation") or "person.birthplace"
+    if rel.startswith("niah."):
+        from .facts import FactWorld
+
+        w = FactWorld(f"guess-{row['question']}")
+        return w.uuid() if rel == "niah.uuid" else w.number(7)
+    return guess_answer(rel, row["question"])
