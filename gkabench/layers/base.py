@@ -64,12 +64,41 @@ def resolve_backend(backend: str, x: torch.Tensor, mixer: str, triton_ok: bool =
     return backend
 
 
-def current_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
-    """The ``[B, T]`` part of a mask that may also cover earlier (cached) tokens; None when all ones."""
-    if attention_mask is None:
-        return None
-    m = attention_mask[:, -T:]
-    return None if bool(m.all()) else m
+@dataclass
+class ForwardContext:
+    """Per-call bookkeeping of a mixer forward: the mask of this call's tokens, packing, the incoming cache and
+    the tensors of the outgoing one. Built by :meth:`Mixer.start`; closed by :meth:`finish`."""
+
+    mask: torch.Tensor | None  # [B, T] of this call's tokens (1 = real), None when all real
+    cu_seqlens: torch.Tensor | None
+    cache: MixerCache | None
+    use_cache: bool
+    backend: str
+    new: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def cached(self, name: str) -> torch.Tensor | None:
+        return self.cache.get(name) if self.cache is not None else None
+
+    @property
+    def decoding(self) -> bool:
+        """A continuation of cached sequences (the mixers may take a recurrent decode kernel)."""
+        return self.cache is not None
+
+    def conv(self, module, x: torch.Tensor, name: str) -> torch.Tensor:
+        """Short conv of ``x [B, T, C]`` continuing from the cached state ``name``; the new state is kept."""
+        from .blocks import conv_with_state
+
+        y, state = conv_with_state(module, x, self.mask, self.cu_seqlens, self.cached(name), self.use_cache)
+        if state is not None:
+            self.new[name] = state
+        return y
+
+    def finish(self, y: torch.Tensor, **states: torch.Tensor) -> tuple[torch.Tensor, MixerCache | None]:
+        """``(y, cache)`` with the conv states gathered so far and ``states``; ``(y, None)`` without use_cache."""
+        if not self.use_cache:
+            return y, None
+        seen = self.cache.seen_tokens if self.cache is not None else 0
+        return y, MixerCache({**self.new, **states}, seen_tokens=seen + y.shape[1])
 
 
 class Mixer(nn.Module):
@@ -98,6 +127,19 @@ class Mixer(nn.Module):
     def state_bytes(self, seq_len: int = 0, dtype: torch.dtype = torch.bfloat16) -> int:
         """Bytes of recurrent state per sequence after ``seq_len`` tokens (conv states included)."""
         raise NotImplementedError
+
+    def start(self, x, attention_mask, cu_seqlens, cache, use_cache) -> ForwardContext:
+        """Validate the call and open its :class:`ForwardContext` (mask cut to this call's tokens, backend)."""
+        self.check_input(x, attention_mask, cu_seqlens, cache)
+        mask = attention_mask[:, -x.shape[1]:] if attention_mask is not None else None
+        return ForwardContext(mask, cu_seqlens, cache, use_cache, self.backend_for(x))
+
+    def gated_output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``o_proj(o_norm(o) [* SiLU(g_proj x)])``: per-head (gated) RMSNorm then the output projection.
+        o ``[B, T, H, Dv]``, x ``[B, T, hidden]`` -> ``[B, T, hidden]``. Mixers without ``g_proj`` skip the gate."""
+        g_proj = getattr(self, "g_proj", None)
+        o = self.o_norm(o, g_proj(x).view_as(o)) if g_proj is not None else self.o_norm(o)
+        return self.o_proj(o.reshape(*x.shape[:2], -1))
 
     def check_input(self, x: torch.Tensor, attention_mask, cu_seqlens, cache) -> None:
         if x.ndim != 3 or x.shape[-1] != self.hidden_size:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.gka import DEFAULT_NUM_ITER, DEFAULT_RIDGE, gka, gka_reference
-from .base import Mixer, MixerCache, current_mask
+from .base import Mixer, MixerCache
 from .blocks import GatedRMSNorm, ShortConv, l2_normalize, mask_tokens, upcast
 from .registry import register_mixer
 
@@ -109,16 +109,13 @@ class GKAMixer(Mixer):
         return g, alpha, beta
 
     def forward(self, x, attention_mask=None, cu_seqlens=None, cache: MixerCache | None = None, use_cache: bool = False):
-        self.check_input(x, attention_mask, cu_seqlens, cache)
+        ctx = self.start(x, attention_mask, cu_seqlens, cache, use_cache)
         B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        mask = current_mask(attention_mask, T)
-        cache_get = cache.get if cache is not None else (lambda _k, _d=None: None)
 
-        q_in, k_in, v_in = (mask_tokens(p(x), mask) for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, conv_q = self.q_conv(q_in, cu_seqlens, cache_get("conv_q"))
-        k, conv_k = self.k_conv(k_in, cu_seqlens, cache_get("conv_k"))
-        v, conv_v = self.v_conv(v_in, cu_seqlens, cache_get("conv_v"))
+        q = ctx.conv(self.q_conv, self.q_proj(x), "conv_q")
+        k = ctx.conv(self.k_conv, self.k_proj(x), "conv_k")
+        v = ctx.conv(self.v_conv, self.v_proj(x), "conv_v")
         q = l2_normalize(q.view(B, T, H, D))
         k = l2_normalize(k.view(B, T, H, D))
         v = v.view(B, T, H, D)
@@ -126,34 +123,22 @@ class GKAMixer(Mixer):
         if beta is not None:
             k = k * beta.unsqueeze(-1).to(k.dtype)
             v = v * beta.unsqueeze(-1).to(v.dtype)
-        if mask is not None:
-            # Padded tokens add nothing to the state and do not decay it.
-            k = mask_tokens(k, mask)
-            v = mask_tokens(v, mask)
-            g = mask_tokens(g, mask)
+        # Padded tokens add nothing to the state and do not decay it.
+        k, v, g = mask_tokens(k, ctx.mask), mask_tokens(v, ctx.mask), mask_tokens(g, ctx.mask)
 
-        initial_state = None
-        if cache is not None and "h_kk" in cache.tensors:
-            initial_state = (cache["h_kk"], cache["h_kv"])
-        o, final_state = self._op(q, k, v, g, alpha, initial_state, use_cache, cu_seqlens)
+        initial_state = (ctx.cached("h_kk"), ctx.cached("h_kv")) if ctx.cached("h_kk") is not None else None
+        o, final_state = self._op(ctx.backend, q, k, v, g, alpha, initial_state, use_cache, cu_seqlens)
+        y = self.gated_output(o, x)
+        if not use_cache:
+            return y, None
+        return ctx.finish(y, h_kk=final_state[0], h_kv=final_state[1])
 
-        o = self.o_norm(o, self.g_proj(x).view(B, T, H, D))
-        y = self.o_proj(o.reshape(B, T, H * D))
-        new_cache = None
-        if use_cache:
-            seen = cache.seen_tokens if cache is not None else 0
-            new_cache = MixerCache(
-                {"conv_q": conv_q, "conv_k": conv_k, "conv_v": conv_v, "h_kk": final_state[0], "h_kv": final_state[1]},
-                seen_tokens=seen + T,
-            )
-        return y, new_cache
-
-    def _op(self, q, k, v, g, alpha, initial_state, output_final_state, cu_seqlens):
+    def _op(self, backend, q, k, v, g, alpha, initial_state, output_final_state, cu_seqlens):
         kwargs = dict(
             num_iter=self.num_iter, ridge=self.ridge, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )  # fmt: skip
-        if self.backend_for(q) == "reference":
+        if backend == "reference":
             return gka_reference(q, k, v, g, alpha, **kwargs)
         if initial_state is not None and q.shape[1] <= 16 and cu_seqlens is None:
             try:

@@ -114,46 +114,25 @@ class GLAMixer(Mixer):
         return self.num_heads * self.head_dim * self.head_v_dim * 4 + conv * torch.finfo(dtype).bits // 8
 
     def forward(self, x, attention_mask=None, cu_seqlens=None, cache: MixerCache | None = None, use_cache=False):
-        self.check_input(x, attention_mask, cu_seqlens, cache)
-        if attention_mask is not None:  # [B, T'] with T' >= T: its last T columns belong to x
-            attention_mask = attention_mask[:, -x.shape[1]:]
-        backend = self.backend_for(x)
+        ctx = self.start(x, attention_mask, cu_seqlens, cache, use_cache)
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.head_dim, self.head_v_dim
-        new: dict[str, torch.Tensor] = {}
 
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.use_short_conv:
-
-            def conv(module, inp, name):
-                state = cache.get(name) if cache is not None else None
-                out, st = conv_with_state(module, inp, attention_mask, cu_seqlens, state, use_cache)
-                if st is not None:
-                    new[name] = st
-                return out
-
-            q, k, v = conv(self.q_conv, q, "conv_q"), conv(self.k_conv, k, "conv_k"), conv(self.v_conv, v, "conv_v")
+            q, k, v = ctx.conv(self.q_conv, q, "conv_q"), ctx.conv(self.k_conv, k, "conv_k"), ctx.conv(self.v_conv, v, "conv_v")
         q = q.view(B, T, H, K)
         # Padded tokens: k = v = 0 and g = 0 leave the state exactly as it was.
-        k = mask_tokens(k.view(B, T, H, K), attention_mask)
-        v = mask_tokens(v.view(B, T, H, V), attention_mask)
+        k = mask_tokens(k.view(B, T, H, K), ctx.mask)
+        v = mask_tokens(v.view(B, T, H, V), ctx.mask)
         g = F.logsigmoid(self.gk_proj(x).to(compute_dtype(x))) / self.gate_logit_normalizer
         if self.clamp_min is not None:
             g = g.clamp_min(float(self.clamp_min))
-        g = mask_tokens(g.view(B, T, H, K), attention_mask)
+        g = mask_tokens(g.view(B, T, H, K), ctx.mask)
 
-        state = cache.get("state") if cache is not None else None
-        o, final = self._op(backend, q, k, v, g, state, use_cache, cu_seqlens, decode=cache is not None and T == 1)
-
-        if self.use_output_gate:
-            o = self.o_norm(o, self.g_proj(x).view(B, T, H, V))
-        else:
-            o = self.o_norm(o)
-        y = self.o_proj(o.reshape(B, T, H * V))
-        if not use_cache:
-            return y, None
-        new["state"] = final
-        return y, MixerCache(new, (cache.seen_tokens if cache is not None else 0) + T)
+        o, final = self._op(ctx.backend, q, k, v, g, ctx.cached("state"), use_cache, cu_seqlens,
+                            decode=ctx.decoding and T == 1)  # fmt: skip
+        return ctx.finish(self.gated_output(o, x), state=final)
 
     def _op(self, backend, q, k, v, g, state, use_cache, cu_seqlens, decode):
         scale = self.head_dim**-0.5

@@ -123,47 +123,25 @@ class MesaNetMixer(Mixer):
         return 2 * self.num_heads * self.head_dim**2 * 4 + 2 * self.key_dim * (self.conv_size - 1) * torch.finfo(dtype).bits // 8
 
     def forward(self, x, attention_mask=None, cu_seqlens=None, cache: MixerCache | None = None, use_cache=False):
-        self.check_input(x, attention_mask, cu_seqlens, cache)
-        if attention_mask is not None:  # [B, T'] with T' >= T: its last T columns belong to x
-            attention_mask = attention_mask[:, -x.shape[1]:]
-        backend = self.backend_for(x)
-        if backend == "triton" and self.options["solver"] != "cg":
+        ctx = self.start(x, attention_mask, cu_seqlens, cache, use_cache)
+        if ctx.backend == "triton" and self.options["solver"] != "cg":
             raise ValueError("mesanet: solver='exact' exists only on the reference backend; use solver='cg' on CUDA")
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
         cdt = compute_dtype(x)
-        new: dict[str, torch.Tensor] = {}
 
-        def conv(module, inp, name):
-            state = cache.get(name) if cache is not None else None
-            out, st = conv_with_state(module, inp, attention_mask, cu_seqlens, state, use_cache)
-            if st is not None:
-                new[name] = st
-            return out
-
-        q, k = conv(self.q_conv, self.q_proj(x), "conv_q"), conv(self.k_conv, self.k_proj(x), "conv_k")
+        q, k = ctx.conv(self.q_conv, self.q_proj(x), "conv_q"), ctx.conv(self.k_conv, self.k_proj(x), "conv_k")
         q = l2_normalize(q.view(B, T, H, K))
         # Padded tokens: k = v = 0, beta = 0 and g = 0 leave both states exactly as they were.
-        k = mask_tokens(l2_normalize(k.view(B, T, H, K)), attention_mask)
-        v = mask_tokens(self.v_proj(x).view(B, T, H, K), attention_mask)
-        beta = mask_tokens(torch.sigmoid(self.b_proj(x).to(cdt)), attention_mask)
-        g = mask_tokens(F.logsigmoid(self.a_proj(x).to(cdt)), attention_mask)
+        k = mask_tokens(l2_normalize(k.view(B, T, H, K)), ctx.mask)
+        v = mask_tokens(self.v_proj(x).view(B, T, H, K), ctx.mask)
+        beta = mask_tokens(torch.sigmoid(self.b_proj(x).to(cdt)), ctx.mask)
+        g = mask_tokens(F.logsigmoid(self.a_proj(x).to(cdt)), ctx.mask)
         lamb = (F.softplus(self.lambda_params.to(cdt)) + self.lambda_lower_bound).view(H, K)
 
-        kk0 = cache.get("h_kk") if cache is not None else None
-        kv0 = cache.get("h_kv") if cache is not None else None
-        decode = cache is not None and T == 1
-        o, h_kk, h_kv = self._op(backend, q, k, v, g, beta, lamb, kk0, kv0, use_cache, cu_seqlens, decode)
-
-        if self.use_output_gate:
-            o = self.o_norm(o, self.g_proj(x).view(B, T, H, K))
-        else:
-            o = self.o_norm(o)
-        y = self.o_proj(o.reshape(B, T, H * K))
-        if not use_cache:
-            return y, None
-        new["h_kk"], new["h_kv"] = h_kk, h_kv
-        return y, MixerCache(new, (cache.seen_tokens if cache is not None else 0) + T)
+        o, h_kk, h_kv = self._op(ctx.backend, q, k, v, g, beta, lamb, ctx.cached("h_kk"), ctx.cached("h_kv"), use_cache,
+                                 cu_seqlens, ctx.decoding and T == 1)  # fmt: skip
+        return ctx.finish(self.gated_output(o, x), h_kk=h_kk, h_kv=h_kv)
 
     def _op(self, backend, q, k, v, g, beta, lamb, kk0, kv0, use_cache, cu_seqlens, decode):
         steps = int(self.options["max_cg_step_decoding"] if decode else self.options["max_cg_step_training"])
