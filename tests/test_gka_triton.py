@@ -125,6 +125,8 @@ CPU_CASES = {
     "fp32_r80_varlen_state": dict(B=1, T=150, H=2, D=32, DV=32, dtype="float32", num_iter=80, cu=[0, 40, 41, 150],
                                   state=True),  # fmt: skip
     "fp32_r30": dict(B=1, T=100, H=2, D=32, DV=32, dtype="float32", num_iter=30),
+    # head dims that are not powers of two (padded tiles, masked loads)
+    "fp32_r80_D24_Dv20": dict(B=1, T=70, H=1, D=24, DV=20, dtype="float32", num_iter=80, state=True),
     "fp16_r30": dict(B=1, T=130, H=2, D=32, DV=32, dtype="float16", num_iter=30),
 }
 
@@ -154,7 +156,7 @@ def interp():
 GRADS = ["dq", "dk", "dv", "dg", "dalpha"]
 
 
-@pytest.mark.parametrize("case", ["fp32_r80_state", "fp32_r80_varlen_state"])
+@pytest.mark.parametrize("case", ["fp32_r80_state", "fp32_r80_varlen_state", "fp32_r80_D24_Dv20"])
 def test_interpreter_fp32_r80_matches_exact(interp, case):
     r = interp[case]
     tol = chebyshev_error_bound(80) * 100 + FP32_FLOOR
