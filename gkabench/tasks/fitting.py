@@ -5,8 +5,11 @@ number ``k`` of filler units (distractor passages or haystack sentences), drawn 
 the largest ``k`` with ``tokens(build(k)) <= L`` and require ``tokens >= min_frac * L`` (0.9, as the issue asks):
 
 1. draw units until the estimated length (fixed part + per-unit token counts, batched) passes ``L``;
-2. build, count exactly, and step ``k`` down (or up) by the estimated surplus until the exact count fits; the
-   estimate is off only by merges across joins, so this converges in one or two exact counts.
+2. build, count exactly, and calibrate the estimate by the ratio of exact to estimated unit tokens (merges across
+   joins make them differ a little), then take the largest ``k`` the calibrated estimate allows; this converges in
+   one to three exact counts, keeping the longest text that fits;
+3. when whole units are too coarse for a short ``L`` (the next passage overshoots, the text is below 0.9 L), the
+   next unit is trimmed to its first sentences to fill the gap.
 
 Token counts include the special tokens the tokenizer adds (``add_special_tokens=True``), i.e. what the model is
 fed. The byte tokenizer takes a fast path (tokens = UTF-8 bytes), so 128k-token inputs fit in milliseconds.
@@ -100,7 +103,7 @@ def fit(
     """Fill ``build(units)`` with units from ``draw()`` up to ``length`` tokens.
 
     ``build(units)`` -> the full input text with those units (its fixed part included); ``draw()`` -> the next
-    unit (deterministic order). ``sep_tokens`` is the estimated cost of the separator between units.
+    unit (deterministic order), or None when a finite source has no more. ``sep_tokens`` is the estimated cost of the separator between units.
 
     Returns ``(text, k, n_tokens)`` with ``min_frac * length <= n_tokens <= length``; raises :class:`UnfitLength`
     (a one-line ValueError naming the fix) otherwise.
@@ -111,45 +114,70 @@ def fit(
             f"{what}: the question, demos and gold passages alone take {base} tokens, more than the length {length}; pass longer --lengths"
         )
     units: list[str] = []
-    costs: list[int] = []
-    est = base
-    while est <= length:  # draw until the estimate passes the budget (one unit past it)
-        new = [draw() for _ in range(batch)]
-        for u, c in zip(new, counter.counts(new), strict=True):
-            units.append(u)
-            costs.append(c + sep_tokens)
-            est += c + sep_tokens
-            if est > length:
-                break
-    # Largest prefix whose estimate fits.
-    cum, k = base, 0
-    for c in costs:
-        if cum + c > length:
+    prefix = [0]  # prefix[k]: estimated tokens of the first k units, separators included
+    exhausted = False
+
+    def draw_until(budget: float, ratio: float) -> None:
+        # Draw units until the (calibrated) estimate of all of them passes ``budget`` or the source runs out.
+        nonlocal exhausted
+        while not exhausted and base + ratio * prefix[-1] <= budget:
+            new = []
+            for _ in range(batch):
+                u = draw()
+                if u is None:  # a finite source (real data) ran out
+                    exhausted = True
+                    break
+                new.append(u)
+            for u, c in zip(new, counter.counts(new), strict=True):
+                units.append(u)
+                prefix.append(prefix[-1] + c + sep_tokens)
+
+    def largest_k(ratio: float) -> int:
+        k = 0
+        while k < len(units) and base + ratio * prefix[k + 1] <= length:
+            k += 1
+        return k
+
+    # The estimate misses merges across joins; each exact count calibrates it (ratio = exact / estimated tokens
+    # of the units), so the next guess lands close. Keep the longest text that fits.
+    ratio, best, tried = 1.0, None, set()
+    draw_until(length, ratio)
+    k = largest_k(ratio)
+    for _ in range(8):
+        if k in tried:
             break
-        cum += c
-        k += 1
-    avg = max(1.0, sum(costs) / max(1, len(costs)))
-    lo = math.ceil(min_frac * length)
-    tried: dict[int, int] = {}
-    for _ in range(12):
+        tried.add(k)
         text = build(units[:k])
         n = counter.count(text)
-        tried[k] = n
+        if n <= length and (best is None or n > best[2]):
+            best = (text, k, n)
+        if prefix[k] > 0:
+            ratio = max(0.05, (n - base) / prefix[k])
+        draw_until(length, ratio)
+        k_new = largest_k(ratio)
         if n > length:
-            k = max(0, k - max(1, math.ceil((n - length) / avg)))
-        elif n < lo and k < len(units) and (k + 1) not in tried:
-            k = min(len(units), k + max(1, int((length - n) / avg)))
-            if k in tried and tried[k] > length:
-                k -= 1
-        else:
+            k_new = min(k_new, k - 1)
+        elif k_new <= k:
             break
-        if k in tried:
-            n = tried[k]
-            text = build(units[:k])
-            break
-    if not (lo <= n <= length):
+        k = max(0, k_new)
+    lo = math.ceil(min_frac * length)
+    if best is not None and best[2] < lo and best[1] < len(units):
+        # Short inputs with long units: trim the next unit to its first sentences to fill the gap (a prefix of an
+        # answer-free passage is answer-free; it stays a well-formed, shorter passage).
+        k = best[1]
+        parts = units[k].split(". ")
+        for m in range(len(parts) - 1, 0, -1):
+            cand = ". ".join(parts[:m]) + "."
+            text = build([*units[:k], cand])
+            n = counter.count(text)
+            if n <= length:
+                if n > best[2]:
+                    best = (text, k + 1, n)
+                break
+    if best is None or best[2] < lo:
+        got = best[2] if best else 0
         raise UnfitLength(
-            f"{what}: could only fit {n} tokens into length {length} (needs {lo}..{length}); the units are too coarse "
-            f"for this length: pass longer --lengths"
+            f"{what}: could only fit {got} tokens into length {length} (needs {lo}..{length}); "
+            + ("the data has too few distractor documents: pass shorter --lengths or more data" if exhausted else "the units are too coarse for this length: pass longer --lengths")
         )
-    return text, k, n
+    return best

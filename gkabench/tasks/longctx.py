@@ -127,7 +127,7 @@ def get_rows(
 # ------------------------------------------------------------------------------------------ reference readers
 
 
-def test_context(row: dict) -> str:
+def context_of(row: dict) -> str:
     """The part of the prompt a reader may answer from: after the demos (which hold other questions' answers)."""
     return row["prompt"][row.get("context_start", 0) :]
 
@@ -135,7 +135,7 @@ def test_context(row: dict) -> str:
 def oracle_answer(row: dict) -> str:
     """Answer from the gold passage(s) by construction: the gold answer when every gold passage is in the test
     context, else the empty string. Scores 1.0 on valid rows and 0 when the gold is moved out."""
-    ctx = test_context(row)
+    ctx = context_of(row)
     if all(g in ctx for g in row["gold_passages"]):
         return " ".join(row["answers"])
     return ""

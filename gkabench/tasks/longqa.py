@@ -79,7 +79,7 @@ def _real_parts(data, index: int, seed: int):
         for i in it:
             if not contains_answer(docs[i][0] + " " + docs[i][1], ex.answers):
                 return doc_text(*docs[i])
-        raise ValueError(f"{path}: not enough answer-free documents to fill this length; pass shorter --lengths or a larger file")
+        return None  # exhausted: fit() reports the length as unfit
 
     return ex.question, ex.answers, gold, draw, {"source": f"ruler:{path.name}", "example_id": ex.id}
 
