@@ -503,7 +503,6 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
         if d.world > 1:
             dist.barrier()
 
-    micro = cfg.batch_size // parts
     tokens_per_step = cfg.batch_size * cfg.seq_len
     last = dict(last_restored or {"loss": float("nan")})
     t_start, t_window, tok_window = time.perf_counter(), time.perf_counter(), 0

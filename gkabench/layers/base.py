@@ -134,6 +134,29 @@ class Mixer(nn.Module):
         mask = attention_mask[:, -x.shape[1]:] if attention_mask is not None else None
         return ForwardContext(mask, cu_seqlens, cache, use_cache, self.backend_for(x))
 
+    def add_qkv(self, key_dim: int, value_dim: int, conv_size: int | None, conv_v: bool = True) -> None:
+        """``q_proj``, ``k_proj`` (hidden -> key_dim), ``v_proj`` (hidden -> value_dim), bias-free, and when
+        ``conv_size`` is given the short convs ``q_conv``, ``k_conv`` (and ``v_conv`` unless ``conv_v=False``)."""
+        from .blocks import ShortConv
+
+        self.q_proj = nn.Linear(self.hidden_size, key_dim, bias=False)
+        self.k_proj = nn.Linear(self.hidden_size, key_dim, bias=False)
+        self.v_proj = nn.Linear(self.hidden_size, value_dim, bias=False)
+        if conv_size:
+            self.q_conv = ShortConv(key_dim, conv_size)
+            self.k_conv = ShortConv(key_dim, conv_size)
+            if conv_v:
+                self.v_conv = ShortConv(value_dim, conv_size)
+
+    def add_output(self, value_dim: int, head_v_dim: int, gated: bool, eps: float) -> None:
+        """``o_norm`` (per-head RMSNorm, gated by ``SiLU(g_proj x)`` when ``gated``) and ``o_proj`` back to hidden."""
+        from .blocks import GatedRMSNorm, RMSNorm
+
+        if gated:
+            self.g_proj = nn.Linear(self.hidden_size, value_dim, bias=False)
+        self.o_norm = (GatedRMSNorm if gated else RMSNorm)(head_v_dim, eps=eps)
+        self.o_proj = nn.Linear(value_dim, self.hidden_size, bias=False)
+
     def gated_output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``o_proj(o_norm(o) [* SiLU(g_proj x)])``: per-head (gated) RMSNorm then the output projection.
         o ``[B, T, H, Dv]``, x ``[B, T, hidden]`` -> ``[B, T, hidden]``. Mixers without ``g_proj`` skip the gate."""

@@ -28,11 +28,7 @@ from torch import nn
 
 from .base import Mixer, MixerCache
 from .blocks import (
-    GatedRMSNorm,
-    RMSNorm,
-    ShortConv,
     compute_dtype,
-    conv_with_state,
     l2_normalize,
     mamba_a_log,
     mamba_dt_bias,
@@ -90,23 +86,12 @@ class GatedDeltaNetMixer(Mixer):
         self.allow_neg_eigval = bool(opts["allow_neg_eigval"])
         self.conv_size = int(opts["conv_size"])
 
-        self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+        self.add_qkv(self.key_dim, self.value_dim, self.conv_size if self.use_short_conv else None)
         self.a_proj = nn.Linear(hidden_size, num_heads, bias=False)
         self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
         self.A_log = nn.Parameter(mamba_a_log(num_heads, 0.0, 16.0))
         self.dt_bias = nn.Parameter(mamba_dt_bias(num_heads))
-        if self.use_short_conv:
-            self.q_conv = ShortConv(self.key_dim, self.conv_size)
-            self.k_conv = ShortConv(self.key_dim, self.conv_size)
-            self.v_conv = ShortConv(self.value_dim, self.conv_size)
-        if self.use_gate:
-            self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
-            self.o_norm = GatedRMSNorm(self.head_v_dim, eps=float(opts["norm_eps"]))
-        else:
-            self.o_norm = RMSNorm(self.head_v_dim, eps=float(opts["norm_eps"]))
-        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+        self.add_output(self.value_dim, self.head_v_dim, self.use_gate, float(opts["norm_eps"]))
 
     def state_bytes(self, seq_len: int = 0, dtype: torch.dtype = torch.bfloat16) -> int:
         """fp32 recurrent state ``H K V`` plus the conv states (``conv_size - 1`` inputs each) in ``dtype``."""

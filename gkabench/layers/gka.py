@@ -27,7 +27,7 @@ from torch import nn
 
 from ..kernels.gka import DEFAULT_NUM_ITER, DEFAULT_RIDGE, gka, gka_reference
 from .base import Mixer, MixerCache
-from .blocks import GatedRMSNorm, ShortConv, l2_normalize, mask_tokens, upcast
+from .blocks import l2_normalize, mask_tokens, upcast
 from .registry import register_mixer
 
 
@@ -72,18 +72,11 @@ class GKAMixer(Mixer):
         self.use_beta, self.use_decay, self.use_alpha = use_beta, use_decay, use_alpha
         self.num_iter, self.ridge, self.conv_size = num_iter, ridge, conv_size
         inner = num_heads * head_dim
-        self.q_proj = nn.Linear(hidden_size, inner, bias=False)
-        self.k_proj = nn.Linear(hidden_size, inner, bias=False)
-        self.v_proj = nn.Linear(hidden_size, inner, bias=False)
-        self.q_conv = ShortConv(inner, conv_size)
-        self.k_conv = ShortConv(inner, conv_size)
-        self.v_conv = ShortConv(inner, conv_size)
+        self.add_qkv(inner, inner, conv_size)
         self.b_proj = nn.Linear(hidden_size, num_heads, bias=True) if use_beta else None
         self.a_proj = nn.Linear(hidden_size, num_heads, bias=False)  # decay rate input
         self.alpha_proj = nn.Linear(hidden_size, num_heads, bias=True)
-        self.g_proj = nn.Linear(hidden_size, inner, bias=False)  # output gate
-        self.o_norm = GatedRMSNorm(head_dim, eps=norm_eps)
-        self.o_proj = nn.Linear(inner, hidden_size, bias=False)
+        self.add_output(inner, head_dim, gated=True, eps=norm_eps)
         # Mamba2-style decay parameters: A ~ U(0, 16) (kept > 0 for the log), dt log-uniform in [1e-3, 0.1].
         self.A_log = nn.Parameter(torch.empty(num_heads).uniform_(1e-4, 16).log())
         dt = torch.exp(torch.empty(num_heads).uniform_(math.log(1e-3), math.log(0.1))).clamp_min(1e-4)

@@ -26,11 +26,7 @@ from torch import nn
 
 from .base import Mixer, MixerCache
 from .blocks import (
-    GatedRMSNorm,
-    RMSNorm,
-    ShortConv,
     compute_dtype,
-    conv_with_state,
     mask_tokens,
     resolve_heads,
     take_options,
@@ -92,21 +88,10 @@ class GLAMixer(Mixer):
         self.gate_logit_normalizer = float(opts["gate_logit_normalizer"])
         self.clamp_min = opts["clamp_min"]
 
-        self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+        self.add_qkv(self.key_dim, self.value_dim, self.conv_size if self.use_short_conv else None)
         rank = int(opts["gate_low_rank_dim"])
         self.gk_proj = nn.Sequential(nn.Linear(hidden_size, rank, bias=False), nn.Linear(rank, self.key_dim, bias=True))
-        if self.use_short_conv:
-            self.q_conv = ShortConv(self.key_dim, self.conv_size)
-            self.k_conv = ShortConv(self.key_dim, self.conv_size)
-            self.v_conv = ShortConv(self.value_dim, self.conv_size)
-        if self.use_output_gate:
-            self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
-            self.o_norm = GatedRMSNorm(self.head_v_dim, eps=float(opts["norm_eps"]))
-        else:
-            self.o_norm = RMSNorm(self.head_v_dim, eps=float(opts["norm_eps"]))
-        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+        self.add_output(self.value_dim, self.head_v_dim, self.use_output_gate, float(opts["norm_eps"]))
 
     def state_bytes(self, seq_len: int = 0, dtype: torch.dtype = torch.bfloat16) -> int:
         """fp32 recurrent state ``H K V`` plus the conv states (when used) in ``dtype``."""

@@ -35,11 +35,7 @@ from torch import nn
 
 from .base import Mixer, MixerCache
 from .blocks import (
-    GatedRMSNorm,
-    RMSNorm,
-    ShortConv,
     compute_dtype,
-    conv_with_state,
     l2_normalize,
     mask_tokens,
     resolve_heads,
@@ -102,21 +98,12 @@ class MesaNetMixer(Mixer):
         if init <= 0:
             raise ValueError("mesanet: lambda_initial_value must exceed lambda_lower_bound")
 
-        self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.add_qkv(self.key_dim, self.key_dim, self.conv_size, conv_v=False)  # fla's MesaNet: no conv on v
         self.a_proj = nn.Linear(hidden_size, num_heads, bias=True)
         self.b_proj = nn.Linear(hidden_size, num_heads, bias=True)
         # softplus(lambda_params) + lower bound = lambda_initial_value at init
         self.lambda_params = nn.Parameter(torch.full((self.key_dim,), math.log(math.expm1(init))))
-        self.q_conv = ShortConv(self.key_dim, self.conv_size)
-        self.k_conv = ShortConv(self.key_dim, self.conv_size)
-        if self.use_output_gate:
-            self.g_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
-            self.o_norm = GatedRMSNorm(head_dim, eps=float(opts["norm_eps"]))
-        else:
-            self.o_norm = RMSNorm(head_dim, eps=float(opts["norm_eps"]))
-        self.o_proj = nn.Linear(self.key_dim, hidden_size, bias=False)
+        self.add_output(self.key_dim, head_dim, self.use_output_gate, float(opts["norm_eps"]))
 
     def state_bytes(self, seq_len: int = 0, dtype: torch.dtype = torch.bfloat16) -> int:
         """Two fp32 ``H K K`` states plus the q and k conv states in ``dtype``."""
