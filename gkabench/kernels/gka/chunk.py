@@ -52,22 +52,23 @@ def prepare_indices(bounds: list[int], device: torch.device, chunk: int = CHUNK)
     hit = _INDEX_CACHE.get(key)
     if hit is not None:
         return hit
-    seq_info, chunk_info, seq_end = [], [], []
+    seq_info, chunk_info = [], []
     nt = 0
     for bos, eos in zip(bounds[:-1], bounds[1:]):
         seq_info.append((bos, eos, nt))
         for ts in range(bos, eos, chunk):
             chunk_info.append((ts, min(ts + chunk, eos)))
             nt += 1
-        seq_end.extend([eos] * (eos - bos))
+    b = torch.tensor(bounds, dtype=torch.int64)
+    lengths = b[1:] - b[:-1]
     idx = ChunkIndices(
         seq_info=torch.tensor(seq_info, dtype=torch.int32).view(-1, 3).to(device),
         chunk_info=torch.tensor(chunk_info, dtype=torch.int32).view(-1, 2).to(device),
-        last_token=torch.tensor([e - 1 if e > b else -1 for b, e in zip(bounds[:-1], bounds[1:])], dtype=torch.int64).to(device),
-        seq_end=torch.tensor(seq_end, dtype=torch.int64).to(device),
+        last_token=torch.where(lengths > 0, b[1:] - 1, -1).to(device),
+        seq_end=torch.repeat_interleave(b[1:], lengths).to(device),
         num_seqs=len(bounds) - 1,
         num_chunks=nt,
-    )  # fmt: skip
+    )
     if len(_INDEX_CACHE) > 64:
         _INDEX_CACHE.clear()
     _INDEX_CACHE[key] = idx

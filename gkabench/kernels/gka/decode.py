@@ -109,6 +109,6 @@ def gka_decode(
     _decode_kernel[(B * H,)](
         q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), alpha.contiguous(), h_kk, h_kv, o,
         new_kk, new_kv, T, float(default_scale(D, scale)), float(ridge), int(num_iter),
-        H=H, D=D, DV=DV, BD=BD, BDV=BDV, FLOOR=NORM_FLOOR, num_warps=8 if BD * max(BD, BDV) >= 128 * 128 else 4,
+        H=H, D=D, DV=DV, BD=BD, BDV=BDV, FLOOR=NORM_FLOOR, num_warps=16 if BD * max(BD, BDV) >= 128 * 128 else 4,
     )  # fmt: skip
     return o, (new_kk, new_kv)
