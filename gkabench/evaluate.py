@@ -117,9 +117,11 @@ def _is_gkabench(model) -> bool:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, chunk_size: int = 8192) -> list[str]:
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, chunk_size: int = 8192, scores: list | None = None) -> list[str]:
     """Greedy answers for token-id prompts (left-padded into one batch), prefilled ``chunk_size`` tokens at a time
-    through the model's cache; each answer stops at its first newline or EOS. Returns the generated texts."""
+    through the model's cache; each answer stops at its first newline or EOS. Returns the generated texts.
+
+    ``scores``: when a list, the next-token logits ``[B, V]`` (float32, CPU) of every step are appended to it."""
     device = next(model.parameters()).device
     B, T = len(prompts), max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -150,6 +152,8 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ch
     out = [[] for _ in range(B)]
     done = [False] * B
     for t in range(max_new_tokens):
+        if scores is not None:
+            scores.append(logits.cpu())
         nxt = logits.argmax(-1)
         for i, tok in enumerate(nxt.tolist()):
             if done[i]:

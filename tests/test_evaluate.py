@@ -1,0 +1,176 @@
+"""``gkabench eval`` on CPU: chunked prefill and left-padded batches give the same answers as one-shot
+generation; end to end on tiny random-init models (plumbing only: they score ~0) and on the oracle / closed-book
+readers; resume, Ctrl-C, out-of-memory and other user errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gkabench import evaluate
+from gkabench.cli import app
+from gkabench.evaluate import generate, load_model, resolve_model_dir
+from gkabench.io import read_jsonl
+from gkabench.tokenizers import byte_tokenizer
+
+runner = CliRunner()
+
+
+def _save_tiny(path, mixer: str):
+    from gkabench.models import GKABenchForCausalLM, preset_config
+
+    torch.manual_seed(0)
+    tok = byte_tokenizer()
+    cfg = preset_config("tiny", mixer=mixer, vocab_size=259, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    GKABenchForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {m: _save_tiny(root / m, m) for m in ("gated_deltanet", "attention")}
+
+
+@pytest.mark.parametrize("mixer", ["gated_deltanet", "attention"])
+def test_chunked_batched_generation_matches_one_shot(models, mixer):
+    model, tok = load_model(models[mixer], torch.device("cpu"))
+    prompts = [tok("Question: who founded Rira Guild?\nAnswer:" * 9)["input_ids"], tok("Document 1:\nshort one. Answer:")["input_ids"]]
+    singles = []
+    for p in prompts:
+        sc: list = []
+        text = generate(model, tok, [p], 6, chunk_size=10_000, scores=sc)[0]
+        singles.append((text, torch.cat(sc)))
+    sc = []
+    texts = generate(model, tok, prompts, 6, chunk_size=64, scores=sc)  # left-padded batch, 64-token chunks
+    batched = torch.stack(sc, dim=1)  # [B, steps, V]
+    assert texts == [t for t, _ in singles]
+    for i, (_, ref) in enumerate(singles):  # same next-token logits at every step, not only the same argmax
+        torch.testing.assert_close(batched[i], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_resolve_model_dir(models, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "config.json").write_text("{}")
+    assert resolve_model_dir(str(run)) == run / "checkpoint"
+    assert evaluate.model_name(str(run / "checkpoint")) == "run"
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        resolve_model_dir(str(tmp_path / "missing"))
+
+
+def _eval(args, out, cache):
+    return runner.invoke(app, ["eval", *args, "--out", str(out), "--cache-dir", str(cache)])
+
+
+def test_eval_end_to_end_and_resume(models, tmp_path, monkeypatch):
+    out, cache = tmp_path / "res", tmp_path / "cache"
+    args = ["--task", "rag.nq,longqa.squad,niah.niah_single", "--model", str(models["gated_deltanet"]), "--lengths", "3k",
+            "--n", "3", "--batch-size", "2", "--max-new-tokens", "8", "--chunk-size", "1024", "--device", "cpu"]  # fmt: skip
+    res = _eval(args, out, cache)
+    assert res.exit_code == 0, res.output
+    rows = read_jsonl(out / "gated_deltanet.jsonl")
+    assert len(rows) == 9
+    r = rows[0]
+    for key in ("task", "flavour", "length", "depth", "prediction", "gold", "score", "input_tokens", "time_s", "peak_mem_gib", "env"):
+        assert key in r
+    assert r["mixers"] == ["gated_deltanet"] and r["env"]["torch"] and 0.9 * 3072 <= r["input_tokens"] <= 3072
+    assert {x["depth"] for x in rows} == {0.0, 0.25, 0.5}
+    md = (out / "gated_deltanet.md").read_text()
+    assert "| rag" in md and "3k" in md and (out / "gated_deltanet.csv").exists()
+
+    # Resume: nothing left to do, so the model is never asked again.
+    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: pytest.fail("resumed run generated again"))
+    res = _eval(args, out, cache)
+    assert res.exit_code == 0, res.output
+    assert len(read_jsonl(out / "gated_deltanet.jsonl")) == 9
+
+
+def test_eval_interrupt_keeps_rows_and_resumes(models, tmp_path, monkeypatch):
+    out, cache = tmp_path / "res", tmp_path / "cache"
+    args = ["--task", "niah.niah_single", "--model", str(models["attention"]), "--lengths", "1k", "--n", "4", "--max-new-tokens", "4"]
+    real, calls = evaluate.generate, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate, "generate", flaky)
+    res = _eval(args, out, cache)
+    assert res.exit_code == 130 and "interrupted" in res.output
+    assert len(read_jsonl(out / "attention.jsonl")) == 2 and (out / "attention.md").exists()
+    res = _eval(args, out, cache)
+    assert res.exit_code == 0, res.output
+    rows = read_jsonl(out / "attention.jsonl")
+    assert len(rows) == 4 and sorted(r["index"] for r in rows) == [0, 1, 2, 3]
+
+
+def test_eval_reference_readers(tmp_path):
+    out, cache = tmp_path / "res", tmp_path / "cache"
+    res = _eval(["--task", "rag,longqa,niah", "--model", "oracle", "--lengths", "3k", "--n", "5"], out, cache)
+    assert res.exit_code == 0, res.output
+    assert all(r["score"] == 1.0 for r in read_jsonl(out / "oracle.jsonl"))
+    res = _eval(["--task", "rag,longqa,niah", "--model", "closed-book", "--lengths", "3k", "--n", "5"], out, cache)
+    assert res.exit_code == 0, res.output
+    rows = read_jsonl(out / "closed-book.jsonl")
+    assert sum(r["score"] for r in rows) / len(rows) <= 0.1
+    res = _eval(["--task", "rag.nq,longqa", "--model", "oracle", "--lengths", "2k", "--n", "3", "--data", "tests/data/longctx",
+                 "--name", "oracle_real"], out, cache)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = read_jsonl(out / "oracle_real.jsonl")
+    assert len(rows) == 9 and all(r["score"] == 1.0 and r["source"] != "facts" for r in rows)
+
+
+def _one_line_error(res, *needles):
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error:") and all(n in lines[-1] for n in needles), res.output
+
+
+def test_eval_user_errors(models, tmp_path, monkeypatch):
+    out, cache = tmp_path / "res", tmp_path / "cache"
+    _one_line_error(_eval(["--model", str(tmp_path / "nope"), "--lengths", "1k"], out, cache), "no such directory")
+    _one_line_error(_eval(["--task", "rag.squad", "--model", "oracle", "--lengths", "4k"], out, cache), "no flavour")
+    _one_line_error(_eval(["--task", "rag.nq", "--model", "oracle", "--lengths", "1k"], out, cache), "pass longer --lengths")
+    _one_line_error(_eval(["--task", "rag.popqa", "--model", "oracle", "--lengths", "4k", "--data", "tests/data/longctx"], out, cache), "no HELMET file")
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(evaluate, "generate", oom)
+    args = ["--task", "niah.niah_single", "--model", str(models["attention"]), "--lengths", "1k", "--n", "2", "--batch-size", "2"]
+    _one_line_error(_eval(args, out, cache), "out of memory", "--chunk-size")
+
+
+def test_eval_lm_eval_bridge_missing_is_one_line(models, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gkabench.lm_eval_bridge", None)  # as if the bridge were not there
+    res = _eval(["--task", "lm-eval:arc_easy", "--model", str(models["attention"])], tmp_path / "res", tmp_path / "cache")
+    _one_line_error(res, "lm_eval_bridge")
+
+
+def test_eval_lm_eval_calls_bridge(models, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    seen = {}
+    fake = types.ModuleType("gkabench.lm_eval_bridge")
+
+    def run_lm_eval(model_dir, tasks, data_dir, limit, batch_size, device):
+        seen.update(model_dir=model_dir, tasks=tasks, limit=limit)
+        return {"results": {t: {"acc,none": 0.5} for t in tasks}}
+
+    fake.run_lm_eval = run_lm_eval
+    monkeypatch.setitem(sys.modules, "gkabench.lm_eval_bridge", fake)
+    out = tmp_path / "res"
+    res = _eval(["--task", "lm-eval:arc_easy,piqa", "--model", str(models["attention"]), "--limit", "3"], out, tmp_path / "cache")
+    assert res.exit_code == 0, res.output
+    assert seen["tasks"] == ["arc_easy", "piqa"] and seen["limit"] == 3
+    assert json.loads((out / "attention.lm_eval.json").read_text())["results"]["piqa"]["acc,none"] == 0.5
