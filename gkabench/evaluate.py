@@ -135,7 +135,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ch
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # for HF models: positions count real tokens only
 
     def step(x, upto, cache):
-        kw = dict(input_ids=x, attention_mask=mask_all[:, :upto], use_cache=True, logits_to_keep=1)
+        kw = {"input_ids": x, "attention_mask": mask_all[:, :upto], "use_cache": True, "logits_to_keep": 1}
         if gk:
             out = model(**kw, cache=cache)
             return out.logits[:, -1].float(), out.cache
@@ -354,8 +354,10 @@ def write_summary(jsonl: Path) -> tuple[object, list[Path]]:
     lines = [
         f"# {jsonl.stem}: long-context evaluation",
         "",
-        f"Model `{last.get('model_dir') or last.get('model')}` (mixers: {', '.join(last.get('mixers') or [])}); "
-        f"device {env.get('device')}; git {env.get('git_sha')}; generator {last.get('generator_version')}.",
+        (
+            f"Model `{last.get('model_dir') or last.get('model')}` (mixers: {', '.join(last.get('mixers') or [])}); "
+            f"device {env.get('device')}; git {env.get('git_sha')}; generator {last.get('generator_version')}."
+        ),
         "Scores x100: rag / longqa SubEM (SQuAD-normalised substring match), niah fraction of needle values recalled.",
         "",
         wide.reset_index().to_markdown(index=False, floatfmt=".1f"),

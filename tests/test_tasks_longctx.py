@@ -14,7 +14,7 @@ from gkabench.tasks import longctx
 from gkabench.tasks.facts import FactWorld, contains_answer
 from gkabench.tasks.fitting import TokenCounter, UnfitLength, fit, format_length, parse_lengths
 from gkabench.tasks.formats import read_helmet_rag, read_ruler_hotpotqa, read_ruler_squad
-from gkabench.tasks.longctx import build_row, closed_book_answer, get_rows, oracle_answer, parse_tasks, context_of
+from gkabench.tasks.longctx import build_row, closed_book_answer, context_of, get_rows, oracle_answer, parse_tasks
 from gkabench.tasks.scoring import clean_prediction, normalize_answer, recall_all, score_row, substring_exact_match
 from gkabench.tokenizers import byte_tokenizer
 
