@@ -114,18 +114,20 @@ def demo(
         title=f"{device_name(dev)}: hidden {size.hidden_size}, {size.num_heads} heads x {size.head_dim}, "
         f"batch {size.batch} x {size.seq_len} tokens, {str(size.dtype).replace('torch.', '')}"
     )
-    for col in ("mixer", "params", "state/seq", "fwd ms", "fwd+bwd ms", "fwd ktok/s", "fwd+bwd ktok/s", "peak MiB", "decode ms", "status"):
-        table.add_column(col, justify="right" if col not in ("mixer", "status") else "left")
+    cuda = dev.type == "cuda"
+    cols = ["mixer", "params", "state", "fwd ms", "f+b ms", "f+b tok/s", "dec ms"] + (["peak MiB"] if cuda else []) + ["status"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("mixer", "status") else "right", no_wrap=col == "mixer")
     for r in rows:
-        def f(key, spec=".2f"):
+        def f(key, spec=".1f"):
             v = r.get(key)
             return "-" if v is None else format(v, spec)
 
-        table.add_row(
-            r["mixer"], f"{r['params'] / 1e6:.2f} M" if "params" in r else "-", fmt_bytes(r.get("state_bytes")),
-            f("fwd_ms"), f("fwdbwd_ms"), f("fwd_ktok_s", ".1f"), f("fwdbwd_ktok_s", ".1f"), f("peak_mem_mib", ".0f"),
-            f("decode_ms", ".3f"), r["status"],
-        )  # fmt: skip
+        cells = [
+            r["mixer"], f"{r['params'] / 1e6:.2f}M" if "params" in r else "-", fmt_bytes(r.get("state_bytes")),
+            f("fwd_ms"), f("fwdbwd_ms"), f"{r['fwdbwd_ktok_s'] * 1e3:,.0f}" if "fwdbwd_ktok_s" in r else "-", f("decode_ms", ".2f"),
+        ] + ([f("peak_mem_mib", ".0f")] if cuda else []) + [r["status"]]  # fmt: skip
+        table.add_row(*cells)
     console.print(table)
     if any(r["status"] != "ok" for r in rows):
         raise typer.Exit(code=1)
