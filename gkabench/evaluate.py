@@ -202,7 +202,8 @@ def run_eval(cfg: EvalConfig, console=None) -> EvalResult:
         model_dir, model, tok, mixers = None, None, load_tokenizer(None), [cfg.model]
     counter = TokenCounter(tok)
     env = environment(device)
-    done = {_row_key(r) for r in read_jsonl(jsonl) if "score" in r}
+    # The same file may hold lm-eval rows (the bridge appends there too): only our tasks' rows count for resume.
+    done = {_row_key(r) for r in read_jsonl(jsonl) if r.get("task") in ("rag", "longqa", "niah") and "score" in r and "index" in r}
     all_rows: list[dict] = []
     interrupted = False
     progress = _progress(console, cfg.progress)
@@ -349,8 +350,9 @@ def write_summary(jsonl: Path) -> tuple[object, list[Path]]:
     wide.columns = [format_length(int(c)) for c in wide.columns]
     cost = df[df.flavour == "avg"].groupby("length").agg(time_s=("time_s", "mean"), peak_mem_gib=("peak_mem_gib", "max"), input_tokens=("input_tokens", "mean"))
     cost.index = [format_length(int(c)) for c in cost.index]
-    env = next((r.get("env") for r in reversed(rows) if r.get("env")), {}) or {}
-    last = rows[-1] if rows else {}
+    ours = [r for r in rows if r.get("task") in ("rag", "longqa", "niah")]
+    env = next((r.get("env") for r in reversed(ours) if r.get("env")), {}) or {}
+    last = ours[-1] if ours else {}
     lines = [
         f"# {jsonl.stem}: long-context evaluation",
         "",
@@ -387,8 +389,13 @@ def run_lm_eval_tasks(model: str, tasks: list[str], data: str | None, limit: int
         from .lm_eval_bridge import run_lm_eval
     except ImportError as exc:
         raise ValueError(f"lm-eval tasks need gkabench/lm_eval_bridge.py (run_lm_eval), not importable here ({exc}); update gkabench or run rag/longqa/niah only") from None
+    import inspect
+
     model_dir = resolve_model_dir(model)
-    result = run_lm_eval(str(model_dir), tasks, data, limit, batch_size, device)
+    # The bridge may also take where to append its rows and the model's name: give it ours when it does.
+    accepted = inspect.signature(run_lm_eval).parameters
+    extra = {k: v for k, v in (("results_dir", out), ("name", name)) if k in accepted and v is not None}
+    result = run_lm_eval(str(model_dir), tasks, data, limit, batch_size, device, **extra)
     path = Path(out) / f"{name or model_name(model)}.lm_eval.json"
     write_text_atomic(path, json.dumps(result, indent=1, default=str))
     return result, path
