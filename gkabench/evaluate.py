@@ -132,6 +132,10 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ch
         mask[i, T - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     gk = _is_gkabench(model)
+    import inspect
+
+    # transformers 5 names the cache argument ``cache`` (``past_key_values`` is deprecated); older models differ.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # for HF models: positions count real tokens only
 
     def step(x, upto, cache):
@@ -140,8 +144,9 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ch
             out = model(**kw, cache=cache)
             return out.logits[:, -1].float(), out.cache
         kw["position_ids"] = pos_all[:, upto - x.shape[1] : upto]
-        out = model(**kw, past_key_values=cache)
-        return out.logits[:, -1].float(), out.past_key_values
+        out = model(**kw, **{cache_arg: cache})
+        new_cache = getattr(out, "cache", None)
+        return out.logits[:, -1].float(), new_cache if new_cache is not None else out.past_key_values
 
     mask_all = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
     pos_all = torch.cat([positions, positions[:, -1:] + torch.arange(1, max_new_tokens + 1, device=device)], dim=1)

@@ -30,13 +30,28 @@ def _save_tiny(path, mixer: str):
     return path
 
 
+def _save_tiny_llama(path):
+    """A plain transformers model (not gkabench): generation goes through its own KV cache and position ids."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = byte_tokenizer()
+    cfg = LlamaConfig(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {m: _save_tiny(root / m, m) for m in ("gated_deltanet", "attention")}
+    out = {m: _save_tiny(root / m, m) for m in ("gated_deltanet", "attention")}
+    out["llama"] = _save_tiny_llama(root / "llama")
+    return out
 
 
-@pytest.mark.parametrize("mixer", ["gated_deltanet", "attention"])
+@pytest.mark.parametrize("mixer", ["gated_deltanet", "attention", "llama"])
 def test_chunked_batched_generation_matches_one_shot(models, mixer):
     model, tok = load_model(models[mixer], torch.device("cpu"))
     prompts = [tok("Question: who founded Rira Guild?\nAnswer:" * 9)["input_ids"], tok("Document 1:\nshort one. Answer:")["input_ids"]]
