@@ -62,7 +62,7 @@ class TrainConfig:
     mixer_options: dict = field(default_factory=dict)  # {"gka": {"use_alpha": False}}
     backend: str = "auto"
     # data
-    data: str = "mqar"  # "mqar" or comma-separated local .txt / .jsonl / .json files
+    data: str = "mqar"  # "mqar", "facts" (generated long-context documents) or comma-separated local .txt / .jsonl / .json files
     eval_data: str | None = None  # text only; default: hold out the last chunks of data
     text_field: str = "text"
     tokenizer: str | None = None  # None: byte-level; or a local tokenizer.json / directory
@@ -235,6 +235,55 @@ class TextSource:
         return {"input_ids": ids.reshape(1, -1), "labels": labels.reshape(1, -1), "cu_seqlens": cu}
 
 
+class FactsSource:
+    """Generated long-context documents (:mod:`gkabench.tasks`): rag / longqa / niah inputs of about ``seq_len``
+    tokens over fictional facts, each followed by its answer, so a model learns to read answers from context.
+
+    Document ``k`` of the run is a pure function of ``(seed, k)`` (train) or ``(seed + 7919, k)`` (eval); step
+    ``s``'s global batch is documents ``s * batch_size ...``, made on demand (no corpus in memory). A micro-batch is
+    ``[n, seq_len]``: each document tokenized, EOS appended, cut or right-padded (pad labels -100) to ``seq_len``.
+    Seeds are strings, disjoint from the integer seeds of ``gkabench eval`` rows.
+    """
+
+    def __init__(self, tokenizer, seq_len: int, seed: int, tasks: str = "rag,longqa,niah"):
+        from .tasks.fitting import TokenCounter, UnfitLength
+        from .tasks.longctx import parse_tasks, training_text
+
+        self.tokenizer, self.seq_len, self.seed = tokenizer, seq_len, seed
+        self.vocab_size = len(tokenizer)
+        self.counter = TokenCounter(tokenizer)
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        if self.eos is None:
+            raise ValueError("the tokenizer has no eos token; documents cannot be separated (use the byte tokenizer or one with eos)")
+        self._text = training_text
+        self.specs = []
+        for spec in parse_tasks(tasks):  # keep the task flavours whose fixed part fits this sequence length
+            try:
+                training_text(0, seq_len, seed, self.counter, [spec])
+                self.specs.append(spec)
+            except UnfitLength:
+                continue
+        if not self.specs:
+            raise ValueError(f"--seq-len {seq_len} is too short for facts documents; use --seq-len 1024 or more")
+
+    def _doc(self, k: int, split: str) -> list[int]:
+        seed = self.seed if split == "train" else self.seed + 7919
+        text = self._text(k, self.seq_len, seed, self.counter, self.specs)
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"] + [self.eos]
+        return ids[: self.seq_len]
+
+    def micro_batch(self, step: int, part: int, parts: int, size: int, split: str = "train") -> dict:
+        n = size // parts
+        ids = torch.full((n, self.seq_len), self.pad, dtype=torch.long)
+        labels = torch.full((n, self.seq_len), -100, dtype=torch.long)
+        for j in range(n):
+            doc = torch.tensor(self._doc(step * size + part * n + j, split))
+            ids[j, : len(doc)] = doc
+            labels[j, : len(doc)] = doc
+        return {"input_ids": ids, "labels": labels}
+
+
 def tokenize_files(files: list[str], tokenizer, text_field: str) -> tuple[np.ndarray, np.ndarray]:
     """All documents of ``files`` as one token stream (EOS after each) and a bool array marking document starts."""
     import datasets
@@ -271,6 +320,8 @@ def tokenize_files(files: list[str], tokenizer, text_field: str) -> tuple[np.nda
 def build_source(cfg: TrainConfig, tokenizer):
     if cfg.data == "mqar":
         return MQARSource(cfg.mqar(), cfg.seed)
+    if cfg.data == "facts":
+        return FactsSource(tokenizer, cfg.seq_len, cfg.seed)
     files = [f.strip() for f in cfg.data.split(",") if f.strip()]
     src = TextSource(files, tokenizer, cfg.seq_len, cfg.packing, cfg.text_field, cfg.seed)
     if cfg.eval_data:

@@ -8,7 +8,9 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from gkabench.tasks import longctx
 from gkabench.tasks.facts import FactWorld, contains_answer
@@ -230,3 +232,22 @@ def test_real_data_errors(tmp_path, counter):
     (tmp_path / "squad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not SQuAD json"):
         get_rows("longqa", "squad", 2048, 1, 0, counter=counter, cache_dir=False, data_dir=str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------ training stream
+
+
+def test_facts_training_source_and_two_steps(tmp_path):
+    from gkabench.train import FactsSource, TrainConfig, train
+
+    tok = byte_tokenizer()
+    src = FactsSource(tok, seq_len=1024, seed=0)
+    assert ("rag", "nq") not in src.specs and ("niah", "niah_single") in src.specs  # rag's demos need > 1k bytes
+    b = src.micro_batch(3, 1, 2, 4)
+    assert b["input_ids"].shape == (2, 1024) and torch.equal(b["input_ids"], src.micro_batch(3, 1, 2, 4)["input_ids"])
+    text = tok.decode(b["input_ids"][0][b["labels"][0] != -100], skip_special_tokens=True)
+    assert text.rstrip().endswith(".") or "Answer:" in text  # a prompt followed by its answer
+    assert not torch.equal(src.micro_batch(0, 0, 1, 2, "eval")["input_ids"], src.micro_batch(0, 0, 1, 2)["input_ids"])
+    summary = train(TrainConfig(out_dir=str(tmp_path / "run"), mixer="attention", data="facts", seq_len=1024, batch_size=2,
+                                steps=2, warmup_steps=1, eval_every=2, eval_batches=1, save_every=0, progress=False))  # fmt: skip
+    assert summary["step"] == 2 and np.isfinite(summary["eval_loss"])

@@ -150,3 +150,20 @@ def closed_book_answer(row: dict) -> str:
         w = FactWorld(f"guess-{row['question']}")
         return w.uuid() if rel == "niah.uuid" else w.number(7)
     return guess_answer(rel, row["question"])
+
+
+# ------------------------------------------------------------------------------------------- training stream
+
+
+def training_text(index: int, length: int, seed: int, counter: TokenCounter, specs: list[tuple[str, str]], answer_room: int = 64) -> str:
+    """Document ``index`` of a training stream: a task input of about ``length - answer_room`` tokens with its
+    answer written after the prompt (``... Answer: Vorlanth``), task and flavour cycling over ``specs``, the
+    gold at a random depth. Seeds are strings (``train<seed>``), never the integers evaluation rows use, so no
+    training document is an evaluation row."""
+    import random
+
+    task, flavour = specs[index % len(specs)]
+    depth = random.Random(f"train-depth|{seed}|{index}").random()
+    row = TASKS[task].build_row(flavour, length - answer_room, index, depth, f"train{seed}", counter)
+    sep = "" if row["prompt"].endswith("\n") else " "
+    return row["prompt"] + sep + ", ".join(row["answers"]) + ("." if task == "niah" else "") + "\n"
