@@ -134,7 +134,7 @@ def gka_cases(device: torch.device) -> list[Case]:
     from .kernels.gka import gka, gka_exact, gka_reference
 
     cuda = device.type == "cuda"
-    fast_backend = "triton" if cuda else "reference"
+    fast_backend = "triton" if cuda else "chunked"
     shapes = [
         ("B2 T100 H2 D64", dict(B=2, T=100, H=2, D=64, Dv=64), None, False),
         ("B1 T200 H2 D128 Dv64", dict(B=1, T=200, H=2, D=128, Dv=64), None, False),
@@ -176,7 +176,7 @@ def gka_cases(device: torch.device) -> list[Case]:
                     ["o", "h_kk_final", "h_kv_final"], tol_f, tol_b, seed,
                 )  # fmt: skip
 
-            cases.append(Case("gka" + ("" if cuda else " (reference)"), f"{label} r={r}", dtype, run))
+            cases.append(Case("gka" + ("" if cuda else " (torch chunked)"), f"{label} r={r}", dtype, run))
     # decode: step by step from a state equals the chunked path
     for dtype, r, tol_f, _ in settings[::2]:
         def run_decode(dtype=dtype, r=r, tol_f=tol_f):

@@ -157,7 +157,7 @@ def check(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for but no CUDA device is visible; drop --device or use --device cpu")
     if dev.type == "cpu":
-        console.print("[yellow]No CUDA device: there are no Triton paths to check here; checking the CPU references against the exact float64 solve.[/yellow]")
+        console.print("[yellow]No CUDA device: there are no Triton paths to check here; checking the pure-PyTorch paths against the exact float64 solve.[/yellow]")
     op_list = [o.strip() for o in ops.split(",")] if ops else None
     colors = {"pass": "green", "FAIL": "red", "error": "red", "refused": "yellow", "skip": "dim"}
 

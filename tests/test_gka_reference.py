@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from gkabench.kernels.gka import (
     chebyshev_error_bound,
     gka,
+    gka_chunked,
     gka_exact,
     gka_reference,
     solve_chebyshev,
@@ -162,11 +163,13 @@ def test_float32_and_bfloat16_inputs():
         assert rel(o.double(), o_ex) <= tol
 
 
-def test_dispatch_on_cpu_uses_reference():
+def test_dispatch_on_cpu_uses_torch_chunks():
     ins = make_inputs(T=5)
     o1, _ = gka(*ins)
-    o2, _ = gka_reference(*ins)
+    o2, _ = gka_chunked(*ins)
     assert torch.equal(o1, o2)
+    o3, _ = gka(*ins, backend="reference")
+    assert torch.equal(o3, gka_reference(*ins)[0])
     with pytest.raises(ValueError, match="CUDA"):
         gka(*ins, backend="triton")
     with pytest.raises(ValueError, match="backend"):
@@ -202,3 +205,50 @@ def test_bad_cu_seqlens_and_state_raise():
         gka_reference(q, k, v, g, a, initial_state=(torch.zeros(2, 2, 8, 8), torch.zeros(2, 2, 8, 8)))
     with pytest.raises(ValueError, match="ridge must be > 0"):
         gka_reference(q, k, v, g, a, ridge=0.0)
+
+
+@pytest.mark.parametrize("T, chunk", [(150, 64), (37, 16), (64, 64), (1, 64)])
+def test_torch_chunked_equals_reference(T, chunk):
+    q, k, v, g, a = make_inputs(B=2, T=T, H=2, D=8, Dv=6, seed=T)
+    gen = torch.Generator().manual_seed(1)
+    keys = F.normalize(torch.randn(2, 2, 12, 8, generator=gen, dtype=F64), dim=-1)
+    s0 = ((keys.unsqueeze(-1) * keys.unsqueeze(-2)).sum(2), torch.randn(2, 2, 8, 6, generator=gen, dtype=F64))
+    o_r, (kk_r, kv_r) = gka_reference(q, k, v, g, a, initial_state=s0, output_final_state=True)
+    o_c, (kk_c, kv_c) = gka_chunked(q, k, v, g, a, initial_state=s0, output_final_state=True, chunk_size=chunk)
+    assert rel(o_c, o_r) <= 1e-12 and rel(kk_c, kk_r) <= 1e-12 and rel(kv_c, kv_r) <= 1e-12
+
+
+def test_torch_chunked_varlen_and_gradients():
+    ins = make_inputs(B=1, T=50, H=2, D=6, Dv=5, seed=11, requires_grad=True)
+    cu = torch.tensor([0, 20, 21, 50])
+    o_c, _ = gka_chunked(*ins, cu_seqlens=cu, chunk_size=16)
+    grads_c = torch.autograd.grad(o_c.square().sum(), ins)
+    o_r, _ = gka_reference(*ins, cu_seqlens=cu)
+    grads_r = torch.autograd.grad(o_r.square().sum(), ins)
+    assert rel(o_c, o_r) <= 1e-12
+    for gc, gr in zip(grads_c, grads_r):
+        assert rel(gc, gr) <= 1e-11
+
+
+def test_torch_chunked_zero_keys_finite():
+    q, k, v, g, a = make_inputs(B=1, T=10)
+    k = torch.zeros_like(k).requires_grad_(True)
+    o, _ = gka_chunked(q, k, v, g, a)
+    assert torch.isfinite(o).all() and o.abs().max() == 0
+    (gk,) = torch.autograd.grad(o.sum(), k)
+    assert torch.isfinite(gk).all()
+
+
+def test_torch_chunked_state_gradients_match_reference():
+    q, k, v, g, a = make_inputs(B=1, T=12, H=1, D=5, Dv=4, seed=21)
+    gen = torch.Generator().manual_seed(2)
+    keys = F.normalize(torch.randn(1, 1, 9, 5, generator=gen, dtype=F64), dim=-1)
+    kk0 = (keys.unsqueeze(-1) * keys.unsqueeze(-2)).sum(2).requires_grad_(True)
+    kv0 = torch.randn(1, 1, 5, 4, generator=gen, dtype=F64, requires_grad=True)
+    w = torch.randn(1, 12, 1, 4, generator=gen, dtype=F64)
+    grads = []
+    for fn in (gka_reference, gka_chunked):
+        o, (kk, kv) = fn(q, k, v, g, a, initial_state=(kk0, kv0), output_final_state=True)
+        grads.append(torch.autograd.grad((o * w).sum() + kk.sum() + kv.square().sum(), (kk0, kv0)))
+    for gr, gc in zip(*grads):
+        assert rel(gc, gr) <= 1e-11

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.gka import DEFAULT_NUM_ITER, DEFAULT_RIDGE, gka, gka_reference
+from ..kernels.gka import DEFAULT_NUM_ITER, DEFAULT_RIDGE, gka, gka_chunked
 from .base import Mixer, MixerCache
 from .blocks import l2_normalize, mask_tokens, upcast
 from .registry import register_mixer
@@ -37,7 +37,7 @@ def _gka_known_issues() -> list[str]:
     from ..kernels.gka import triton_available
 
     if not triton_available():
-        return ["GKA Triton kernels unavailable here: CUDA runs the token-by-token reference (slow)"]
+        return ["GKA Triton kernels unavailable here: CUDA runs the pure-PyTorch chunked path (slow)"]
     return []
 
 
@@ -45,7 +45,7 @@ def _gka_known_issues() -> list[str]:
     "gka",
     summary="Gated KalmaNet: online ridge regression per token (Chebyshev solve)",
     cuda_op="gkabench.kernels.gka.chunk_gka (Triton)",
-    cpu_op="gkabench.kernels.gka.gka_reference",
+    cpu_op="gkabench.kernels.gka.gka_chunked (pure PyTorch)",
     defaults={"head_dim": 128, "num_heads": "hidden/128", "use_beta": False, "num_iter": 30, "ridge": 0.02, "conv_size": 4},
     known_issues=_gka_known_issues,
 )
@@ -131,8 +131,8 @@ class GKAMixer(Mixer):
             num_iter=self.num_iter, ridge=self.ridge, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )  # fmt: skip
-        if backend == "reference":
-            return gka_reference(q, k, v, g, alpha, **kwargs)
+        if backend == "reference":  # pure PyTorch: the chunk-wise form (same arithmetic, ~100x faster on CPU)
+            return gka_chunked(q, k, v, g, alpha, **kwargs)
         if initial_state is not None and q.shape[1] <= 16 and cu_seqlens is None:
             try:
                 from ..kernels.gka.decode import gka_decode

@@ -6,8 +6,9 @@ Public API (a contract; later code and independent checks call it exactly so)::
     o, final_state = gka(q, k, v, g, alpha, *, num_iter=30, ridge=0.02, scale=None,
                          initial_state=None, output_final_state=False, cu_seqlens=None)
 
-Files: ``common.py`` (validation, constants), ``reference.py`` (pure PyTorch, float64-capable),
-``chunk.py`` (Triton chunk-wise forward/backward, CUDA only), ``decode.py`` (recurrent steps for the
+Files: ``common.py`` (validation, constants), ``reference.py`` (token-by-token recurrence and exact
+solve, pure PyTorch, float64-capable), ``chunk_torch.py`` (the chunk-wise form in pure PyTorch: the fast CPU
+path), ``chunk.py`` (Triton chunk-wise forward/backward, CUDA only), ``decode.py`` (recurrent steps for the
 layer's cache path).
 """
 
@@ -16,9 +17,10 @@ from __future__ import annotations
 import torch
 
 from .common import DEFAULT_NUM_ITER, DEFAULT_RIDGE, NORM_FLOOR, GKAState, chebyshev_error_bound
+from .chunk_torch import gka_chunked
 from .reference import frobenius_norms, gka_exact, gka_reference, solve_chebyshev, solve_exact
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "chunked", "triton")
 
 
 def triton_available() -> bool:
@@ -47,34 +49,37 @@ def gka(
     cu_seqlens: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, GKAState | None]:
-    """GKA forward, dispatched by device: the Triton chunk kernels for CUDA tensors when they are
-    available (``gkabench.kernels.gka.chunk``), else the token-by-token :func:`gka_reference`.
+    """GKA, dispatched by device: CUDA tensors go to the Triton chunk kernels
+    (``gkabench.kernels.gka.chunk``) when they are available; everything else to :func:`gka_chunked`, the
+    same chunk-wise arithmetic in plain PyTorch (autograd backward).
 
-    Shapes and semantics are those of :func:`gka_reference`. ``backend`` forces a path
-    (``"reference"`` or ``"triton"``); ``"auto"`` picks by device.
+    Shapes and semantics are those of :func:`gka_reference`. ``backend`` forces a path: ``"reference"``
+    (token-by-token), ``"chunked"`` (pure PyTorch chunks) or ``"triton"``; ``"auto"`` picks by device.
     """
     if backend not in BACKENDS:
         raise ValueError(f"gka: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and triton_available())
-    if use_triton:
-        if not q.is_cuda:
-            raise ValueError("gka: backend='triton' needs CUDA tensors; move them with .cuda() or use backend='reference'")
-        from .chunk import chunk_gka
-
-        return chunk_gka(
-            q, k, v, g, alpha, num_iter=num_iter, ridge=ridge, scale=scale, initial_state=initial_state,
-            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-        )  # fmt: skip
-    return gka_reference(
-        q, k, v, g, alpha, num_iter=num_iter, ridge=ridge, scale=scale, initial_state=initial_state,
+    kwargs = dict(
+        num_iter=num_iter, ridge=ridge, scale=scale, initial_state=initial_state,
         output_final_state=output_final_state, cu_seqlens=cu_seqlens,
     )  # fmt: skip
+    if backend == "auto":
+        backend = "triton" if q.is_cuda and triton_available() else "chunked"
+    if backend == "triton":
+        if not q.is_cuda:
+            raise ValueError("gka: backend='triton' needs CUDA tensors; move them with .cuda() or use backend='chunked'")
+        from .chunk import chunk_gka
+
+        return chunk_gka(q, k, v, g, alpha, **kwargs)
+    if backend == "chunked":
+        return gka_chunked(q, k, v, g, alpha, **kwargs)
+    return gka_reference(q, k, v, g, alpha, **kwargs)
 
 
 __all__ = [
     "gka",
     "gka_reference",
     "gka_exact",
+    "gka_chunked",
     "solve_chebyshev",
     "solve_exact",
     "frobenius_norms",
