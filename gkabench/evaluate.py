@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .tasks.longctx import DEFAULT_DEPTHS, closed_book_answer, get_rows, oracle_answer, parse_tasks
+from .tasks.longctx import DEFAULT_DEPTHS, closed_book_answer, get_rows, load_data, oracle_answer, parse_tasks
 from .tasks.scoring import clean_prediction, score_row
 
 READERS = {"oracle": oracle_answer, "closed-book": closed_book_answer}
@@ -215,11 +215,7 @@ def run_eval(cfg: EvalConfig, console=None) -> EvalResult:
     try:
         with progress:
             for task, flavour in specs:
-                data = None
-                if cfg.data and task != "niah":
-                    from .tasks.formats import read_qa
-
-                    data = read_qa(task, flavour, cfg.data)
+                data = load_data(task, flavour, cfg.data)
                 for length in cfg.lengths:
                     label = f"{task}/{flavour} {format_length(length)}"
                     bar = progress.add_task(f"build {label}", total=cfg.n)

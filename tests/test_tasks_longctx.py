@@ -195,7 +195,7 @@ def test_oracle_closed_book_and_gold_removed(task, flavour, counter):
 
 
 def test_helmet_reader_on_fixture():
-    examples, pool, = read_helmet_rag(DATA / "kilt" / "nq-dev-fixture_k8.jsonl")
+    examples, pool = read_helmet_rag(DATA / "kilt" / "nq-dev-fixture_k8.jsonl")
     assert len(examples) == 6
     for ex in examples:  # one gold per row, flagged (even rows) or found by the answer (odd rows)
         assert len(ex.gold) == 1 and contains_answer(pool.docs[ex.gold[0]][1], ex.answers) and len(ex.own) == 7
@@ -251,3 +251,17 @@ def test_facts_training_source_and_two_steps(tmp_path):
     summary = train(TrainConfig(out_dir=str(tmp_path / "run"), mixer="attention", data="facts", seq_len=1024, batch_size=2,
                                 steps=2, warmup_steps=1, eval_every=2, eval_batches=1, save_every=0, progress=False))  # fmt: skip
     assert summary["step"] == 2 and np.isfinite(summary["eval_loss"])
+
+
+def test_niah_haystack_from_ruler_essays(counter):
+    from gkabench.tasks.formats import read_ruler_essays
+
+    sents, _ = read_ruler_essays(DATA)
+    assert len(sents) == 20 and sents[0].startswith("The first garden")
+    rows = get_rows("niah", "niah_multikey", 2048, 3, 0, counter=counter, cache_dir=False, data_dir=str(DATA))
+    for r in rows:
+        assert r["source"] == "ruler:PaulGrahamEssays.json" and 0.9 * 2048 <= r["input_tokens"] <= 2048
+        assert score_row("niah", oracle_answer(r), r["answers"]) == 1.0
+        body = r["prompt"].split("\n")[1]
+        for s in sents[:3]:
+            assert s in body  # the essay wraps around, so every sentence is in a 2k haystack

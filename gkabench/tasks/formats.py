@@ -17,12 +17,16 @@ RULER QA inputs (the files RULER's ``qa.py`` reads):
   "context": [[title, [sentence, ...]], ...]}``; a document is ``title + "\\n" + "".join(sentences)``, the
   question's own context documents are its gold documents, other questions' documents are distractors.
 
-Each reader returns :class:`QAExample` rows over a shared document pool: ``(examples, docs)``.
+- ``PaulGrahamEssays.json`` (``{"text": "..."}``), RULER's NIAH haystack: when present, ``niah`` draws its
+  haystack sentences from it instead of generated prose.
+
+Each QA reader returns :class:`QAExample` rows over a shared document pool: ``(examples, docs)``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +70,8 @@ def find_file(data_dir: str | Path, flavour: str, task: str) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"--data {root}: no such directory; pass a folder with HELMET/RULER files or drop --data for generated facts")
     dirs = [root, root / "kilt", root / "json", root / "data"]
+    if task == "niah":
+        return root
     if task == "rag":
         cands = sorted(p for d in dirs if d.is_dir() for p in d.glob(f"{flavour}*.jsonl"))
         cands.sort(key=lambda p: ("train" in p.name, p.name))
@@ -143,6 +149,23 @@ def read_qa(task: str, flavour: str, data_dir: str | Path) -> tuple[list[QAExamp
     else:
         ex, pool = read_ruler_hotpotqa(path)
     return ex, pool, path
+
+
+def read_ruler_essays(data_dir: str | Path) -> tuple[list[str], Path] | None:
+    """RULER's essay haystack as sentences (whitespace collapsed, split after . ! ?), or None when the folder
+    has no ``PaulGrahamEssays.json`` (niah then uses generated prose)."""
+    root = Path(data_dir)
+    for d in (root, root / "json", root / "data"):
+        path = d / "PaulGrahamEssays.json"
+        if path.is_file():
+            data = _load_json(path)
+            if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+                raise ValueError(f'{path}: expected {{"text": "..."}} as RULER\'s PaulGrahamEssays.json')
+            sents = [t for t in re.split(r"(?<=[.!?])\s+", " ".join(data["text"].split())) if t]
+            if not sents:
+                raise ValueError(f"{path}: no text")
+            return sents, path
+    return None
 
 
 def _load_json(path):

@@ -57,11 +57,15 @@ def parse_tasks(text: str) -> list[tuple[str, str]]:
 
 
 def load_data(task: str, flavour: str, data_dir: str | None):
-    """Real examples for (task, flavour) under ``data_dir`` (None -> generated facts; niah is always generated)."""
-    if data_dir is None or task == "niah":
+    """Real data for (task, flavour) under ``data_dir`` (None -> generated facts). niah: RULER's essay haystack
+    when the folder has one, else None (generated prose)."""
+    if data_dir is None:
         return None
-    from .formats import read_qa
+    from .formats import find_file, read_qa, read_ruler_essays
 
+    if task == "niah":
+        find_file(data_dir, "", "niah")  # the folder must exist
+        return read_ruler_essays(data_dir)
     return read_qa(task, flavour, data_dir)
 
 
@@ -73,7 +77,7 @@ def build_row(task: str, flavour: str, length: int, index: int, seed: int, count
 def _fingerprint(data) -> str | None:
     if data is None:
         return None
-    path = Path(data[2])
+    path = Path(data[-1])
     st = path.stat()
     return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
 

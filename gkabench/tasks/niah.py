@@ -15,12 +15,15 @@ Flavours:
 - ``niah_multikey``: four needles with different keys and uuid-shaped values; one key is asked, the other three
   are distractor needles at random positions (RULER niah_multikey with uuid values).
 
-The haystack is generated prose (fictional facts and filler sentences, never containing a needle value), not
-RULER's Paul Graham essays, so it is deterministic and needs no download. The asked needle sits at the row's
+The haystack is generated prose (fictional facts and filler sentences, never containing a needle value), so it
+is deterministic and needs no download; with ``--data DIR`` holding RULER's ``PaulGrahamEssays.json`` the
+haystack is the essays' sentences instead. The asked needle sits at the row's
 depth (fraction of haystack sentences before it). Score: fraction of gold values found in the answer.
 """
 
 from __future__ import annotations
+
+import random
 
 from .facts import FactWorld
 from .fitting import TokenCounter, fit
@@ -47,9 +50,24 @@ def build_row(flavour: str, length: int, index: int, depth: float, seed: int, co
     head = PROMPT_HEAD.format(kind=kind)
     tail = PROMPT_TAIL.format(kind=kind, key=keys[0])
 
+    if data is None:
+        source = "facts"
+
+        def next_sentence() -> str:
+            return world.haystack_sentence()
+    else:  # RULER's essays: sentences in order from a seeded start, wrapping around as RULER repeats the essay
+        sentences, path = data
+        source = f"ruler:{path.name}"
+        pos = [random.Random(f"niah-essay|{seed}|{index}").randrange(len(sentences))]
+
+        def next_sentence() -> str:
+            s = sentences[pos[0] % len(sentences)]
+            pos[0] += 1
+            return s
+
     def draw() -> str:
         while True:
-            s = world.haystack_sentence()
+            s = next_sentence()
             if not any(v in s for v in values):
                 return s
 
@@ -69,5 +87,5 @@ def build_row(flavour: str, length: int, index: int, depth: float, seed: int, co
         "task": "niah", "flavour": flavour, "length": length, "index": index, "depth": depth, "seed": seed,
         "prompt": prompt, "question": tail.strip(), "answers": [values[0]], "gold_passages": [needles[0]],
         "context_start": 0, "input_tokens": n, "n_docs": k, "gold_in_context": gold_in_context,
-        "answer_prefix": None, "keys": keys, "source": "facts", "relation": "niah.uuid" if multi else "niah.number",
+        "answer_prefix": None, "keys": keys, "source": source, "relation": "niah.uuid" if multi else "niah.number",
     }  # fmt: skip
