@@ -217,6 +217,9 @@ def test_rows_from_real_data(task, flavour, L, counter):
     assert all(r["source"].split(":")[0] in ("helmet", "ruler") for r in rows)
     assert all(0.9 * L <= r["input_tokens"] <= L for r in rows)
     assert all(score_row(task, oracle_answer(r), r["answers"]) == 1.0 for r in rows)
+    if task == "rag":  # the two demos come from HELMET's train file beside the test file
+        train_qs, _ = read_helmet_rag(DATA / "kilt" / "nq-train-fixture_k3.jsonl")
+        assert all(sum(f"Question: {d.question}\n" in r["prompt"][: r["context_start"]] for d in train_qs) == 2 for r in rows)
     for r in rows:
         ctx = context_of(r)
         for g in r["gold_passages"]:

@@ -6,7 +6,8 @@ HELMET RAG (``kilt/{nq,triviaqa,popqa,hotpotqa}-*.jsonl``): one example per line
      "ctxs": [{"title": "...", "text": "...", "has_answer": true?}, ...]}
 
   ``ctxs`` are the retrieved passages (gold among them). A passage is gold when it says ``has_answer`` (or
-  ``gold``) true, or, without such a field, when it contains an answer (SQuAD-normalised substring).
+  ``gold``) true, or, without such a field, when it contains an answer (SQuAD-normalised substring). Demos come
+  from a ``{flavour}*train*.jsonl`` file beside it when there is one (HELMET's k=3 demo files).
 
 RULER QA inputs (the files RULER's ``qa.py`` reads):
 
@@ -54,6 +55,7 @@ class DocPool:
 
     docs: list[tuple[str, str]] = field(default_factory=list)
     index: dict[tuple[str, str], int] = field(default_factory=dict)
+    demos: tuple | None = None  # HELMET: (examples, pool, path) of the train file the demos come from
 
     def add(self, title: str, text: str) -> int:
         key = (title, text)
@@ -82,6 +84,17 @@ def find_file(data_dir: str | Path, flavour: str, task: str) -> Path:
         if (d / f"{flavour}.json").is_file():
             return d / f"{flavour}.json"
     raise FileNotFoundError(f"--data {root}: no RULER file {flavour}.json (or json/{flavour}.json); add it or drop --data for generated facts")
+
+
+def find_demo_file(data_dir: str | Path, flavour: str, test_file: Path) -> Path | None:
+    """HELMET's demo file for ``flavour`` (``{flavour}*train*.jsonl``, e.g. ``kilt/nq-train-multikilt_1000_k3_dep6.jsonl``)
+    when there is one besides the test file; None otherwise (demos then come from the test file's other rows)."""
+    root = Path(data_dir)
+    for d in (root, root / "kilt", root / "json", root / "data"):
+        for p in sorted(d.glob(f"{flavour}*train*.jsonl")) if d.is_dir() else []:
+            if p.resolve() != Path(test_file).resolve():
+                return p
+    return None
 
 
 def read_helmet_rag(path: str | Path) -> tuple[list[QAExample], DocPool]:
@@ -144,6 +157,9 @@ def read_qa(task: str, flavour: str, data_dir: str | Path) -> tuple[list[QAExamp
     path = find_file(data_dir, flavour, task)
     if task == "rag":
         ex, pool = read_helmet_rag(path)
+        demo = find_demo_file(data_dir, flavour, path)
+        if demo is not None:
+            pool.demos = (*read_helmet_rag(demo), demo)
     elif flavour == "squad":
         ex, pool = read_ruler_squad(path)
     else:

@@ -77,9 +77,11 @@ def build_row(task: str, flavour: str, length: int, index: int, seed: int, count
 def _fingerprint(data) -> str | None:
     if data is None:
         return None
-    path = Path(data[-1])
-    st = path.stat()
-    return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    paths = [Path(data[-1])]
+    demos = getattr(data[1], "demos", None) if len(data) == 3 else None
+    if demos is not None:
+        paths.append(Path(demos[-1]))
+    return ";".join(f"{p.resolve()}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in paths)
 
 
 def manifest_for(task, flavour, length, n, seed, counter: TokenCounter, depths, data) -> dict:

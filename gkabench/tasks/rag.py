@@ -99,11 +99,23 @@ def _real_parts(data, index: int, seed: int):
 
     gold = [fmt(i) for i in ex.gold]
     demos = []
-    for j in range(1, SHOTS + 1):  # HELMET draws demos from a train file; here: the next examples of the file
-        d = examples[(index + j) % len(examples)]
-        if d is ex:
-            break
-        ds = [fmt(d.gold[0])] + [fmt(i) for i in d.own if not contains_answer(docs[i][1], ex.answers)][: DEMO_DOCS - 1]
+    if pool.demos is not None:  # HELMET: demos drawn from the train file, per question, distinct questions
+        d_examples, d_pool, _ = pool.demos
+        rng = random.Random(f"rag-demo|{seed}|{ex.question}")
+        picked, seen = [], set()
+        for d in rng.sample(d_examples, len(d_examples)):
+            if d.question not in seen and d.question != ex.question and not contains_answer(d.answers[0], ex.answers):
+                picked.append(d)
+                seen.add(d.question)
+            if len(picked) == SHOTS:
+                break
+        d_docs = d_pool.docs
+    else:  # no train file: the next rows of the test file
+        picked = [d for j in range(1, SHOTS + 1) if (d := examples[(index + j) % len(examples)]) is not ex]
+        d_docs = docs
+    for d in picked:
+        own = [i for i in d.own if not contains_answer(d_docs[i][0] + " " + d_docs[i][1], ex.answers)]
+        ds = [format_passage(*d_docs[i]) for i in [d.gold[0], *own][:DEMO_DOCS]]
         demos.append(format_demo(ds, d.question, d.answers[0]))
     rng = random.Random(f"rag-real|{seed}|{index}")
     order = list(ex.own) + [i for i in rng.sample(range(len(docs)), len(docs)) if i not in set(ex.own) | set(ex.gold)]
