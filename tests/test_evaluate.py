@@ -46,12 +46,12 @@ def _save_tiny_llama(path):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    out = {m: _save_tiny(root / m, m) for m in ("gated_deltanet", "attention")}
+    out = {m: _save_tiny(root / m, m) for m in ("gka", "gated_deltanet", "gla", "mamba2", "attention")}
     out["llama"] = _save_tiny_llama(root / "llama")
     return out
 
 
-@pytest.mark.parametrize("mixer", ["gated_deltanet", "attention", "llama"])
+@pytest.mark.parametrize("mixer", ["gka", "gated_deltanet", "gla", "mamba2", "attention", "llama"])
 def test_chunked_batched_generation_matches_one_shot(models, mixer):
     model, tok = load_model(models[mixer], torch.device("cpu"))
     prompts = [tok("Question: who founded Rira Guild?\nAnswer:" * 9)["input_ids"], tok("Document 1:\nshort one. Answer:")["input_ids"]]
@@ -84,25 +84,25 @@ def _eval(args, out, cache):
 
 def test_eval_end_to_end_and_resume(models, tmp_path, monkeypatch):
     out, cache = tmp_path / "res", tmp_path / "cache"
-    args = ["--task", "rag.nq,longqa.squad,niah.niah_single", "--model", str(models["gated_deltanet"]), "--lengths", "3k",
+    args = ["--task", "rag.nq,longqa.squad,niah.niah_single", "--model", str(models["gka"]), "--lengths", "3k",
             "--n", "3", "--batch-size", "2", "--max-new-tokens", "8", "--chunk-size", "1024", "--device", "cpu"]  # fmt: skip
     res = _eval(args, out, cache)
     assert res.exit_code == 0, res.output
-    rows = read_jsonl(out / "gated_deltanet.jsonl")
+    rows = read_jsonl(out / "gka.jsonl")
     assert len(rows) == 9
     r = rows[0]
     for key in ("task", "flavour", "length", "depth", "prediction", "gold", "score", "input_tokens", "time_s", "peak_mem_gib", "env"):
         assert key in r
-    assert r["mixers"] == ["gated_deltanet"] and r["env"]["torch"] and 0.9 * 3072 <= r["input_tokens"] <= 3072
+    assert r["mixers"] == ["gka"] and r["env"]["torch"] and 0.9 * 3072 <= r["input_tokens"] <= 3072
     assert {x["depth"] for x in rows} == {0.0, 0.25, 0.5}
-    md = (out / "gated_deltanet.md").read_text()
-    assert "| rag" in md and "3k" in md and (out / "gated_deltanet.csv").exists()
+    md = (out / "gka.md").read_text()
+    assert "| rag" in md and "3k" in md and (out / "gka.csv").exists()
 
     # Resume: nothing left to do, so the model is never asked again.
     monkeypatch.setattr(evaluate, "generate", lambda *a, **k: pytest.fail("resumed run generated again"))
     res = _eval(args, out, cache)
     assert res.exit_code == 0, res.output
-    assert len(read_jsonl(out / "gated_deltanet.jsonl")) == 9
+    assert len(read_jsonl(out / "gka.jsonl")) == 9
 
 
 def test_eval_interrupt_keeps_rows_and_resumes(models, tmp_path, monkeypatch):
