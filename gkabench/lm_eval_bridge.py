@@ -48,11 +48,7 @@ from lm_eval.api.model import TemplateLM
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks" / "lm_eval"
 
-# The GKA paper's 10 short-context tasks and the metric its table reports for each.
-PAPER_TASKS: dict[str, str] = {
-    "arc_challenge": "acc_norm", "arc_easy": "acc_norm", "boolq": "acc", "copa": "acc", "hellaswag": "acc_norm",
-    "piqa": "acc_norm", "sciq": "acc_norm", "winogrande": "acc", "fda": "contains", "swde": "contains",
-}  # fmt: skip
+from .report import PAPER_SHORT_TASKS as PAPER_TASKS  # the paper's 10 short-context tasks -> the metric it reports
 
 # Where lm-eval keeps them (indexing only these folders instead of all ~10^4 task files saves ~10 s).
 PAPER_TASK_FOLDERS: dict[str, str] = {
