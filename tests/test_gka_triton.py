@@ -29,14 +29,14 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 FP32_FLOOR = 2e-5
 
 
-def _data(B, T, H, D, DV, dtype, device="cpu", seed=0):
+def _data(B, T, H, D, DV, dtype, device="cpu", seed=0, g_shift=2.0):
     import torch.nn.functional as F
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     q = F.normalize(torch.randn(B, T, H, D, generator=gen), dim=-1).to(dtype)
     k = F.normalize(torch.randn(B, T, H, D, generator=gen), dim=-1).to(dtype)
     v = torch.randn(B, T, H, DV, generator=gen).to(dtype)
-    g = F.logsigmoid(torch.randn(B, T, H, generator=gen) + 2)
+    g = F.logsigmoid(torch.randn(B, T, H, generator=gen) + g_shift)
     a = torch.rand(B, T, H, generator=gen)
     return [t.to(device) for t in (q, k, v, g, a)]
 
@@ -55,12 +55,12 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def compare(B, T, H, D, DV, dtype, num_iter, cu=None, state=False, device="cpu", grads=True, seed=0):
+def compare(B, T, H, D, DV, dtype, num_iter, cu=None, state=False, device="cpu", grads=True, seed=0, g_shift=2.0):
     """Relative errors of chunk_gka vs gka_exact (float64) for o, final states and every gradient."""
     from gkabench.kernels.gka import gka_exact
     from gkabench.kernels.gka.chunk import chunk_gka
 
-    ins = _data(B, T, H, D, DV, dtype, device, seed)
+    ins = _data(B, T, H, D, DV, dtype, device, seed, g_shift)
     N = B if cu is None else len(cu) - 1
     cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=device)
     h0 = list(_state(N, H, D, DV, device)) if state else []
@@ -125,6 +125,9 @@ CPU_CASES = {
     "fp32_r80_varlen_state": dict(B=1, T=150, H=2, D=32, DV=32, dtype="float32", num_iter=80, cu=[0, 40, 41, 150],
                                   state=True),  # fmt: skip
     "fp32_r30": dict(B=1, T=100, H=2, D=32, DV=32, dtype="float32", num_iter=30),
+    # strong decay: log-decays around -3 per token, cumulative ~-200 inside a chunk (no overflow allowed)
+    "fp32_r80_strong_decay": dict(B=1, T=130, H=2, D=32, DV=16, dtype="float32", num_iter=80, g_shift=-3.0,
+                                  state=True),  # fmt: skip
     # head dims that are not powers of two (padded tiles, masked loads)
     "fp32_r80_D24_Dv20": dict(B=1, T=70, H=1, D=24, DV=20, dtype="float32", num_iter=80, state=True),
     "fp16_r30": dict(B=1, T=130, H=2, D=32, DV=32, dtype="float16", num_iter=30),
@@ -156,10 +159,18 @@ def interp():
 GRADS = ["dq", "dk", "dv", "dg", "dalpha"]
 
 
-@pytest.mark.parametrize("case", ["fp32_r80_state", "fp32_r80_varlen_state", "fp32_r80_D24_Dv20"])
+@pytest.mark.parametrize(
+    "case", ["fp32_r80_state", "fp32_r80_varlen_state", "fp32_r80_D24_Dv20", "fp32_r80_strong_decay"]
+)
 def test_interpreter_fp32_r80_matches_exact(interp, case):
     r = interp[case]
     tol = chebyshev_error_bound(80) * 100 + FP32_FLOOR
+    if case == "fp32_r80_strong_decay":
+        # H_t ~ k_t k_t^T (rank one): the solve runs at the worst condition number (1 + ridge) / ridge = 51, and
+        # the readout U^T x ~ v (k . x) cancels x's O(1/ridge) part orthogonal to k, so fp32 rounding of x (~1e-6)
+        # reaches o, dg and dalpha amplified ~50x. The fp32 token-by-token gka_reference shows the same (7.6e-6
+        # on o at alpha = 1); measured here ~3e-5 (o) and ~1e-4 (dg, dalpha).
+        tol = 5e-4
     for key in ["o", "h_kk", "h_kv", *GRADS, "dh0_kk", "dh0_kv"]:
         assert r[key] < tol, (case, key, r[key])
 

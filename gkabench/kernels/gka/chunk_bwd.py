@@ -44,8 +44,8 @@ def _solve_bwd_kernel(q, k, v, g, alpha, hs, us, xo, no, do, dq, dalpha, yo, bet
     te = tl.load(chunk_info + 2 * i_c + 1)
     t = ts + tl.arange(0, C)
     tm = t < te
-    G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32), axis=0)
-    eG = tl.exp(G)
+    G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64), axis=0)
+    eG = tl.exp(G.to(tl.float32))
     M = decay_lower(G, C)
     base = (i_c * H + i_h).to(tl.int64)
     kp = k + i_h * D
@@ -119,9 +119,9 @@ def _scan_bwd_dh(k, xo, yo, g, tauo, sigmao, hs, dht, dhs, dh0, bos, eos, coff, 
         tl.store(dhs + sbase + st_off, h, mask=m2)
         t = bos + c * C + tl.arange(0, C)
         tm = t < eos
-        gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+        gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64)
         G = tl.cumsum(gc, axis=0)
-        eG = tl.exp(G)
+        eG = tl.exp(G.to(tl.float32))
         tau = tl.load(tauo + t * H + i_h, mask=tm, other=0.0)
         sigma = tl.load(sigmao + (coff + c) * H + i_h)
         rowsT = t[None, :].to(tl.int64) * (H * D) + i_h * D + rk[:, None]
@@ -131,7 +131,7 @@ def _scan_bwd_dh(k, xo, yo, g, tauo, sigmao, hs, dht, dhs, dh0, bos, eos, coff, 
         xc = load_rows(xo, t, tm, H * D, i_h * D, rw, rwm)
         kc = load_rows(k, t, tm, H * D, i_h * D, rw, rwm).to(tl.float32)
         hc = tl.load(hs + sbase + st_off, mask=m2, other=0.0).to(tl.float32)
-        h = h * tl.exp(tl.sum(gc, axis=0)) + sigma * hc
+        h = h * tl.exp(tl.sum(gc, axis=0).to(tl.float32)) + sigma * hc
         h = tl.dot(yt, xc, acc=h, input_precision=PREC)
         h = tl.dot(kt, kc, acc=h, input_precision=PREC)
     tl.store(dh0 + (i_n * H + i_h).to(tl.int64) * D * D + st_off, h, mask=m2)
@@ -156,16 +156,16 @@ def _scan_bwd_du(q, xo, alpha, g, do, dut, dus, du0, scale, bos, eos, coff, i_n,
         tl.store(dus + ((coff + c) * H + i_h).to(tl.int64) * D * DV + st_off, h, mask=m2)
         t = bos + c * C + tl.arange(0, C)
         tm = t < eos
-        gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+        gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64)
         G = tl.cumsum(gc, axis=0)
         a = tl.load(alpha + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
         rowsT = t[None, :].to(tl.int64) * (H * D) + i_h * D + rk[:, None]
         mT = tm[None, :] & rkm[:, None]
         qt = tl.load(q + rowsT, mask=mT, other=0.0).to(tl.float32)
         qt = qt + a[None, :] * (tl.load(xo + rowsT, mask=mT, other=0.0) - qt)
-        qt = qt * (tl.exp(G) * scale)[None, :]
+        qt = qt * (tl.exp(G.to(tl.float32)) * scale)[None, :]
         doc = load_rows(do, t, tm, H * DV, i_h * DV, rw, rwm).to(tl.float32)
-        h = tl.dot(qt, doc, acc=h * tl.exp(tl.sum(gc, axis=0)), input_precision=PREC)
+        h = tl.dot(qt, doc, acc=h * tl.exp(tl.sum(gc, axis=0).to(tl.float32)), input_precision=PREC)
     tl.store(du0 + (i_n * H + i_h).to(tl.int64) * D * DV + st_off, h, mask=m2)
 
 
@@ -201,9 +201,9 @@ def _grads_u_kernel(q, k, v, g, alpha, xo, do, dus, eo, dk32, dv, chunk_info, sc
     dm = d < D
     e = tl.arange(0, BDV)
     em = e < DV
-    gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+    gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64)
     G = tl.cumsum(gc, axis=0)
-    eGl = tl.exp(tl.sum(gc, axis=0) - G)  # decay from token i to the chunk end
+    eGl = tl.exp((tl.sum(gc, axis=0) - G).to(tl.float32))  # decay from token i to the chunk end
     Mt = decay_upper(G, C) * scale  # [i, j] = scale e^{G_j - G_i}, j >= i
     base = (i_c * H + i_h).to(tl.int64)
     K = load_rows(k, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
@@ -240,9 +240,9 @@ def _grads_h_kernel(k, g, hs, xo, yo, betao, dhs, eo, dk32, dk, chunk_info,
     tm = t < te
     d = tl.arange(0, BD)
     dm = d < D
-    gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+    gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64)
     G = tl.cumsum(gc, axis=0)
-    eGl = tl.exp(tl.sum(gc, axis=0) - G)
+    eGl = tl.exp((tl.sum(gc, axis=0) - G).to(tl.float32))
     base = (i_c * H + i_h).to(tl.int64)
     K = load_rows(k, t, tm, H * D, i_h * D, d, dm).to(tl.float32)
     mDD = dm[:, None] & dm[None, :]
@@ -258,7 +258,7 @@ def _grads_h_kernel(k, g, hs, xo, yo, betao, dhs, eo, dk32, dk, chunk_info,
     dkH = tl.dot(Kd, sym, input_precision=PREC) * eGl[:, None]
     beta = tl.load(betao + t * H + i_h, mask=tm, other=0.0)
     bs = beta_suffix(beta, G, C)
-    tau = tl.exp(G) * bs
+    tau = tl.exp(G.to(tl.float32)) * bs
     hsym = tl.load(hs + base * D * D + d[:, None] * D + d[None, :], mask=mDD, other=0.0).to(tl.float32)
     hsym += tl.load(hs + base * D * D + d[None, :] * D + d[:, None], mask=mDD, other=0.0).to(tl.float32)
     if LOWP:
@@ -277,7 +277,7 @@ def _grads_h_kernel(k, g, hs, xo, yo, betao, dhs, eo, dk32, dk, chunk_info,
     ge = r[:, None] >= r[None, :]
     Gm = tl.where(ge, G[:, None], G[None, :])
     Bm = tl.where(ge, bs[:, None], bs[None, :])
-    R = Bm * tl.exp((Gm - G[:, None]) + (Gm - G[None, :]))
+    R = Bm * tl.exp(((Gm - G[:, None]) + (Gm - G[None, :])).to(tl.float32))
     gram = tl.dot(K, tl.trans(K), input_precision=PREC)
     dkH = tl.dot(2.0 * gram * R, K, acc=dkH, input_precision=PREC)
     row = t[:, None].to(tl.int64) * H + i_h

@@ -45,14 +45,14 @@ def _scan_fwd_one(kp, wp, g, h0p, hsp, htp, bos, eos, coff, i_n, i_h, rk, c0,
         tl.store(hsp + ((coff + c) * H + i_h).to(tl.int64) * D * DW + st_off, h.to(hsp.dtype.element_ty), mask=m2)
         t = bos + c * C + tl.arange(0, C)
         tm = t < eos
-        gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
+        gc = tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64)
         G = tl.cumsum(gc, axis=0)
         g_last = tl.sum(gc, axis=0)
         kt = tl.load(kp + t[None, :].to(tl.int64) * (H * D) + i_h * D + rk[:, None], mask=tm[None, :] & rkm[:, None],
                      other=0.0).to(tl.float32)  # fmt: skip
         w = load_rows(wp, t, tm, H * DW, i_h * DW, rw, rwm).to(tl.float32)
-        w = w * tl.exp(g_last - G)[:, None]
-        h = h * tl.exp(g_last) + tl.dot(kt, w, input_precision=PREC)
+        w = w * tl.exp((g_last - G).to(tl.float32))[:, None]
+        h = h * tl.exp(g_last.to(tl.float32)) + tl.dot(kt, w, input_precision=PREC)
     tl.store(htp + (i_n * H + i_h).to(tl.int64) * D * DW + st_off, h, mask=m2)
 
 
@@ -83,8 +83,8 @@ def _solve_fwd_kernel(q, k, v, g, alpha, hs, us, o, xo, no, chunk_info, scale, r
     te = tl.load(chunk_info + 2 * i_c + 1)
     t = ts + tl.arange(0, C)
     tm = t < te
-    G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float32), axis=0)
-    eG = tl.exp(G)
+    G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64), axis=0)
+    eG = tl.exp(G.to(tl.float32))
     base = (i_c * H + i_h).to(tl.int64)
     kp = k + i_h * D
     K = load_tile(kp, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)

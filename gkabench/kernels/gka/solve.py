@@ -2,7 +2,10 @@
 
 All helpers work on one chunk of ``C`` tokens of one head, held on-chip:
 
-* ``G [C]``: cumulative natural-log decay since the chunk start (``G_j = g_0 + ... + g_j``), float32.
+* ``G [C]``: cumulative natural-log decay since the chunk start (``G_j = g_0 + ... + g_j``), float64: with
+  strong decay |G| reaches hundreds inside a chunk and a float32 cumsum loses ~|G| * 6e-8 in every difference
+  ``G_j - G_i`` (1e-5 relative in the decay factors, seen in the tests); differences are taken in float64 and
+  only then rounded to float32 for ``exp``.
 * ``decay_lower(G)``: ``M[j, i] = exp(G_j - G_i)`` for ``i <= j`` else 0 (``[C, C]``, float32).
 * ``chunk_norms``: ``||H_t||_F`` for every token of the chunk in closed form, from the chunk-initial state.
 * ``apply_a`` / ``chebyshev``: ``(H_t + lam_t I) x`` for all C tokens at once, and the r-step Chebyshev solve.
@@ -27,7 +30,7 @@ def decay_lower(G, C: tl.constexpr):
     strongly decaying chunk never produces ``inf * 0``."""
     r = tl.arange(0, C)
     low = r[:, None] >= r[None, :]
-    return tl.exp(tl.where(low, G[:, None] - G[None, :], float("-inf")))
+    return tl.exp(tl.where(low, (G[:, None] - G[None, :]).to(tl.float32), float("-inf")))
 
 
 @triton.jit
@@ -35,7 +38,7 @@ def decay_upper(G, C: tl.constexpr):
     """Transpose of :func:`decay_lower`: ``Mt[i, j] = exp(G_j - G_i)`` for ``j >= i`` else 0."""
     r = tl.arange(0, C)
     up = r[:, None] <= r[None, :]
-    return tl.exp(tl.where(up, G[None, :] - G[:, None], float("-inf")))
+    return tl.exp(tl.where(up, (G[None, :] - G[:, None]).to(tl.float32), float("-inf")))
 
 
 @triton.jit
@@ -61,7 +64,7 @@ def chunk_norms(K, Hm, G, FLOOR: tl.constexpr, C: tl.constexpr, PREC: tl.constex
     cm = tl.sum(tl.where(strict, 2.0 * M * gram * gram, 0.0), axis=1) + kk * kk
     F = tl.sum(M * M * cm[None, :], axis=1)
     cross = tl.sum(M * b[None, :], axis=1)
-    eG = tl.exp(G)
+    eG = tl.exp(G.to(tl.float32))
     n2 = eG * eG * a0 + 2.0 * eG * cross + F
     n = tl.sqrt(tl.maximum(n2, FLOOR * FLOOR))
     return n, n2
