@@ -456,6 +456,36 @@ def eval_(
         raise typer.Exit(code=130)
 
 
+@app.command()
+@user_errors
+def report(
+    results: str = typer.Option("results", "--results", help="folder holding eval/, speed/ and mqar/ result JSONL"),
+    out: str = typer.Option(None, "--out", help="output folder (default RESULTS/report)"),
+    baseline: str = typer.Option(None, "--baseline", help="model or mixer name for the differences (default gated_deltanet when present)"),
+):
+    """Comparison tables from everything under results/: scores per task x length, the paper's category averages,
+    absolute and relative differences against a baseline, speed and MQAR summaries (markdown, CSV, PNG)."""
+    from .report import make_report
+
+    res = make_report(results, out, baseline)
+    cols, body = res.summary
+    if body:
+        table = Table(title="category averages (percent)" + (f"; relative to {res.baseline}" if res.baseline else ""))
+        for c in cols:
+            table.add_column(c, justify="left" if c == "model" else "right")
+        for model, cells in body:
+            row = [model]
+            for c in cells:
+                if c is None or c.value is None:
+                    row.append("-")
+                else:
+                    rel = c.rel_diff
+                    row.append(f"{c.value:.2f}" + ("*" if not c.complete else "") + (f" ({rel:+.1f}%)" if rel is not None and model != res.baseline else ""))
+            table.add_row(*row)
+        console.print(table)
+    console.print("wrote " + ", ".join(str(p) for p in res.paths))
+
+
 def main() -> None:
     app()
 

@@ -5,9 +5,11 @@ Reads (each folder optional, unknown fields ignored, unreadable lines skipped):
 - ``results/eval/*.jsonl``: one row per score. Fields read: ``model`` (default: the file name), ``mixer``,
   ``task`` (``arc_easy``, ``rag``, ``longqa``, ``niah``; ``rag/nq`` or ``rag:nq`` also read as task/flavour),
   ``flavour`` (``nq``, ``triviaqa``, ``popqa``, ``hotpotqa``, ``squad``, ``niah_single``...), ``length`` (tokens,
-  or ``8k``; also ``seq_len``), ``metric`` and ``value`` (or ``score``), ``filter``. Values are fractions
+  or ``8k``; also ``seq_len``), ``metric`` and ``value`` (or ``score``), ``filter``; ``mixers`` (a list) when
+  there is no ``mixer``. Values are fractions
   (lm-eval's and SubEM's 0..1; a value above 1 is taken as a percentage already) and are shown as percentages.
-  Rows with an ``index`` are per-example scores and are averaged (last row per index); otherwise the last row
+  Rows with an ``index`` are per-example scores (``gkabench eval``'s rows) and are averaged (the last row per
+  index, seed, source and depth); otherwise the last row
   per (model, task, flavour, length, metric) wins, so a rerun replaces an older score.
 - ``results/speed/*.jsonl`` (``gkabench speed``): tokens/s per mixer, length and mode; the last ``ok`` row per cell.
 - ``results/mqar/*.jsonl`` (``gkabench mqar``): the best accuracy over learning rates per cell.
@@ -144,10 +146,11 @@ def read_eval(folder: Path) -> list[Score]:
             length = parse_length(r.get("length", r.get("seq_len", r.get("target_length"))))
             model = str(r.get("model") or path.stem)
             key = (model, task, flavour, length, metric, r.get("filter"))
-            meta = {"mixer": r.get("mixer"), "n": r.get("n")}
+            mixer = r.get("mixer") or (",".join(map(str, r["mixers"])) if isinstance(r.get("mixers"), list) and r["mixers"] else None)
+            meta = {"mixer": mixer, "n": r.get("n")}
             pct = float(value) * (1.0 if float(value) > 1.0 else 100.0)
-            if "index" in r:
-                per_example[key][r["index"]] = (pct, meta)
+            if "index" in r:  # one example (gkabench eval's rows): the last row per example counts
+                per_example[key][(r["index"], r.get("seed"), r.get("source"), r.get("depth"))] = (pct, meta)
             else:
                 last[key] = {"value": pct, **meta}
     for key, by_index in per_example.items():
