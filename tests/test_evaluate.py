@@ -5,6 +5,7 @@ readers; resume, Ctrl-C, out-of-memory and other user errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from gkabench.io import read_jsonl
 from gkabench.tokenizers import byte_tokenizer
 
 runner = CliRunner()
+DATA = Path(__file__).parent / "data" / "longctx"
 
 
 def _save_tiny(path, mixer: str):
@@ -135,7 +137,7 @@ def test_eval_reference_readers(tmp_path):
     assert res.exit_code == 0, res.output
     rows = read_jsonl(out / "closed-book.jsonl")
     assert sum(r["score"] for r in rows) / len(rows) <= 0.1
-    res = _eval(["--task", "rag.nq,longqa", "--model", "oracle", "--lengths", "2k", "--n", "3", "--data", "tests/data/longctx",
+    res = _eval(["--task", "rag.nq,longqa", "--model", "oracle", "--lengths", "2k", "--n", "3", "--data", str(DATA),
                  "--name", "oracle_real"], out, cache)  # fmt: skip
     assert res.exit_code == 0, res.output
     rows = read_jsonl(out / "oracle_real.jsonl")
@@ -153,7 +155,7 @@ def test_eval_user_errors(models, tmp_path, monkeypatch):
     _one_line_error(_eval(["--model", str(tmp_path / "nope"), "--lengths", "1k"], out, cache), "no such directory")
     _one_line_error(_eval(["--task", "rag.squad", "--model", "oracle", "--lengths", "4k"], out, cache), "no flavour")
     _one_line_error(_eval(["--task", "rag.nq", "--model", "oracle", "--lengths", "1k"], out, cache), "pass longer --lengths")
-    _one_line_error(_eval(["--task", "rag.popqa", "--model", "oracle", "--lengths", "4k", "--data", "tests/data/longctx"], out, cache), "no HELMET file")
+    _one_line_error(_eval(["--task", "rag.popqa", "--model", "oracle", "--lengths", "4k", "--data", str(DATA)], out, cache), "no HELMET file")
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory")
@@ -189,3 +191,12 @@ def test_eval_lm_eval_calls_bridge(models, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert seen["tasks"] == ["arc_easy", "piqa"] and seen["limit"] == 3
     assert json.loads((out / "attention.lm_eval.json").read_text())["results"]["piqa"]["acc,none"] == 0.5
+
+
+def test_longctx_task_runs_in_lm_eval(models, tmp_path):
+    """tests/data/longctx_lm_eval holds a YAML exposing niah_single to lm-eval (custom_dataset, per-length metrics)."""
+    bridge = pytest.importorskip("gkabench.lm_eval_bridge")
+    res = bridge.run_lm_eval(str(models["attention"]), ["gkabench_niah_single"], None, None, 1, "cpu",
+                             include_path=str(Path(__file__).parent / "data" / "longctx_lm_eval"), results_dir=str(tmp_path), write=False)  # fmt: skip
+    got = res["gkabench_niah_single"]
+    assert got["n"] == 4 and 0.0 <= got["1024"] <= 1.0 and 0.0 <= got["2048"] <= 1.0

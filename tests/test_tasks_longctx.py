@@ -268,3 +268,19 @@ def test_niah_haystack_from_ruler_essays(counter):
         body = r["prompt"].split("\n")[1]
         for s in sents[:3]:
             assert s in body  # the essay wraps around, so every sentence is in a 2k haystack
+
+
+def test_lm_eval_adapter(tmp_path):
+    from gkabench.tasks.longctx import lm_eval_aggregate, lm_eval_dataset, lm_eval_process_results
+
+    ds = lm_eval_dataset(gkabench_task="niah.niah_single,longqa.squad", max_seq_lengths=["1k", 2048], n=2, cache_dir=str(tmp_path))["test"]
+    assert len(ds) == 8 and set(ds["max_length"]) == {1024, 2048} and set(ds["task"]) == {"niah", "longqa"}
+    per_length: dict = {}
+    for doc in ds:  # an oracle generation: the gold answer, then a newline and chatter
+        res = lm_eval_process_results(doc, [" " + " ".join(doc["outputs"]) + "\nmore"])
+        assert res[str(doc["max_length"])] == 1.0 and sorted(res) == ["1024", "2048"]
+        for k, v in res.items():
+            per_length.setdefault(k, []).append(v)
+    assert lm_eval_aggregate(per_length["1024"]) == 1.0 and lm_eval_aggregate([-1.0]) == -1.0
+    with pytest.raises(ValueError, match="gkabench_task"):
+        lm_eval_dataset(max_seq_lengths=[1024])

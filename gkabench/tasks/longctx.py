@@ -173,3 +173,60 @@ def training_text(index: int, length: int, seed: int, counter: TokenCounter, spe
     row = TASKS[task].build_row(flavour, length - answer_room, index, depth, f"train{seed}", counter)
     sep = "" if row["prompt"].endswith("\n") else " "
     return row["prompt"] + sep + ", ".join(row["answers"]) + ("." if task == "niah" else "") + "\n"
+
+
+# ------------------------------------------------------------------------------------------- lm-eval adapter
+#
+# Our tasks as lm-eval tasks, the way lm-eval's own RULER tasks are built: a YAML with
+#     custom_dataset: !function utils.dataset     (utils.py beside the YAML: from gkabench.tasks.longctx import ...)
+#     process_results: !function utils.process_results
+#     metadata: {gkabench_task: rag.nq, max_seq_lengths: [4096, 8192]}
+# lm-eval calls ``custom_dataset(**metadata)``, and its metadata also carries the model arguments (``pretrained``,
+# ``tokenizer``), so rows are fitted with the evaluated model's tokenizer. Metrics are named by length ("4096")
+# as RULER's are; a doc scores -1 on the other lengths' metrics and :func:`lm_eval_aggregate` skips those.
+
+
+def lm_eval_dataset(**kwargs) -> dict:
+    """``{"test": datasets.Dataset}`` of rows for lm-eval. Keyword arguments (lm-eval metadata):
+    ``gkabench_task`` (``rag.nq``, ``niah`` ...), ``max_seq_lengths`` (ints or ``"4k"``), ``n`` (per task flavour
+    and length, default 50), ``seed``, ``data`` (``--data`` folder), ``cache_dir``, ``tokenizer`` / ``pretrained``
+    (a local tokenizer file or model folder; default the byte tokenizer).
+
+    Doc fields: ``input`` (the prompt), ``outputs`` (gold answers), ``task``, ``flavour``, ``max_length``,
+    ``lengths`` (all lengths, for the metric names), ``depth``, ``answer_prefix``."""
+    import datasets
+
+    from ..tokenizers import load_tokenizer
+    from .fitting import parse_length
+
+    spec = kwargs.get("gkabench_task")
+    if not spec:
+        raise ValueError("lm-eval task metadata lacks gkabench_task; set e.g. metadata: {gkabench_task: rag.nq}")
+    lengths = [parse_length(str(x)) for x in kwargs.get("max_seq_lengths") or [4096]]
+    tok_path = kwargs.get("tokenizer") or kwargs.get("pretrained")
+    tokenizer = load_tokenizer(tok_path if tok_path and Path(str(tok_path)).exists() else None)
+    counter = TokenCounter(tokenizer)
+    docs = []
+    for task, flavour in parse_tasks(str(spec)):
+        for length in lengths:
+            for r in get_rows(task, flavour, length, int(kwargs.get("n", 50)), int(kwargs.get("seed", 0)), counter=counter,
+                              cache_dir=kwargs.get("cache_dir"), data_dir=kwargs.get("data")):  # fmt: skip
+                docs.append({"input": r["prompt"], "outputs": list(r["answers"]), "task": task, "flavour": flavour,
+                             "max_length": length, "lengths": lengths, "depth": r["depth"], "answer_prefix": r["answer_prefix"] or ""})  # fmt: skip
+    return {"test": datasets.Dataset.from_list(docs)}
+
+
+def lm_eval_process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    """Score one generation: SubEM (rag, longqa) or needle recall (niah) under the doc's length, -1 elsewhere."""
+    from .scoring import clean_prediction, score_row
+
+    pred = clean_prediction(results[0], doc.get("answer_prefix") or None)
+    out = {str(n): -1.0 for n in doc["lengths"]}
+    out[str(doc["max_length"])] = score_row(doc["task"], pred, list(doc["outputs"]))
+    return out
+
+
+def lm_eval_aggregate(scores: list[float]) -> float:
+    """Mean over the docs of one length (the -1 placeholders of other lengths left out); -1 when none."""
+    kept = [s for s in scores if s >= 0]
+    return sum(kept) / len(kept) if kept else -1.0
