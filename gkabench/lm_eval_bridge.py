@@ -8,7 +8,7 @@ Three ways in:
 
     # 2. lm-eval's own CLI, with gkabench imported first (registers the model type and the ``gkabench`` LM)
     python -m gkabench.lm_eval_bridge run --model hf --model_args pretrained=DIR --tasks arc_easy
-    python -m gkabench.lm_eval_bridge run --model gkabench --model_args pretrained=DIR,batch_size=8 --tasks arc_easy
+    python -m gkabench.lm_eval_bridge run --model gkabench --model_args pretrained=DIR --batch_size 8 --tasks arc_easy
 
     # 3. any script: ``import gkabench`` then lm_eval.simple_evaluate(model="hf" or "gkabench", ...)
 
