@@ -409,7 +409,7 @@ def eval_(
     data: str = typer.Option(None, "--data", help="folder with HELMET RAG jsonl / RULER squad.json, hotpotqa.json (default: generated fictional facts); lm-eval: local task data"),
     batch_size: int = typer.Option(1, "--batch-size", help="rows per generate call (left-padded)"),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="answer budget (default 16 rag/longqa, 48 niah; x3 for the byte tokenizer)"),
-    chunk_size: int = typer.Option(8192, "--chunk-size", help="prefill chunk in tokens (the cache carries state between chunks)"),
+    chunk_size: int = typer.Option(8192, "--chunk-size", help="prefill chunk in tokens (the cache carries state between chunks); 0 = one call (attention's flash path)"),
     out: str = typer.Option("results/eval", "--out", help="folder for <name>.jsonl / .md / .csv"),
     name: str = typer.Option(None, "--name", help="result file stem (default: the model directory's name)"),
     cache_dir: str = typer.Option(None, "--cache-dir", help="task row cache (default ~/.cache/gkabench/tasks)"),

@@ -119,7 +119,8 @@ def _is_gkabench(model) -> bool:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, chunk_size: int = 8192, scores: list | None = None) -> list[str]:
     """Greedy answers for token-id prompts (left-padded into one batch), prefilled ``chunk_size`` tokens at a time
-    through the model's cache; each answer stops at its first newline or EOS. Returns the generated texts.
+    through the model's cache (``<= 0``: all at once); each answer stops at its first newline or EOS. Returns the
+    generated texts.
 
     ``scores``: when a list, the next-token logits ``[B, V]`` (float32, CPU) of every step are appended to it."""
     device = next(model.parameters()).device
@@ -151,8 +152,10 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ch
     mask_all = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
     pos_all = torch.cat([positions, positions[:, -1:] + torch.arange(1, max_new_tokens + 1, device=device)], dim=1)
     cache = None
-    for s in range(0, T, chunk_size):
-        logits, cache = step(ids[:, s : s + chunk_size], min(T, s + chunk_size), cache)
+    # chunk_size <= 0: one prefill call (attention then takes its causal flash path with no explicit mask).
+    chunk = chunk_size if chunk_size > 0 else T
+    for s in range(0, T, chunk):
+        logits, cache = step(ids[:, s : s + chunk], min(T, s + chunk), cache)
     eos = tokenizer.eos_token_id
     out = [[] for _ in range(B)]
     done = [False] * B

@@ -64,6 +64,7 @@ def test_chunked_batched_generation_matches_one_shot(models, mixer):
         singles.append((text, torch.cat(sc)))
     sc = []
     texts = generate(model, tok, prompts, 6, chunk_size=64, scores=sc)  # left-padded batch, 64-token chunks
+    assert generate(model, tok, prompts, 6, chunk_size=0) == texts  # one prefill call
     batched = torch.stack(sc, dim=1)  # [B, steps, V]
     assert texts == [t for t, _ in singles]
     for i, (_, ref) in enumerate(singles):  # same next-token logits at every step, not only the same argmax
