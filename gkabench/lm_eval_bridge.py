@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
 import os
 import sys
 import time
@@ -198,33 +199,42 @@ def load_tasks(tm, names: list[str], data_dir=None) -> list:
     """Build each task (its dataset loads now); a task whose data is missing offline raises one line naming the
     dataset and how to provide it. Returns Task objects (and group names, built again by lm-eval)."""
     out: list = []
+    missing: list[tuple[str, str | None]] = []
     for name in names:
         if tm.task_index.get(name) is None and not Path(name).is_file():
             near = difflib.get_close_matches(name, tm.all_tasks, n=4)
             hint = f" (similar: {', '.join(near)})" if near else ""
             raise ValueError(f"unknown lm-eval task {name!r}{hint}; list them with `python -m gkabench.lm_eval_bridge ls tasks`")
+        quiet = logging.getLogger("lm_eval")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # building tasks logs config defaults at WARNING; the run itself logs as usual
         try:
             loaded = tm.load([name])
         except Exception as exc:  # lm-eval / datasets raise many types; the user gets one line
             msg = " ".join(str(exc).split())[:300]
             ds = _dataset_of(tm, name)
-            what, copy = (f"dataset {ds}", f"DIR/{ds.split(' ')[0]}") if ds else ("its dataset", "DIR/<dataset path>")
-            missing = isinstance(exc, (ConnectionError, FileNotFoundError, OSError)) or any(m in msg.lower() for m in _MISSING_MARKERS)
-            if missing and ds and ds.split(" ")[0] in PACKAGED_BUILDERS:
+            if not (isinstance(exc, (ConnectionError, FileNotFoundError, OSError)) or any(m in msg.lower() for m in _MISSING_MARKERS)):
+                raise ValueError(f"lm-eval task {name}: could not be built: {type(exc).__name__}: {msg}") from None
+            if ds and ds.split(" ")[0] in PACKAGED_BUILDERS:
                 raise ValueError(f"lm-eval task {name}: its local data ({ds}) could not be read ({msg[:120]}); relative "
                                  "data_files resolve against the current folder, then the include path folders") from None
-            if missing:
-                where = f"{data_dir} has no copy of it and " if data_dir else ""
-                raise ValueError(
-                    f"lm-eval task {name}: {what} is not available offline ({where}it is not in the HF datasets "
-                    f"cache; HF_DATASETS_OFFLINE=1 is set); put a local copy in {copy} and pass --data DIR "
-                    f"(data_dir=DIR), or load it once where the hub is reachable so the cache has it"
-                ) from None
-            raise ValueError(f"lm-eval task {name}: could not be built: {type(exc).__name__}: {msg}") from None
+            missing.append((name, ds))
+            continue
+        finally:
+            quiet.setLevel(level)
         if loaded["groups"]:
             out.append(name)
         else:
             out.extend(loaded["tasks"].values())
+    if missing:
+        what = "; ".join(f"{n}: dataset {ds}" if ds else f"{n}: its dataset" for n, ds in missing)
+        copies = ", ".join(f"DIR/{ds.split(' ')[0]}" for _, ds in missing if ds) or "DIR/<dataset path>"
+        where = f"not in {data_dir} and " if data_dir else ""
+        raise ValueError(
+            f"lm-eval data missing offline ({what}): {where}not in the HF datasets cache (HF_DATASETS_OFFLINE=1 is set); "
+            f"put local copies in {copies} and pass --data DIR (data_dir=DIR), or load them once where the hub is "
+            f"reachable so the cache has them"
+        )
     return out
 
 
