@@ -197,6 +197,9 @@ def run_eval(cfg: EvalConfig, console=None) -> EvalResult:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for but no CUDA device is visible; drop --device or use --device cpu")
     name = cfg.name or model_name(cfg.model)
+    if cfg.data and not cfg.name:
+        # Real-data rows get their own file (and model label), so reports never average them with generated ones.
+        name = f"{name}@{Path(cfg.data).expanduser().resolve().name}"
     out_dir = Path(cfg.out)
     jsonl = out_dir / f"{name}.jsonl"
     reader = READERS.get(cfg.model)

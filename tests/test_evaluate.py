@@ -138,10 +138,9 @@ def test_eval_reference_readers(tmp_path):
     assert res.exit_code == 0, res.output
     rows = read_jsonl(out / "closed-book.jsonl")
     assert sum(r["score"] for r in rows) / len(rows) <= 0.1
-    res = _eval(["--task", "rag.nq,longqa", "--model", "oracle", "--lengths", "2k", "--n", "3", "--data", str(DATA),
-                 "--name", "oracle_real"], out, cache)  # fmt: skip
+    res = _eval(["--task", "rag.nq,longqa", "--model", "oracle", "--lengths", "2k", "--n", "3", "--data", str(DATA)], out, cache)
     assert res.exit_code == 0, res.output
-    rows = read_jsonl(out / "oracle_real.jsonl")
+    rows = read_jsonl(out / "oracle@longctx.jsonl")  # real-data rows in a file of their own
     assert len(rows) == 9 and all(r["score"] == 1.0 and r["source"] != "facts" for r in rows)
 
 
