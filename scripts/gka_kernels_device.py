@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -150,7 +149,6 @@ def flops_per_token_head(D, num_iter, C=64):
 
 
 def bench(args):
-    import triton
     from triton.testing import do_bench
 
     from gkabench.kernels.gka.chunk import chunk_gka
@@ -200,7 +198,6 @@ def bench(args):
             log(traceback.format_exc())
         log(json.dumps(row))
         rows.append(row)
-        del q, k, v, g, a, do, leaves
         torch.cuda.empty_cache()
     # per-launch times at T=8192 (where the time goes)
     stages = {}
@@ -210,20 +207,34 @@ def bench(args):
         from gkabench.kernels.gka.chunk_fwd import scan_fwd, solve_fwd
 
         T, B = 8192, TOK // 8192
-        q, k, v, g, a = (x.reshape(B * T, H, -1).squeeze(-1).contiguous() for x in make(B, T, H, D, D, torch.bfloat16, gen))
+        q, k, v, g, a = (
+            x.reshape(B * T, H, -1).squeeze(-1).contiguous() for x in make(B, T, H, D, D, torch.bfloat16, gen)
+        )
         do = torch.randn_like(v)
         idx = prepare_indices(list(range(0, B * T + 1, T)), q.device)
         sc = D**-0.5
         hs, us, _, _ = scan_fwd(k, v, g, None, idx)
-        o, x, n = solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc)
-        dq, da, y, beta, e, tau, sigma = solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc)
+        _, x, n = solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc)
+        _, _, y, beta, e, tau, sigma = solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc)
         dhs, dus, _, _ = scan_bwd(q, k, x, y, a, g, tau, sigma, hs, do, None, idx, scale=sc)
         stages["scan_fwd"] = do_bench(lambda: scan_fwd(k, v, g, None, idx), return_mode="median")
-        stages["solve_fwd"] = do_bench(lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc), return_mode="median")
-        stages["solve_fwd_r0"] = do_bench(lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=0, ridge=0.02, scale=sc), return_mode="median")
-        stages["solve_bwd"] = do_bench(lambda: solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc), return_mode="median")
-        stages["scan_bwd"] = do_bench(lambda: scan_bwd(q, k, x, y, a, g, tau, sigma, hs, do, None, idx, scale=sc), return_mode="median")
-        stages["grads_bwd"] = do_bench(lambda: grads_bwd(q, k, v, g, a, hs, x, y, beta, do, dhs, dus, e.clone(), idx, scale=sc), return_mode="median")
+        stages["solve_fwd"] = do_bench(
+            lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc), return_mode="median"
+        )
+        stages["solve_fwd_r0"] = do_bench(
+            lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=0, ridge=0.02, scale=sc), return_mode="median"
+        )
+        stages["solve_bwd"] = do_bench(
+            lambda: solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc),
+            return_mode="median",
+        )
+        stages["scan_bwd"] = do_bench(
+            lambda: scan_bwd(q, k, x, y, a, g, tau, sigma, hs, do, None, idx, scale=sc), return_mode="median"
+        )
+        stages["grads_bwd"] = do_bench(
+            lambda: grads_bwd(q, k, v, g, a, hs, x, y, beta, do, dhs, dus, e.clone(), idx, scale=sc),
+            return_mode="median",
+        )
         log("stages_ms_T8192", json.dumps(stages))
     except Exception:  # noqa: BLE001
         log(traceback.format_exc())
@@ -232,13 +243,20 @@ def bench(args):
     for Bd in (1, 64):
         try:
             q, k, v, g, a = make(Bd, 1, H, D, D, torch.bfloat16, gen)
-            st = (torch.zeros(Bd, H, D, D, device="cuda") + torch.eye(D, device="cuda"), torch.randn(Bd, H, D, D, device="cuda"))
-            dec[f"gka_decode_us_b{Bd}"] = 1e3 * do_bench(lambda: gka_decode(q, k, v, g, a, st, num_iter=R), return_mode="median")
+            st = (
+                torch.zeros(Bd, H, D, D, device="cuda") + torch.eye(D, device="cuda"),
+                torch.randn(Bd, H, D, D, device="cuda"),
+            )
+            dec[f"gka_decode_us_b{Bd}"] = 1e3 * do_bench(
+                lambda: gka_decode(q, k, v, g, a, st, num_iter=R), return_mode="median"
+            )
             if have_fla:
                 beta = torch.rand(Bd, 1, H, device="cuda").sigmoid().to(torch.bfloat16)
                 s0 = torch.randn(Bd, H, D, D, device="cuda")
                 dec[f"gdn_decode_us_b{Bd}"] = 1e3 * do_bench(
-                    lambda: fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta, initial_state=s0, output_final_state=True),
+                    lambda: fused_recurrent_gated_delta_rule(
+                        q, k, v, g, beta=beta, initial_state=s0, output_final_state=True
+                    ),
                     return_mode="median")  # fmt: skip
         except Exception:  # noqa: BLE001
             log(traceback.format_exc())
@@ -270,7 +288,6 @@ def bench(args):
             row["gdn_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         except Exception:  # noqa: BLE001
             log(traceback.format_exc())
-        del q, k, v, g, a, do, gl
         torch.cuda.empty_cache()
     for row in rows:
         fl = flops_per_token_head(D, R) * H * TOK
@@ -361,8 +378,12 @@ def main():
     # phase 1: low-precision accuracy (compiles the kernels the benchmark uses)
     lowp_cases = [
         ("bf16_r30", dict(B=2, T=200, H=3, D=128, DV=128, dtype=torch.bfloat16, num_iter=30)),
-        ("bf16_r30_varlen_state", dict(B=1, T=300, H=2, D=128, DV=64, dtype=torch.bfloat16, num_iter=30,
-                                       cu=[0, 50, 51, 177, 300], state=True)),
+        (
+            "bf16_r30_varlen_state",
+            dict(
+                B=1, T=300, H=2, D=128, DV=64, dtype=torch.bfloat16, num_iter=30, cu=[0, 50, 51, 177, 300], state=True
+            ),
+        ),
         ("bf16_r30_T512_fwd", dict(B=1, T=512, H=4, D=128, DV=128, dtype=torch.bfloat16, num_iter=30, grads=False)),
         ("bf16_r30_alpha1", dict(B=1, T=256, H=2, D=128, DV=128, dtype=torch.bfloat16, num_iter=30, alpha_one=True)),
     ]
@@ -381,8 +402,10 @@ def main():
         report(env, checks, rows, stages, dec, args)
     # phase 3: fp32 accuracy (slow to compile: full-fp32 dots without tensor cores), while the budget lasts
     fp32_cases = [
-        ("fp32_r80_varlen_state", dict(B=1, T=300, H=2, D=128, DV=64, dtype=torch.float32, num_iter=80,
-                                       cu=[0, 50, 51, 177, 300], state=True)),
+        (
+            "fp32_r80_varlen_state",
+            dict(B=1, T=300, H=2, D=128, DV=64, dtype=torch.float32, num_iter=80, cu=[0, 50, 51, 177, 300], state=True),
+        ),
         ("fp32_r30", dict(B=2, T=200, H=3, D=128, DV=128, dtype=torch.float32, num_iter=30)),
         ("fp32_r80_D64_Dv32_state", dict(B=2, T=150, H=2, D=64, DV=32, dtype=torch.float32, num_iter=80, state=True)),
     ]

@@ -122,12 +122,12 @@ def zero_keys(device="cpu", dtype=torch.float32):
 
 CPU_CASES = {
     "fp32_r80_state": dict(B=2, T=150, H=2, D=32, DV=16, dtype="float32", num_iter=80, state=True),
-    "fp32_r80_varlen_state": dict(B=1, T=150, H=2, D=32, DV=32, dtype="float32", num_iter=80, cu=[0, 0, 40, 41, 150],
-                                  state=True),  # fmt: skip
+    "fp32_r80_varlen_state": dict(
+        B=1, T=150, H=2, D=32, DV=32, dtype="float32", num_iter=80, cu=[0, 0, 40, 41, 150], state=True
+    ),
     "fp32_r30": dict(B=1, T=100, H=2, D=32, DV=32, dtype="float32", num_iter=30),
     # strong decay: log-decays around -3 per token, cumulative ~-200 inside a chunk (no overflow allowed)
-    "fp32_r80_strong_decay": dict(B=1, T=130, H=2, D=32, DV=16, dtype="float32", num_iter=80, g_shift=-3.0,
-                                  state=True),  # fmt: skip
+    "fp32_r80_strong_decay": dict(B=1, T=130, H=2, D=32, DV=16, dtype="float32", num_iter=80, g_shift=-3.0, state=True),
     # head dims that are not powers of two (padded tiles, masked loads)
     "fp32_r80_D24_Dv20": dict(B=1, T=70, H=1, D=24, DV=20, dtype="float32", num_iter=80, state=True),
     "fp16_r30": dict(B=1, T=130, H=2, D=32, DV=32, dtype="float16", num_iter=30),

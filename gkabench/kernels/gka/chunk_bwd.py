@@ -12,7 +12,8 @@ Per token, with x the forward solution, ``qt = q + alpha (x - q)`` and ``o = sca
 1. ``_solve_bwd_kernel`` (chunk, head): dqt, dalpha, dq, y, beta and the token-local part of dg.
 2. ``_scan_bwd_kernel`` (row tile, column tile, sequence x head): reverse scan over chunks of the state
    gradients ``dH_[c]``, ``dU_[c]`` (w.r.t. the chunk-initial states). The ``beta H_t`` part summed over a chunk is
-   ``sigma H_[c] + sum_i tau_i k_i k_i^T`` (``tau_i = sum_{j>=i} e^{2G_j - G_i} beta_j``, ``sigma = sum_j e^{2G_j} beta_j``).
+   ``sigma H_[c] + sum_i tau_i k_i k_i^T``, with ``tau_i = sum_{j>=i} e^{2G_j - G_i} beta_j`` and
+   ``sigma = sum_j e^{2G_j} beta_j``.
 3. ``_grads_u_kernel`` then ``_grads_h_kernel`` (chunk, head): dk, dv and the remaining part of dg (split in
    two so each fits the 227 KB of shared memory).
 
@@ -180,7 +181,8 @@ def _scan_bwd_kernel(q, k, xo, yo, alpha, g, tauo, sigmao, hs, do, dht, dut, dhs
     coff = tl.load(seq_info + i_n * 3 + 2)
     rk = i_k * BK + tl.arange(0, BK)
     if i_w < NWH:
-        _scan_bwd_dh(k, xo, yo, g, tauo, sigmao, hs, dht, dhs, dh0, bos, eos, coff, i_n, i_h, rk, H, D, C, BK, BW, i_w * BW,
+        _scan_bwd_dh(k, xo, yo, g, tauo, sigmao, hs, dht, dhs, dh0, bos, eos, coff, i_n, i_h, rk, H, D, C, BK, BW,
+                     i_w * BW,
                      HAS_DHT, PREC)  # fmt: skip
     else:
         _scan_bwd_du(q, xo, alpha, g, do, dut, dus, du0, scale, bos, eos, coff, i_n, i_h, rk, H, D, DV, C, BK, BW,
@@ -310,7 +312,7 @@ def solve_bwd(q, k, v, g, alpha, hs, us, x, n, do, idx, *, num_iter, ridge, scal
 def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64, BW=64):
     """Launch 2. Returns ``(dhs, dus, dh0, du0)``: gradients w.r.t. each chunk's final state (= the next chunk's
     initial state) ``[NT, H, D, D]`` / ``[NT, H, D, Dv]`` and w.r.t. the initial states ``[N, H, ...]``."""
-    TT, H, D = q.shape
+    _, H, D = q.shape
     DV = do.shape[-1]
     N, NT = idx.num_seqs, idx.num_chunks
     _, prec = dot_precision(q.dtype)
@@ -333,7 +335,7 @@ def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64
 
 def grads_bwd(q, k, v, g, alpha, hs, x, y, beta, do, dhs, dus, e, idx, *, scale):
     """Launch 3 (two kernels). Returns ``(dk, dv)``; completes ``e`` in place."""
-    TT, H, D = q.shape
+    _, H, D = q.shape
     DV = v.shape[-1]
     lowp, prec = dot_precision(q.dtype)
     dk = torch.empty_like(k)

@@ -3,7 +3,8 @@
 Two launches:
 
 1. ``_scan_fwd_kernel``: chunk-initial states ``H_[c]`` (``[NT, H, D, D]``) and ``U_[c]`` (``[NT, H, D, Dv]``),
-   accumulated in float32 (U stored in the input dtype for bf16/fp16), by a sequential scan over the chunks of each sequence, plus the final states. One program per
+   accumulated in float32 (U stored in the input dtype for bf16/fp16), by a sequential scan over the chunks of
+   each sequence, plus the final states. One program per
    (row tile, column tile, sequence x head); the H columns and the U columns are separate column tiles of the
    same launch.
 2. ``_solve_fwd_kernel``: one program per (chunk, head): closed-form norms, ``num_iter`` Chebyshev steps on-chip,
@@ -67,8 +68,9 @@ def _scan_fwd_kernel(k, v, g, h0_kk, h0_kv, hs, us, ht_kk, ht_kv, seq_info,
     coff = tl.load(seq_info + i_n * 3 + 2)
     rk = i_k * BK + tl.arange(0, BK)
     if i_w < NWH:
-        _scan_fwd_one(k, k, g, h0_kk, hs, ht_kk, bos, eos, coff, i_n, i_h, rk, i_w * BW, H, D, D, C, BK, BW, HAS_H0,
-                      PREC)
+        _scan_fwd_one(
+            k, k, g, h0_kk, hs, ht_kk, bos, eos, coff, i_n, i_h, rk, i_w * BW, H, D, D, C, BK, BW, HAS_H0, PREC
+        )
     else:
         _scan_fwd_one(k, v, g, h0_kv, us, ht_kv, bos, eos, coff, i_n, i_h, rk, (i_w - NWH) * BW, H, D, DV, C, BK, BW,
                       HAS_H0, PREC)  # fmt: skip
@@ -133,7 +135,7 @@ def num_warps_for(bd: int, lowp: bool) -> int:
 def scan_fwd(k, v, g, h0, idx, *, BK=64, BW=64):
     """Chunk-initial states (H float32; U in the input dtype for bf16/fp16 inputs, else float32) and final states
     (float32). Returns ``(hs [NT,H,D,D], us [NT,H,D,Dv], ht_kk, ht_kv)``."""
-    TT, H, D = k.shape
+    _, H, D = k.shape
     DV = v.shape[-1]
     N, NT = idx.num_seqs, idx.num_chunks
     lowp, prec = dot_precision(k.dtype)

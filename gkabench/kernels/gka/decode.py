@@ -91,9 +91,7 @@ def gka_decode(
         raise ValueError(f"gka_decode: unknown backend {backend!r}; choose auto, triton or reference")
     if state is None:
         raise ValueError("gka_decode: a state (h_kk, h_kv) is required; start from zeros for an empty cache")
-    shapes = validate_inputs(
-        q, k, v, g, alpha, num_iter=num_iter, ridge=ridge, initial_state=state, cu_seqlens=None
-    )
+    shapes = validate_inputs(q, k, v, g, alpha, num_iter=num_iter, ridge=ridge, initial_state=state, cu_seqlens=None)
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float64)
     if not use_triton:
         o, new_state = gka_reference(

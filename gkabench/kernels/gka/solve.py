@@ -161,8 +161,6 @@ def load_tile(ptr, row0, nrows, ncols, stride_r, stride_c, BR: tl.constexpr, BC:
     return tl.load(p, mask=(r < nrows)[:, None] & (c < ncols)[None, :], other=0.0)
 
 
-
-
 @triton.jit
 def load_rows(ptr, t, tmask, stride_t, off, d, dmask):
     """``[C, BD]`` float tile: rows are tokens ``t`` (row stride ``stride_t``), columns ``d`` from ``off``."""
