@@ -16,7 +16,8 @@ Reads (each folder optional, unknown fields ignored, unreadable lines skipped):
 
 Writes to ``results/report/`` (every file atomically): ``report.md`` (all tables), ``eval.csv`` (long format:
 one row per model x task x length, with the baseline's value and the absolute / relative differences; category
-averages as task ``avg``), ``speed.csv``, ``mqar.csv``, and ``<task>.png`` per long-context task (score vs
+averages as task ``avg``), ``eval_cost.csv`` (seconds and peak memory per model and length, from ``gkabench
+eval``'s rows), ``speed.csv``, ``mqar.csv``, and ``<task>.png`` per long-context task (score vs
 length, one line per model, one panel per flavour plus the average).
 
 Category averages as the GKA paper computes them: RAG = mean of NQ, TriviaQA, PopQA, HotpotQA (HELMET SubEM) per
@@ -161,6 +162,27 @@ def read_eval(folder: Path) -> list[Score]:
     for (model, task, flavour, length, metric, filt), v in last.items():
         out.append(Score(model, v["mixer"], task, flavour, length, metric, v["value"], filt, v["n"]))
     return out
+
+
+def read_eval_cost(folder: Path) -> list[dict]:
+    """Time and peak memory per (model, length) from per-example long-context rows (``time_s``,
+    ``peak_mem_gib``, ``input_tokens``): mean seconds per example, max peak GiB, mean input tokens."""
+    acc: dict[tuple, dict] = {}
+    for path in _jsonl_files(folder):
+        for r in _read_jsonl(path):
+            task, _ = _split_task(r.get("task") or "", r.get("flavour"))
+            length = parse_length(r.get("length", r.get("seq_len")))
+            if task not in LONG_TASKS or length is None or not isinstance(r.get("time_s"), (int, float)):
+                continue
+            a = acc.setdefault((str(r.get("model") or path.stem), length), {"time": [], "peak": [], "tokens": []})
+            a["time"].append(float(r["time_s"]))
+            if isinstance(r.get("peak_mem_gib"), (int, float)):
+                a["peak"].append(float(r["peak_mem_gib"]))
+            if isinstance(r.get("input_tokens"), (int, float)):
+                a["tokens"].append(float(r["input_tokens"]))
+    return [{"model": m, "length": L, "examples": len(a["time"]), "time_s_mean": _mean(a["time"]),
+             "peak_mem_gib_max": max(a["peak"]) if a["peak"] else None, "input_tokens_mean": _mean(a["tokens"])}
+            for (m, L), a in acc.items()]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- the tables
@@ -423,7 +445,8 @@ def _label(model: str, mixers: dict[str, str | None]) -> str:
     return f"{model} ({mx})" if mx and mx != model else model
 
 
-def markdown(tables: list[Table], baseline: str | None, mixers: dict, speed: list[dict], mqar: list[dict], results: Path, note: str | None) -> str:
+def markdown(tables: list[Table], baseline: str | None, mixers: dict, speed: list[dict], mqar: list[dict], results: Path,
+             note: str | None, cost: list[dict] | None = None) -> str:
     lines = ["# gkabench report", "", f"From everything under `{results}/`. Scores in percent."]
     if baseline:
         lines.append(f"Baseline for differences: **{baseline}**; difference cells: absolute points (relative %), "
@@ -454,6 +477,18 @@ def markdown(tables: list[Table], baseline: str | None, mixers: dict, speed: lis
         if any(not c.complete for cells in t.rows.values() for c in cells.values()):
             lines.append("- `*`: average over fewer parts than the paper's (some scores missing)")
         lines.append("")
+    if cost:
+        lengths = sorted({c["length"] for c in cost})
+        body = []
+        for m in dict.fromkeys(c["model"] for c in cost):
+            cells = [_label(m, mixers)]
+            for L in lengths:
+                c = next((c for c in cost if c["model"] == m and c["length"] == L), None)
+                peak = "" if c is None or c["peak_mem_gib_max"] is None else f" / {c['peak_mem_gib_max']:.2f} GiB"
+                cells.append("-" if c is None else f"{c['time_s_mean']:.3g} s{peak}")
+            body.append(cells)
+        lines += ["## Long-context cost per length (mean seconds per example / peak GPU memory)", ""]
+        lines += _md_table(["model"] + [fmt_len(L) for L in lengths], body) + [""]
     if speed:
         lines += ["## Speed (tokens/s; decode: tokens/s over the batch)", ""]
         for title, cols, body in speed_tables(speed):
@@ -574,6 +609,7 @@ def make_report(results: str | os.PathLike = "results", out: str | os.PathLike |
     scores = read_eval(results / "eval")
     speed = read_speed(results / "speed")
     mqar = read_mqar(results / "mqar")
+    cost = read_eval_cost(results / "eval")
     mixers = {}
     for s in scores:
         if s.mixer and not mixers.get(s.model):
@@ -587,7 +623,7 @@ def make_report(results: str | os.PathLike = "results", out: str | os.PathLike |
     apply_baseline(tables, base)
     paths = []
     md = out / "report.md"
-    write_text_atomic(md, markdown(tables, base, mixers, speed, mqar, results, note) + "\n")
+    write_text_atomic(md, markdown(tables, base, mixers, speed, mqar, results, note, cost) + "\n")
     paths.append(md)
     if tables:
         cols = ["model", "mixer", "category", "task", "flavour", "length", "metric", "value", "parts", "complete", "baseline_value", "abs_diff", "rel_diff_pct"]
@@ -596,6 +632,9 @@ def make_report(results: str | os.PathLike = "results", out: str | os.PathLike |
             if t.key in LONG_TASKS and t.rows:
                 plot_long_task(out / f"{t.key}.png", t, mixers)
                 paths.append(out / f"{t.key}.png")
+    if cost:
+        cols = ["model", "length", "examples", "time_s_mean", "peak_mem_gib_max", "input_tokens_mean"]
+        paths.append(write_text_atomic(out / "eval_cost.csv", write_csv_rows(cols, cost)))
     if speed:
         cols = ["device", "preset", "dtype", "level", "mode", "mixer", "decode_batch", "T", "tokens_per_s", "us_per_step", "source"]
         paths.append(write_text_atomic(out / "speed.csv", write_csv_rows(cols, speed)))

@@ -83,7 +83,7 @@ def test_report_tables_and_relative_differences(results, tmp_path):
     out = tmp_path / "report"
     res = make_report(results, out, baseline="gated_deltanet")  # a mixer name -> its one model
     assert res.baseline == "gdn_s"
-    for name in ("report.md", "eval.csv", "rag.png", "longqa.png", "speed.csv", "mqar.csv"):
+    for name in ("report.md", "eval.csv", "eval_cost.csv", "rag.png", "longqa.png", "speed.csv", "mqar.csv"):
         assert (out / name).stat().st_size > 0, name
     assert not list(out.glob(".*.tmp"))
     rows = _csv(out / "eval.csv")
@@ -104,6 +104,9 @@ def test_report_tables_and_relative_differences(results, tmp_path):
     assert "5.9M" in md and "17.8M" in md and "192k" in md  # speed: fwd tokens/s and decode 64 / 333 us
     assert "0.900 (0.01)" in md and "0.990 (0.001)" in md  # MQAR: best over lrs
     assert [r["mixer"] for r in _csv(out / "speed.csv")].count("gka") == 3  # the OOM cell is not a speed
+    cost = {(r["model"], r["length"]): r for r in _csv(out / "eval_cost.csv")}
+    assert float(cost[("gka_s", "8192")]["time_s_mean"]) == pytest.approx(0.1) and cost[("gka_s", "8192")]["examples"] == "400"
+    assert "Long-context cost per length" in md
 
 
 def test_relative_diff_math():
