@@ -8,7 +8,9 @@ All helpers work on one chunk of ``C`` tokens of one head, held on-chip:
   only then rounded to float32 for ``exp``.
 * ``decay_lower(G)``: ``M[j, i] = exp(G_j - G_i)`` for ``i <= j`` else 0 (``[C, C]``, float32).
 * ``chunk_norms``: ``||H_t||_F`` for every token of the chunk in closed form, from the chunk-initial state.
-* ``apply_a`` / ``chebyshev``: ``(H_t + lam_t I) x`` for all C tokens at once, and the r-step Chebyshev solve.
+* ``solve_operands`` / ``apply_h`` / ``chebyshev``: the normalised operands ``H0 / ||H0||`` and keys in the dot
+  dtype, ``H_t x`` for all C tokens at once, and the r-step Chebyshev solve of ``(H_t + lam_t I) x = rhs``.
+* ``beta_suffix``: the suffix sums of the backward's ``beta_t H_t`` term; ``load_tile``: masked tile loads.
 
 Row ``j`` of an ``[C, D]`` tile is token ``j`` of the chunk. ``H_t`` is never formed:
 ``H_t x = exp(G_j) H0 x + sum_{i<=j} exp(G_j - G_i) k_i (k_i . x)``.
