@@ -280,12 +280,14 @@ class GKABenchLM(TemplateLM):
     model_args: ``pretrained`` (dir), ``tokenizer`` (file/dir; default the checkpoint's, or bytes),
     ``device``, ``batch_size``, ``max_length`` (left-truncation limit; default none for gkabench models),
     ``dtype`` (float32, bfloat16...), ``backend`` (gkabench mixer backend: auto, reference, triton),
-    ``add_bos_token``, ``max_gen_toks``.
+    ``add_bos_token``, ``max_gen_toks``, ``prefill_chunk`` (gkabench models: generation prompts longer than this
+    are prefilled that many tokens at a time through the cache, bounding activation memory at long lengths).
     """
 
     def __init__(self, pretrained: str, tokenizer: str | None = None, device: str | None = None, batch_size: int | str = 1,
                  max_batch_size: int | None = None, max_length: int | None = None, dtype: str | None = None,
-                 backend: str | None = None, add_bos_token: bool | None = None, max_gen_toks: int = 256, **kwargs):  # fmt: skip
+                 backend: str | None = None, add_bos_token: bool | None = None, max_gen_toks: int = 256,
+                 prefill_chunk: int | None = None, **kwargs):  # fmt: skip
         super().__init__()
         if kwargs:
             raise ValueError(f"gkabench LM: unknown model_args {', '.join(sorted(kwargs))}; see gkabench.lm_eval_bridge.GKABenchLM")
@@ -298,6 +300,9 @@ class GKABenchLM(TemplateLM):
         self._max_length = int(limit) if limit else None
         self.add_bos_token = bool(_bool(add_bos_token))
         self.max_gen_toks = int(max_gen_toks)
+        # gkabench models: prompts longer than this are prefilled chunk by chunk through the recurrent cache
+        self.prefill_chunk = int(prefill_chunk) if prefill_chunk else None
+        self.recurrent_cache = getattr(self.config, "model_type", None) == "gkabench"
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
 
     # -- tokens
@@ -423,10 +428,13 @@ class GKABenchLM(TemplateLM):
                 for r, i in enumerate(chunk):
                     ids[r, width - len(enc[i]) :] = torch.tensor(enc[i], dtype=torch.long)
                     mask[r, width - len(enc[i]) :] = 1
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                if self.prefill_chunk and self.recurrent_cache and width > self.prefill_chunk:
+                    gen_kw["cache"] = self._prefill(ids, mask)  # all but the last prompt token; generate takes it from there
                 gen = self.model.generate(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new,
-                    do_sample=do_sample, pad_token_id=self.pad_id, eos_token_id=self.eot_token_id,
-                    stop_strings=until or None, tokenizer=self.tokenizer, **gen_kw,
+                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=do_sample,
+                    pad_token_id=self.pad_id, eos_token_id=self.eot_token_id, stop_strings=until or None,
+                    tokenizer=self.tokenizer, **gen_kw,
                 )  # fmt: skip
                 for r, i in enumerate(chunk):
                     text = self.tok_decode(gen[r, width:].tolist())
@@ -438,6 +446,14 @@ class GKABenchLM(TemplateLM):
                     pbar.update(1)
         pbar.close()
         return out
+
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor):
+        """The model's cache after ``ids[:, :-1]``, fed ``prefill_chunk`` tokens at a time."""
+        cache, end = None, ids.shape[1] - 1
+        for s in range(0, end, self.prefill_chunk):
+            e = min(end, s + self.prefill_chunk)
+            cache = self.model(input_ids=ids[:, s:e], attention_mask=mask[:, :e], cache=cache, use_cache=True, logits_to_keep=1).cache
+        return cache
 
     def get_model_info(self) -> dict:
         return {"model_num_parameters": sum(p.numel() for p in self.model.parameters()), "model_dtype": str(self.model.dtype)}

@@ -84,6 +84,8 @@ def test_gkabench_lm_padding_invariant(ckpt):
     lm.batch_size = 3
     g3 = lm.generate_until(gen, disable_tqdm=True)
     assert g1 == g3 and all("\n" not in g for g in g1)
+    lm.prefill_chunk = 5  # prompts prefilled 5 tokens at a time through the recurrent cache: same answers
+    assert lm.generate_until(gen, disable_tqdm=True) == g3
 
 
 def test_hf_model_path_matches_gkabench_lm(ckpt):
