@@ -21,7 +21,7 @@ import warnings
 def _register_hf_auto() -> None:
     try:
         from . import models  # noqa: F401  (its import calls register_auto())
-    except Exception as exc:  # never break someone else's import; say why the registration is missing
+    except Exception as exc:  # noqa: BLE001  (never break someone else's import; say why the registration is missing)
         warnings.warn(f"gkabench: AutoConfig/AutoModelForCausalLM registration failed ({exc}); call "
                       "gkabench.models.register_auto() after importing transformers", stacklevel=2)  # fmt: skip
 
@@ -33,7 +33,7 @@ def _register_lm_eval() -> None:
 
         if "gkabench" not in model_registry:
             model_registry.register("gkabench", target="gkabench.lm_eval_bridge:GKABenchLM")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         warnings.warn(f"gkabench: lm-eval model registration failed ({exc})", stacklevel=2)
 
 
@@ -64,7 +64,10 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 def _install() -> None:
     pending = {}
-    for module, callback in (("transformers.models.auto", _register_hf_auto), ("lm_eval.api.registry", _register_lm_eval)):
+    for module, callback in (
+        ("transformers.models.auto", _register_hf_auto),
+        ("lm_eval.api.registry", _register_lm_eval),
+    ):
         if module in sys.modules:
             callback()
         else:

@@ -49,7 +49,9 @@ from lm_eval.api.model import TemplateLM
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks" / "lm_eval"
 
-from .report import PAPER_SHORT_TASKS as PAPER_TASKS  # the paper's 10 short-context tasks -> the metric it reports
+from .report import PAPER_SHORT_TASKS
+
+PAPER_TASKS = PAPER_SHORT_TASKS  # the paper's 10 short-context tasks -> the metric it reports
 
 # Where lm-eval keeps them (indexing only these folders instead of all ~10^4 task files saves ~10 s).
 PAPER_TASK_FOLDERS: dict[str, str] = {
@@ -69,7 +71,10 @@ def hf_offline() -> Iterator[None]:
     patched = []
     for k in OFFLINE_ENV:
         os.environ[k] = "1"
-    for mod, attrs in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)), ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))):
+    for mod, attrs in (
+        ("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+        ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")),
+    ):
         m = sys.modules.get(mod)
         for a in attrs if m is not None else ():
             if hasattr(m, a):
@@ -180,7 +185,7 @@ def _dataset_of(tm, name: str) -> str | None:
             from lm_eval.tasks._yaml_loader import load_yaml
 
             cfg = load_yaml(entry.yaml_path, resolve_func=True)
-        except Exception:
+        except Exception:  # noqa: BLE001  (only used to name the dataset in a message)
             return None
     cls = cfg.get("class")
     path = getattr(cls, "DATASET_PATH", None) if cls is not None else cfg.get("dataset_path")
@@ -204,20 +209,27 @@ def load_tasks(tm, names: list[str], data_dir=None) -> list:
         if tm.task_index.get(name) is None and not Path(name).is_file():
             near = difflib.get_close_matches(name, tm.all_tasks, n=4)
             hint = f" (similar: {', '.join(near)})" if near else ""
-            raise ValueError(f"unknown lm-eval task {name!r}{hint}; list them with `python -m gkabench.lm_eval_bridge ls tasks`")
+            raise ValueError(
+                f"unknown lm-eval task {name!r}{hint}; list them with `python -m gkabench.lm_eval_bridge ls tasks`"
+            )
         quiet = logging.getLogger("lm_eval")
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # building tasks logs config defaults at WARNING; the run itself logs as usual
         try:
             loaded = tm.load([name])
-        except Exception as exc:  # lm-eval / datasets raise many types; the user gets one line
+        except Exception as exc:  # noqa: BLE001  (lm-eval / datasets raise many types; the user gets one line)
             msg = " ".join(str(exc).split())[:300]
             ds = _dataset_of(tm, name)
-            if not (isinstance(exc, (ConnectionError, FileNotFoundError, OSError)) or any(m in msg.lower() for m in _MISSING_MARKERS)):
+            if not (
+                isinstance(exc, (ConnectionError, FileNotFoundError, OSError))
+                or any(m in msg.lower() for m in _MISSING_MARKERS)
+            ):
                 raise ValueError(f"lm-eval task {name}: could not be built: {type(exc).__name__}: {msg}") from None
             if ds and ds.split(" ")[0] in PACKAGED_BUILDERS:
-                raise ValueError(f"lm-eval task {name}: its local data ({ds}) could not be read ({msg[:120]}); relative "
-                                 "data_files resolve against the current folder, then the include path folders") from None
+                raise ValueError(
+                    f"lm-eval task {name}: its local data ({ds}) could not be read ({msg[:120]}); relative "
+                    "data_files resolve against the current folder, then the include path folders"
+                ) from None
             missing.append((name, ds))
             continue
         finally:
@@ -250,18 +262,21 @@ def load_model_and_tokenizer(pretrained: str, tokenizer=None, device=None, dtype
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from . import models  # noqa: F401  (registers model_type "gkabench" with the Auto* classes)
-
     from .env import default_device
     from .tokenizers import BYTE_VOCAB_SIZE, load_tokenizer
 
     d = Path(pretrained)
     if not (d / "config.json").is_file():
-        raise ValueError(f"{pretrained} is not a model directory (no config.json); pass a gkabench checkpoint dir or a local HF causal LM dir")
+        raise ValueError(
+            f"{pretrained} is not a model directory (no config.json); pass a gkabench checkpoint dir or a local HF causal LM dir"
+        )
     dev = torch.device(device) if device else default_device()
     config = AutoConfig.from_pretrained(str(d), local_files_only=True)
     if backend and getattr(config, "model_type", None) == "gkabench":
         config.backend = backend
-    kwargs = {"dtype": getattr(torch, dtype) if isinstance(dtype, str) and dtype not in ("auto",) else (dtype or "auto")}
+    kwargs = {
+        "dtype": getattr(torch, dtype) if isinstance(dtype, str) and dtype not in ("auto",) else (dtype or "auto")
+    }
     model = AutoModelForCausalLM.from_pretrained(str(d), config=config, local_files_only=True, **kwargs)
     model.to(dev).eval()
     has_tok = any((d / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
@@ -270,7 +285,9 @@ def load_model_and_tokenizer(pretrained: str, tokenizer=None, device=None, dtype
     elif getattr(config, "vocab_size", None) == BYTE_VOCAB_SIZE:
         tok = load_tokenizer(None)
     else:
-        raise ValueError(f"{pretrained} has no tokenizer files and vocab {config.vocab_size} is not the byte tokenizer's; pass tokenizer=PATH")
+        raise ValueError(
+            f"{pretrained} has no tokenizer files and vocab {config.vocab_size} is not the byte tokenizer's; pass tokenizer=PATH"
+        )
     return model, tok, dev
 
 
@@ -290,13 +307,21 @@ class GKABenchLM(TemplateLM):
                  prefill_chunk: int | None = None, **kwargs):  # fmt: skip
         super().__init__()
         if kwargs:
-            raise ValueError(f"gkabench LM: unknown model_args {', '.join(sorted(kwargs))}; see gkabench.lm_eval_bridge.GKABenchLM")
-        self.model, self.tokenizer, self._device = load_model_and_tokenizer(str(pretrained), tokenizer, device, dtype, backend)
+            raise ValueError(
+                f"gkabench LM: unknown model_args {', '.join(sorted(kwargs))}; see gkabench.lm_eval_bridge.GKABenchLM"
+            )
+        self.model, self.tokenizer, self._device = load_model_and_tokenizer(
+            str(pretrained), tokenizer, device, dtype, backend
+        )
         self.pretrained = str(pretrained)
         bs = str(batch_size)
         self.batch_size = 1 if bs.startswith("auto") else int(bs)  # no auto search: lengths vary too much for it
         self.config = self.model.config
-        limit = max_length or getattr(self.config, "max_position_embeddings", None) or getattr(self.config, "n_positions", None)
+        limit = (
+            max_length
+            or getattr(self.config, "max_position_embeddings", None)
+            or getattr(self.config, "n_positions", None)
+        )
         self._max_length = int(limit) if limit else None
         self.add_bos_token = bool(_bool(add_bos_token))
         self.max_gen_toks = int(max_gen_toks)
@@ -323,9 +348,13 @@ class GKABenchLM(TemplateLM):
     def max_length(self) -> int | None:
         return self._max_length
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs) -> list[int]:
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs
+    ) -> list[int]:
         ids = self.tokenizer.encode(string, add_special_tokens=False)
-        if (self.add_bos_token if add_special_tokens is None else add_special_tokens) and self.tokenizer.bos_token_id is not None:
+        if (
+            self.add_bos_token if add_special_tokens is None else add_special_tokens
+        ) and self.tokenizer.bos_token_id is not None:
             ids = [self.tokenizer.bos_token_id, *ids]
         return ids[-left_truncate_len:] if left_truncate_len else ids
 
@@ -430,7 +459,9 @@ class GKABenchLM(TemplateLM):
                     mask[r, width - len(enc[i]) :] = 1
                 ids, mask = ids.to(self.device), mask.to(self.device)
                 if self.prefill_chunk and self.recurrent_cache and width > self.prefill_chunk:
-                    gen_kw["cache"] = self._prefill(ids, mask)  # all but the last prompt token; generate takes it from there
+                    gen_kw["cache"] = self._prefill(
+                        ids, mask
+                    )  # all but the last prompt token; generate takes it from there
                 gen = self.model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=do_sample,
                     pad_token_id=self.pad_id, eos_token_id=self.eot_token_id, stop_strings=until or None,
@@ -452,11 +483,16 @@ class GKABenchLM(TemplateLM):
         cache, end = None, ids.shape[1] - 1
         for s in range(0, end, self.prefill_chunk):
             e = min(end, s + self.prefill_chunk)
-            cache = self.model(input_ids=ids[:, s:e], attention_mask=mask[:, :e], cache=cache, use_cache=True, logits_to_keep=1).cache
+            cache = self.model(
+                input_ids=ids[:, s:e], attention_mask=mask[:, :e], cache=cache, use_cache=True, logits_to_keep=1
+            ).cache
         return cache
 
     def get_model_info(self) -> dict:
-        return {"model_num_parameters": sum(p.numel() for p in self.model.parameters()), "model_dtype": str(self.model.dtype)}
+        return {
+            "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "model_dtype": str(self.model.dtype),
+        }
 
 
 # -------------------------------------------------------------------------------------------- run + rows
@@ -487,7 +523,12 @@ def result_rows(results: dict, *, model: str, mixer: str | None, model_dir: str,
         n = ((results.get("n-samples") or {}).get(task) or {}).get("effective")
         shots = (results.get("n-shot") or {}).get(task)
         for key, value in metrics.items():
-            if key in ("alias", "sample_len") or key.startswith("sample_len,") or "_stderr," in key or not isinstance(value, (int, float)):
+            if (
+                key in ("alias", "sample_len")
+                or key.startswith("sample_len,")
+                or "_stderr," in key
+                or not isinstance(value, (int, float))
+            ):
                 continue
             metric, _, filt = key.partition(",")
             stderr = metrics.get(f"{metric}_stderr,{filt}")
@@ -514,13 +555,19 @@ def run_lm_eval(model_dir: str, tasks: list[str], data_dir: str | None = None, l
     from .env import default_device, environment
     from .io import append_jsonl
 
-    tasks = [t.strip().removeprefix("lm-eval:") for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t and t.strip()]
+    tasks = [
+        t.strip().removeprefix("lm-eval:")
+        for t in (tasks.split(",") if isinstance(tasks, str) else tasks)
+        if t and t.strip()
+    ]
     if not tasks:
         raise ValueError("no lm-eval tasks given; pass e.g. --task lm-eval:arc_easy,piqa")
     if not (Path(model_dir) / "config.json").is_file():
         raise ValueError(f"{model_dir} is not a model directory (no config.json); pass a gkabench checkpoint dir")
     if data_dir is not None and not Path(data_dir).is_dir():
-        raise ValueError(f"--data {data_dir} is not a folder; pass a folder holding local dataset copies (DIR/<dataset path>)")
+        raise ValueError(
+            f"--data {data_dir} is not a folder; pass a folder holding local dataset copies (DIR/<dataset path>)"
+        )
     dev = str(torch.device(device) if device else default_device())
     folders = include_paths(include_path)
     t0 = time.perf_counter()
@@ -543,7 +590,9 @@ def run_lm_eval(model_dir: str, tasks: list[str], data_dir: str | None = None, l
         )  # fmt: skip
     elapsed = time.perf_counter() - t0
     mname = name or model_name(model_dir)
-    rows = result_rows(results, model=mname, mixer=mixer_label(config), model_dir=str(model_dir), limit=limit, env=environment(dev))
+    rows = result_rows(
+        results, model=mname, mixer=mixer_label(config), model_dir=str(model_dir), limit=limit, env=environment(dev)
+    )
     for r in rows:
         r["elapsed_s"] = round(elapsed, 3)
         if write:
@@ -559,8 +608,9 @@ def run_lm_eval(model_dir: str, tasks: list[str], data_dir: str | None = None, l
 def main(argv: list[str] | None = None) -> None:
     """``python -m gkabench.lm_eval_bridge <lm_eval arguments>``: lm-eval's CLI with gkabench registered,
     ``gkabench/tasks/lm_eval`` on the include path, and relative ``data_files`` resolved against it."""
-    import gkabench  # noqa: F401
     from lm_eval.__main__ import cli_evaluate
+
+    import gkabench  # noqa: F401
 
     argv = list(sys.argv[1:] if argv is None else argv)
     folders = include_paths(None)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -141,13 +142,15 @@ def read_eval(folder: Path) -> list[Score]:
                 continue
             metric = str(r.get("metric") or "score")
             value = r.get("value", r.get("score", r.get(metric)))
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
                 continue
             task, flavour = _split_task(r["task"], r.get("flavour") or r.get("subtask"))
             length = parse_length(r.get("length", r.get("seq_len", r.get("target_length"))))
             model = str(r.get("model") or path.stem)
             key = (model, task, flavour, length, metric, r.get("filter"))
-            mixer = r.get("mixer") or (",".join(map(str, r["mixers"])) if isinstance(r.get("mixers"), list) and r["mixers"] else None)
+            mixer = r.get("mixer") or (
+                ",".join(map(str, r["mixers"])) if isinstance(r.get("mixers"), list) and r["mixers"] else None
+            )
             meta = {"mixer": mixer, "n": r.get("n")}
             pct = float(value) * (1.0 if float(value) > 1.0 else 100.0)
             if "index" in r:  # one example (gkabench eval's rows): the last row per example counts
@@ -283,7 +286,11 @@ def build_tables(scores: list[Score]) -> list[Table]:
         cols = [(f"{SHORT_LABELS[t]} ({PAPER_SHORT_TASKS[t]})", t, None) for t in tasks] + [("avg", "avg", None)]
         t = Table("short", "Short-context lm-eval tasks (the paper's 10; metric per task as in its table)", cols)
         for m in models:
-            cells = {i: Cell(short[(m, task)].value, metric=short[(m, task)].metric) for i, (_, task, _) in enumerate(cols) if (m, task) in short}
+            cells = {
+                i: Cell(short[(m, task)].value, metric=short[(m, task)].metric)
+                for i, (_, task, _) in enumerate(cols)
+                if (m, task) in short
+            }
             if cells:
                 parts = [c.value for c in cells.values()]
                 cells[len(cols) - 1] = Cell(_mean(parts), len(parts), len(parts) == len(PAPER_SHORT_TASKS))
@@ -301,7 +308,11 @@ def build_tables(scores: list[Score]) -> list[Table]:
         t = Table("other", "Other scores", cols)
         index = {(s.model, f"{s.task}|{s.flavour}|{s.metric}", s.length): s for s in other}
         for m in models:
-            cells = {i: Cell(index[(m, c[1], c[2])].value, metric=index[(m, c[1], c[2])].metric) for i, c in enumerate(cols) if (m, c[1], c[2]) in index}
+            cells = {
+                i: Cell(index[(m, c[1], c[2])].value, metric=index[(m, c[1], c[2])].metric)
+                for i, c in enumerate(cols)
+                if (m, c[1], c[2]) in index
+            }
             if cells:
                 t.rows[m] = cells
         tables.append(t)
@@ -320,7 +331,9 @@ def resolve_baseline(scores: list[Score], baseline: str | None, strict: bool = T
     if len(by_mixer) == 1:
         return by_mixer[0]
     if len(by_mixer) > 1:
-        raise ValueError(f"baseline {baseline!r} is the mixer of several models ({', '.join(by_mixer)}); pass --baseline MODEL with one of them")
+        raise ValueError(
+            f"baseline {baseline!r} is the mixer of several models ({', '.join(by_mixer)}); pass --baseline MODEL with one of them"
+        )
     if strict:
         mixers = sorted({s.mixer for s in scores if s.mixer})
         raise ValueError(f"baseline {baseline!r} is not a model or mixer in the eval results (models: {', '.join(models)}"
@@ -350,7 +363,16 @@ def read_speed(folder: Path) -> list[dict]:
             if tps is None:
                 continue
             dev = (r.get("env") or {}).get("device") or r.get("device") or "?"
-            key = (dev, r.get("preset"), r.get("dtype"), r.get("level"), r.get("mode"), r["mixer"], int(r["T"]), r.get("decode_batch"))
+            key = (
+                dev,
+                r.get("preset"),
+                r.get("dtype"),
+                r.get("level"),
+                r.get("mode"),
+                r["mixer"],
+                int(r["T"]),
+                r.get("decode_batch"),
+            )
             last[key] = {"device": dev, "preset": r.get("preset"), "dtype": r.get("dtype"), "level": r.get("level"),
                          "mode": r.get("mode"), "mixer": r["mixer"], "T": int(r["T"]), "decode_batch": r.get("decode_batch"),
                          "tokens_per_s": float(tps), "us_per_step": r.get("us_per_step"), "source": path.name}  # fmt: skip
@@ -384,7 +406,11 @@ def speed_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]
     out = []
     groups = list(dict.fromkeys((r["device"], r["preset"], r["dtype"], r["level"], r["mode"]) for r in rows))
     for dev, preset, dtype, level, mode in groups:
-        sel = [r for r in rows if (r["device"], r["preset"], r["dtype"], r["level"], r["mode"]) == (dev, preset, dtype, level, mode)]
+        sel = [
+            r
+            for r in rows
+            if (r["device"], r["preset"], r["dtype"], r["level"], r["mode"]) == (dev, preset, dtype, level, mode)
+        ]
         lengths = sorted({r["T"] for r in sel})
         series = list(dict.fromkeys((r["mixer"], r["decode_batch"]) for r in sel))
         body = []
@@ -408,16 +434,36 @@ def mqar_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]
         for mixer in dict.fromkeys(r["mixer"] for r in sel):
             cells = [mixer]
             for T, P, d in cols:
-                r = next((r for r in sel if r["mixer"] == mixer and (r["seq_len"] or 0, r["num_pairs"] or 0, r["dim"] or 0) == (T, P, d)), None)
-                cells.append((f"{r['accuracy']:.3f}" + (f" ({r['lr']:g})" if isinstance(r.get("lr"), (int, float)) else "")) if r else "-")
+                r = next(
+                    (
+                        r
+                        for r in sel
+                        if r["mixer"] == mixer and (r["seq_len"] or 0, r["num_pairs"] or 0, r["dim"] or 0) == (T, P, d)
+                    ),
+                    None,
+                )
+                cells.append(
+                    (f"{r['accuracy']:.3f}" + (f" ({r['lr']:g})" if isinstance(r.get("lr"), (int, float)) else ""))
+                    if r
+                    else "-"
+                )
             body.append(cells)
-        out.append((f"MQAR best accuracy over learning rates ({sweep}; in parentheses: that lr)", ["mixer"] + [f"T{T} P{P} d{d}" for T, P, d in cols], body))
+        out.append(
+            (
+                f"MQAR best accuracy over learning rates ({sweep}; in parentheses: that lr)",
+                ["mixer"] + [f"T{T} P{P} d{d}" for T, P, d in cols],
+                body,
+            )
+        )
     return out
 
 
 # ------------------------------------------------------------------------------------------------- writing
 def _md_table(columns: list[str], body: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|",
+    ]
     return lines + ["| " + " | ".join(r) + " |" for r in body]
 
 
@@ -437,7 +483,11 @@ def _diff_text(c: Cell | None) -> str:
     if c is None or c.value is None or c.base is None:
         return "-"
     rel = c.rel_diff
-    return f"{_num(c.abs_diff, '.2f', True)} ({_num(rel, '.1f', True)}%)" if rel is not None else _num(c.abs_diff, ".2f", True)
+    return (
+        f"{_num(c.abs_diff, '.2f', True)} ({_num(rel, '.1f', True)}%)"
+        if rel is not None
+        else _num(c.abs_diff, ".2f", True)
+    )
 
 
 def _label(model: str, mixers: dict[str, str | None]) -> str:
@@ -445,8 +495,16 @@ def _label(model: str, mixers: dict[str, str | None]) -> str:
     return f"{model} ({mx})" if mx and mx != model else model
 
 
-def markdown(tables: list[Table], baseline: str | None, mixers: dict, speed: list[dict], mqar: list[dict], results: Path,
-             note: str | None, cost: list[dict] | None = None) -> str:
+def markdown(
+    tables: list[Table],
+    baseline: str | None,
+    mixers: dict,
+    speed: list[dict],
+    mqar: list[dict],
+    results: Path,
+    note: str | None,
+    cost: list[dict] | None = None,
+) -> str:
     lines = ["# gkabench report", "", f"From everything under `{results}/`. Scores in percent."]
     if baseline:
         lines.append(f"Baseline for differences: **{baseline}**; difference cells: absolute points (relative %), "
@@ -457,16 +515,27 @@ def markdown(tables: list[Table], baseline: str | None, mixers: dict, speed: lis
     summary = _summary(tables)
     if summary[1]:
         lines += ["## Category averages (as the paper computes them)", ""]
-        lines += _md_table(summary[0], [[_label(m, mixers)] + [_cell_text(c) for c in cells] for m, cells in summary[1]])
+        lines += _md_table(
+            summary[0], [[_label(m, mixers)] + [_cell_text(c) for c in cells] for m, cells in summary[1]]
+        )
         lines.append("")
         if baseline:
             lines += [f"### Differences against {baseline}", ""]
-            lines += _md_table(summary[0], [[_label(m, mixers)] + [_diff_text(c) for c in cells] for m, cells in summary[1] if m != baseline])
+            lines += _md_table(
+                summary[0],
+                [[_label(m, mixers)] + [_diff_text(c) for c in cells] for m, cells in summary[1] if m != baseline],
+            )
             lines.append("")
     for t in tables:
         lines += [f"## {t.title}", ""]
         cols = ["model"] + [c[0] for c in t.columns]
-        lines += _md_table(cols, [[_label(m, mixers)] + [_cell_text(cells.get(i)) for i in range(len(t.columns))] for m, cells in t.rows.items()])
+        lines += _md_table(
+            cols,
+            [
+                [_label(m, mixers)] + [_cell_text(cells.get(i)) for i in range(len(t.columns))]
+                for m, cells in t.rows.items()
+            ],
+        )
         lines.append("")
         if baseline and baseline in t.rows and len(t.rows) > 1:
             lines += [f"Differences against {baseline}:", ""]
@@ -540,7 +609,10 @@ def eval_csv_rows(tables: list[Table], mixers: dict) -> list[dict]:
                 elif t.key == "short":
                     task, flavour = ident, None
                 else:
-                    task, flavour = ident.split("|")[0], (ident.split("|")[1] if ident.split("|")[1] != "None" else None)
+                    task, flavour = (
+                        ident.split("|")[0],
+                        (ident.split("|")[1] if ident.split("|")[1] != "None" else None),
+                    )
                 out.append({"model": m, "mixer": mixers.get(m), "category": t.key, "task": task, "flavour": flavour, "length": L,
                             "metric": c.metric, "value": c.value, "parts": c.parts, "complete": c.complete, "baseline_value": c.base,
                             "abs_diff": c.abs_diff, "rel_diff_pct": c.rel_diff})  # fmt: skip
@@ -570,9 +642,20 @@ def plot_long_task(path: Path, t: Table, mixers: dict) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for j, (m, cells) in enumerate(t.rows.items()):
-            pts = sorted((L, cells[i].value) for i, (_, f, L) in enumerate(t.columns) if f == panel and i in cells and L is not None)
+            pts = sorted(
+                (L, cells[i].value)
+                for i, (_, f, L) in enumerate(t.columns)
+                if f == panel and i in cells and L is not None
+            )
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=f"C{j % 10}", label=_label(m, mixers))
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    marker="o",
+                    ms=3,
+                    color=f"C{j % 10}",
+                    label=_label(m, mixers),
+                )
         ax.set_xscale("log", base=2)
         lengths = sorted({L for _, f, L in t.columns if f == panel and L})
         if lengths:
@@ -598,14 +681,18 @@ class ReportResult:
     summary: tuple
 
 
-def make_report(results: str | os.PathLike = "results", out: str | os.PathLike | None = None, baseline: str | None = None) -> ReportResult:
+def make_report(
+    results: str | os.PathLike = "results", out: str | os.PathLike | None = None, baseline: str | None = None
+) -> ReportResult:
     """Read ``results/{eval,speed,mqar}`` and write the report files into ``out`` (default ``results/report``).
     ``baseline`` None: ``gated_deltanet`` when present, no differences otherwise; a baseline given that is not
     there raises a one-line ValueError."""
     results = Path(results)
     out = Path(out) if out is not None else results / "report"
     if not results.is_dir():
-        raise ValueError(f"results folder {results} does not exist; pass --results DIR (the folder holding eval/, speed/, mqar/)")
+        raise ValueError(
+            f"results folder {results} does not exist; pass --results DIR (the folder holding eval/, speed/, mqar/)"
+        )
     scores = read_eval(results / "eval")
     speed = read_speed(results / "speed")
     mqar = read_mqar(results / "mqar")
@@ -626,7 +713,21 @@ def make_report(results: str | os.PathLike = "results", out: str | os.PathLike |
     write_text_atomic(md, markdown(tables, base, mixers, speed, mqar, results, note, cost) + "\n")
     paths.append(md)
     if tables:
-        cols = ["model", "mixer", "category", "task", "flavour", "length", "metric", "value", "parts", "complete", "baseline_value", "abs_diff", "rel_diff_pct"]
+        cols = [
+            "model",
+            "mixer",
+            "category",
+            "task",
+            "flavour",
+            "length",
+            "metric",
+            "value",
+            "parts",
+            "complete",
+            "baseline_value",
+            "abs_diff",
+            "rel_diff_pct",
+        ]
         paths.append(write_text_atomic(out / "eval.csv", write_csv_rows(cols, eval_csv_rows(tables, mixers))))
         for t in tables:
             if t.key in LONG_TASKS and t.rows:
@@ -636,7 +737,19 @@ def make_report(results: str | os.PathLike = "results", out: str | os.PathLike |
         cols = ["model", "length", "examples", "time_s_mean", "peak_mem_gib_max", "input_tokens_mean"]
         paths.append(write_text_atomic(out / "eval_cost.csv", write_csv_rows(cols, cost)))
     if speed:
-        cols = ["device", "preset", "dtype", "level", "mode", "mixer", "decode_batch", "T", "tokens_per_s", "us_per_step", "source"]
+        cols = [
+            "device",
+            "preset",
+            "dtype",
+            "level",
+            "mode",
+            "mixer",
+            "decode_batch",
+            "T",
+            "tokens_per_s",
+            "us_per_step",
+            "source",
+        ]
         paths.append(write_text_atomic(out / "speed.csv", write_csv_rows(cols, speed)))
     if mqar:
         cols = ["sweep", "mixer", "seq_len", "num_pairs", "dim", "accuracy", "lr"]

@@ -18,7 +18,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from gkabench import lm_eval_bridge as B  # noqa: E402
+from gkabench import lm_eval_bridge as B
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "tests" / "data" / "lm_eval_tasks"
@@ -43,10 +43,16 @@ def test_run_lm_eval_writes_rows(ckpt, tmp_path):
                         results_dir=tmp_path, include_path=str(TASKS))  # fmt: skip
     assert set(out) == {"gkabench_tiny_arc", "gkabench_tiny_fda"}
     arc = out["gkabench_tiny_arc"]
-    assert arc["n"] == 6 and 0.0 <= arc["acc"] <= 1.0 and 0.0 <= arc["acc_norm"] <= 1.0 and arc["acc_stderr"] is not None
+    assert (
+        arc["n"] == 6 and 0.0 <= arc["acc"] <= 1.0 and 0.0 <= arc["acc_norm"] <= 1.0 and arc["acc_stderr"] is not None
+    )
     assert out["gkabench_tiny_fda"]["n"] == 4 and 0.0 <= out["gkabench_tiny_fda"]["contains"] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "tiny_gka.jsonl").read_text().splitlines()]
-    assert {(r["task"], r["metric"]) for r in rows} == {("gkabench_tiny_arc", "acc"), ("gkabench_tiny_arc", "acc_norm"), ("gkabench_tiny_fda", "contains")}
+    assert {(r["task"], r["metric"]) for r in rows} == {
+        ("gkabench_tiny_arc", "acc"),
+        ("gkabench_tiny_arc", "acc_norm"),
+        ("gkabench_tiny_fda", "contains"),
+    }
     for r in rows:
         assert r["model"] == "tiny_gka" and r["mixer"] == "gka" and r["source"] == "lm-eval"
         assert {"value", "stderr", "n", "num_fewshot"} <= set(r) and r["env"]["torch"] == torch.__version__
@@ -65,7 +71,11 @@ def test_gkabench_lm_padding_invariant(ckpt):
     """Scores and greedy generations do not depend on batch size (right padding for scoring, left padding +
     attention mask through the recurrent cache for generation)."""
     lm = B.GKABenchLM(pretrained=str(ckpt), device="cpu", batch_size=1)
-    texts = [("Question: where?\nAnswer:", " in the sea"), ("Q: a\nA:", " b"), ("The lamps of Selwyn burn", " oil and more oil")]
+    texts = [
+        ("Question: where?\nAnswer:", " in the sea"),
+        ("Q: a\nA:", " b"),
+        ("The lamps of Selwyn burn", " oil and more oil"),
+    ]
     reqs = [(None, lm.tok_encode(c), lm.tok_encode(t)) for c, t in texts]
     one = lm._loglikelihood_tokens(reqs, disable_tqdm=True)
     lm.batch_size = 3
@@ -116,7 +126,9 @@ def test_missing_data_is_one_line(ckpt, tmp_path):
     except ValueError as exc:
         assert "\n" not in str(exc) and "allenai/ai2_arc" in str(exc) and "DIR/allenai/ai2_arc" in str(exc)
     with pytest.raises(ValueError, match=r"unknown lm-eval task 'gkabench_tiny_ark'.*similar: gkabench_tiny_arc"):
-        B.load_tasks(B.task_manager(str(TASKS), ["gkabench_tiny_arc"]), ["gkabench_tiny_ark"])  # (run_lm_eval would index all of lm-eval first)
+        B.load_tasks(
+            B.task_manager(str(TASKS), ["gkabench_tiny_arc"]), ["gkabench_tiny_ark"]
+        )  # (run_lm_eval would index all of lm-eval first)
     with pytest.raises(ValueError, match="not a model directory"):
         B.run_lm_eval(str(tmp_path), ["gkabench_tiny_arc"], include_path=str(TASKS))
 
@@ -133,7 +145,9 @@ def test_data_dir_local_copies(ckpt, tmp_path):
                         results_dir=tmp_path, device="cpu", batch_size=6)  # fmt: skip
     assert out["gkabench_tiny_arc_hub"]["n"] == 6
     saved = tmp_path / "saved" / "gkabench-test__tiny-arc-hub"
-    datasets.load_dataset("json", data_files={"train": str(repo / "train.jsonl"), "test": str(repo / "test.jsonl")}).save_to_disk(str(saved))
+    datasets.load_dataset(
+        "json", data_files={"train": str(repo / "train.jsonl"), "test": str(repo / "test.jsonl")}
+    ).save_to_disk(str(saved))
     out2 = B.run_lm_eval(str(ckpt), ["gkabench_tiny_arc_hub"], data_dir=str(tmp_path / "saved"), include_path=str(TASKS),
                          results_dir=tmp_path, device="cpu", batch_size=6)  # fmt: skip
     assert out2["gkabench_tiny_arc_hub"]["acc"] == out["gkabench_tiny_arc_hub"]["acc"]
@@ -170,7 +184,9 @@ def test_import_gkabench_is_cheap_and_registers(ckpt):
                           "lm": get_model("gkabench").__name__, "hf": "hf" in __import__("lm_eval.api.registry").api.registry.model_registry}}))
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=120
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     print(f"import gkabench: {got['import_s'] * 1e3:.0f} ms")
@@ -178,7 +194,9 @@ def test_import_gkabench_is_cheap_and_registers(ckpt):
     assert got == {**got, "type": "gkabench", "cls": "GKABenchForCausalLM", "lm": "GKABenchLM", "hf": True}
     # transformers imported before gkabench: registered at import
     script2 = "import transformers.models.auto, lm_eval.api.registry as r, gkabench\nfrom transformers.models.auto.configuration_auto import CONFIG_MAPPING\nassert 'gkabench' in CONFIG_MAPPING and 'gkabench' in r.model_registry"
-    res2 = subprocess.run([sys.executable, "-c", script2], capture_output=True, text=True, env=env, timeout=120)
+    res2 = subprocess.run(
+        [sys.executable, "-c", script2], check=False, capture_output=True, text=True, env=env, timeout=120
+    )
     assert res2.returncode == 0, res2.stderr[-2000:]
 
 
@@ -187,7 +205,11 @@ def test_paper_tasks_run_from_local_copies(ckpt, tmp_path):
     repositories are (configs in the README front matter; fda's default config), with tiny stand-in rows."""
     arc = tmp_path / "data" / "allenai" / "ai2_arc"
     (arc / "ARC-Easy").mkdir(parents=True)
-    for split, src in (("train", "tiny_arc_train.jsonl"), ("validation", "tiny_arc_test.jsonl"), ("test", "tiny_arc_test.jsonl")):
+    for split, src in (
+        ("train", "tiny_arc_train.jsonl"),
+        ("validation", "tiny_arc_test.jsonl"),
+        ("test", "tiny_arc_test.jsonl"),
+    ):
         shutil.copy(TASKS / src, arc / "ARC-Easy" / f"{split}.jsonl")
     files = "".join(f"  - split: {s}\n    path: ARC-Easy/{s}.jsonl\n" for s in ("train", "validation", "test"))
     (arc / "README.md").write_text(f"---\nconfigs:\n- config_name: ARC-Easy\n  data_files:\n{files}---\n")
@@ -196,6 +218,11 @@ def test_paper_tasks_run_from_local_copies(ckpt, tmp_path):
     shutil.copy(TASKS / "tiny_fda.jsonl", fda / "validation.jsonl")
     out = B.run_lm_eval(str(ckpt), ["arc_easy", "fda"], data_dir=str(tmp_path / "data"), batch_size=4, device="cpu",
                         results_dir=tmp_path / "eval")  # fmt: skip
-    assert out["arc_easy"]["n"] == 6 and "acc_norm" in out["arc_easy"] and out["fda"]["n"] == 4 and "contains" in out["fda"]
+    assert (
+        out["arc_easy"]["n"] == 6
+        and "acc_norm" in out["arc_easy"]
+        and out["fda"]["n"] == 4
+        and "contains" in out["fda"]
+    )
     rows = [json.loads(x) for x in (tmp_path / "eval" / "tiny_gka.jsonl").read_text().splitlines()]
     assert {(r["task"], r["metric"]) for r in rows} >= {("arc_easy", "acc_norm"), ("fda", "contains")}

@@ -57,7 +57,11 @@ def _lm_eval_rows(model: str, mixer: str, p: float) -> list[dict]:
 def results(tmp_path) -> Path:
     root = tmp_path / "results"
     for model, (mixer, p) in MODELS.items():
-        _jsonl(root / "eval" / f"{model}.jsonl", _eval_rows(model, mixer, p) + _lm_eval_rows(model, mixer, p + 0.2), extra='{"cut li')
+        _jsonl(
+            root / "eval" / f"{model}.jsonl",
+            _eval_rows(model, mixer, p) + _lm_eval_rows(model, mixer, p + 0.2),
+            extra='{"cut li',
+        )
     speed = []
     for mixer, tps in (("gka", 5.9e6), ("gated_deltanet", 17.8e6)):
         for T in (2048, 8192):
@@ -66,7 +70,18 @@ def results(tmp_path) -> Path:
                           "time_utc": "2026-11-28T12:00:00+00:00", "env": ENV})  # fmt: skip
         speed.append({"preset": "matched", "dtype": "bf16", "level": "op", "mode": "decode", "mixer": mixer, "T": 2048, "decode_batch": 64,
                       "status": "ok", "us_per_step": 333.0, "env": ENV})  # fmt: skip
-    speed.append({"preset": "matched", "dtype": "bf16", "level": "op", "mode": "fwd", "mixer": "gka", "T": 32768, "status": "oom: CUDA out of memory", "env": ENV})
+    speed.append(
+        {
+            "preset": "matched",
+            "dtype": "bf16",
+            "level": "op",
+            "mode": "fwd",
+            "mixer": "gka",
+            "T": 32768,
+            "status": "oom: CUDA out of memory",
+            "env": ENV,
+        }
+    )
     _jsonl(root / "speed" / "2026-11-28-nvidia-h200-matched.jsonl", speed)
     mqar = [{"mixer": m, "dim": 64, "seq_len": 256, "num_pairs": 64, "lr": lr, "vocab_size": 8192, "accuracy": acc, "env": ENV}
             for m, accs in (("gka", (0.5, 0.9)), ("attention", (0.99, 0.2))) for lr, acc in zip((1e-3, 1e-2), accs)]  # fmt: skip
@@ -105,7 +120,10 @@ def test_report_tables_and_relative_differences(results, tmp_path):
     assert "0.900 (0.01)" in md and "0.990 (0.001)" in md  # MQAR: best over lrs
     assert [r["mixer"] for r in _csv(out / "speed.csv")].count("gka") == 3  # the OOM cell is not a speed
     cost = {(r["model"], r["length"]): r for r in _csv(out / "eval_cost.csv")}
-    assert float(cost[("gka_s", "8192")]["time_s_mean"]) == pytest.approx(0.1) and cost[("gka_s", "8192")]["examples"] == "400"
+    assert (
+        float(cost[("gka_s", "8192")]["time_s_mean"]) == pytest.approx(0.1)
+        and cost[("gka_s", "8192")]["examples"] == "400"
+    )
     assert "Long-context cost per length" in md
 
 
@@ -119,10 +137,17 @@ def test_relative_diff_math():
 def test_missing_baseline_is_one_line(results, tmp_path):
     with pytest.raises(ValueError) as e:
         make_report(results, tmp_path / "r", baseline="mamba2")
-    assert "\n" not in str(e.value) and "mamba2" in str(e.value) and "--baseline" in str(e.value) and "gdn_s" in str(e.value)
+    assert (
+        "\n" not in str(e.value)
+        and "mamba2" in str(e.value)
+        and "--baseline" in str(e.value)
+        and "gdn_s" in str(e.value)
+    )
     from gkabench.cli import app
 
-    r = CliRunner().invoke(app, ["report", "--results", str(results), "--out", str(tmp_path / "r"), "--baseline", "mamba2"])
+    r = CliRunner().invoke(
+        app, ["report", "--results", str(results), "--out", str(tmp_path / "r"), "--baseline", "mamba2"]
+    )
     assert r.exit_code == 2 and len([ln for ln in r.output.splitlines() if ln.strip()]) == 1
     # without --baseline: gated_deltanet when present, else no differences (and no error)
     for f in (results / "eval").glob("gdn_s.jsonl"):
