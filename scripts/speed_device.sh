@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The standard `gkabench speed` sweep on the device machine (H200), in one call of the device tool.
 #
-#   run(command="bash scripts/speed_device.sh 8", carry=[".whl"])          # 8 minutes of sweep, then files
-#   run(command="bash scripts/speed_device.sh 8 --preset paper", carry=[".whl"])
+#   run(command="bash scripts/speed_device.sh 8", carry=[".whl", ".triton_cache"])   # 8 minutes of sweep, then files
+#   run(command="bash scripts/speed_device.sh 8 --preset paper", carry=[".whl", ".triton_cache"])
 #
 # Arguments: MINUTES (default 8; keep it under the 10-minute call limit) then any extra `gkabench speed`
 # options (they replace nothing: defaults are the standard GPU sweep, all mixers, op and layer level).
@@ -19,11 +19,7 @@ OUT="${OUT:-/tmp/gkabench_speed_out}"
 WORK=/tmp/gkabench_speed
 mkdir -p "$OUT" "$WORK"
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-fi
-export PYTHONPATH=/tmp/site:.
-export PYTHONUNBUFFERED=1
+source scripts/device_prelude.sh  # fla wheels, PYTHONPATH, a carried Triton compile cache
 
 # carried partial sweeps (copied back by the lead after an earlier call) seed a fresh machine
 for f in results/speed/*.jsonl; do
@@ -51,5 +47,6 @@ rc=${PIPESTATUS[0]}
 for f in "$WORK"/*-"$TAG".jsonl "$WORK"/*-"$TAG".csv "$WORK"/*-"$TAG".md "$WORK"/*-"$TAG".png; do
   [ -e "$f" ] && cp "$f" "$OUT/"
 done
+source scripts/device_epilogue.sh  # Triton cache parts into $OUT (carry .triton_cache next time)
 ls -la "$OUT"
 exit "$rc"
