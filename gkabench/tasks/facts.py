@@ -7,7 +7,7 @@ a question is answerable only from the passage that states its fact. Everything 
     world = FactWorld("rag-nq-4096-0-3")          # one independent random stream per row
     q = world.single_hop("nq")                    # a Question: text, answers, gold passages, relation
     q = world.two_hop()                           # HotpotQA-like: a bridge entity links two gold passages
-    p = world.distractor(avoid=q.answers)         # a Passage about a fresh entity, never containing an answer
+    p = world.distractor(q)                       # a Passage about a fresh entity, never containing an answer
     world.haystack_sentence()                     # one sentence of filler prose (NIAH haystack)
 
 Passages are ``Passage(title, text)``; :func:`contains_answer` is the answer-freeness test every distractor
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from .scoring import normalize_answer
 
 # Bump when anything below changes what is generated: cached rows made by another version are rebuilt.
-GENERATOR_VERSION = "facts-1"
+GENERATOR_VERSION = "facts-2"
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "th", "kr", "br", "st", "dr", "qu", "vel", "sh"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou", "y"]
@@ -268,7 +268,13 @@ class FactWorld:
                 return p
         raise RuntimeError(f"could not draw a passage free of {avoid!r}")
 
-    distractor = entity_passage
+    def distractor(self, q: Question, same_kind: float = 0.5) -> Passage:
+        """A distractor for ``q``: with probability ``same_kind`` about an entity of the same kind as a gold
+        passage's (another company for a company question, as a retriever's near misses are), else any kind;
+        never containing an answer."""
+        kinds = [k for k in q.meta.get("kinds", [])]
+        kind = self.rng.choice(kinds) if kinds and self.rng.random() < same_kind else None
+        return self.entity_passage(kind, avoid=q.answers)
 
     def single_hop(self, flavour: str) -> Question:
         """A one-fact question in ``flavour``'s style (nq, triviaqa, popqa, squad) and its gold passage."""
@@ -280,7 +286,7 @@ class FactWorld:
         facts = self.facts_about(kind, name, {rel: obj})
         gold = self.passage(kind, name, facts)
         text = templates[rel].format(s=name, k=self.rng.choice(_WORK_KIND))
-        return Question(text, [obj], [gold], rel, hops=1, subject=name)
+        return Question(text, [obj], [gold], rel, hops=1, subject=name, meta={"kinds": [kind]})
 
     def two_hop(self) -> Question:
         """A HotpotQA-like bridge question: two gold passages (subject's, bridge's), answer from the second."""
@@ -293,7 +299,8 @@ class FactWorld:
         g2 = self.passage(bkind, bridge, self.facts_about(bkind, bridge, {rel2: answer}, n=2))
         if contains_answer(g1.text, [answer]):  # the answer must need the second hop
             return self.two_hop()
-        return Question(template.format(s=name), [answer], [g1, g2], f"{rel1}>{rel2}", hops=2, bridge=bridge, subject=name)
+        return Question(template.format(s=name), [answer], [g1, g2], f"{rel1}>{rel2}", hops=2, bridge=bridge, subject=name,
+                        meta={"kinds": [kind1, bkind]})  # fmt: skip
 
     def haystack_sentence(self) -> str:
         """One sentence of fictional prose (a fact about a fresh entity or a filler line)."""

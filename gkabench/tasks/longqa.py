@@ -54,13 +54,13 @@ def _generated_parts(flavour: str, index: int, seed: int):
         gold = [p.text for p in q.gold]  # SQuAD paragraphs come without titles
 
         def draw():
-            return world.entity_passage(avoid=q.answers).text
+            return world.distractor(q).text
     else:
         q = world.two_hop()
         gold = [doc_text(p.title, p.text) for p in q.gold]
 
         def draw():
-            p = world.entity_passage(avoid=q.answers)
+            p = world.distractor(q)
             return doc_text(p.title, p.text)
 
     return q.text, q.answers, gold, draw, {"relation": q.relation, "hops": q.hops, "source": "facts"}

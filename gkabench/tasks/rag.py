@@ -83,7 +83,7 @@ def _generated_parts(flavour: str, index: int, seed: int):
     gold = [format_passage(p.title, p.text) for p in q.gold]
 
     def draw() -> str:
-        p: Passage = world.entity_passage(avoid=q.answers)
+        p: Passage = world.distractor(q)
         return format_passage(p.title, p.text)
 
     return q.text, q.answers, gold, demos, draw, {"relation": q.relation, "hops": q.hops, "source": "facts"}
