@@ -193,9 +193,10 @@ def test_eval_lm_eval_calls_bridge(models, tmp_path, monkeypatch):
     assert json.loads((out / "attention.lm_eval.json").read_text())["results"]["piqa"]["acc,none"] == 0.5
 
 
-def test_longctx_task_runs_in_lm_eval(models, tmp_path):
+def test_longctx_task_runs_in_lm_eval(models, tmp_path, monkeypatch):
     """tests/data/longctx_lm_eval holds a YAML exposing niah_single to lm-eval (custom_dataset, per-length metrics)."""
     bridge = pytest.importorskip("gkabench.lm_eval_bridge")
+    monkeypatch.setenv("GKABENCH_CACHE", str(tmp_path / "cache"))  # the rows' cache, not the user's
     res = bridge.run_lm_eval(str(models["attention"]), ["gkabench_niah_single"], None, None, 1, "cpu",
                              include_path=str(Path(__file__).parent / "data" / "longctx_lm_eval"), results_dir=str(tmp_path), write=False)  # fmt: skip
     got = res["gkabench_niah_single"]
