@@ -78,8 +78,12 @@ def resolve_model_dir(model: str) -> Path:
     if (p / "checkpoint" / "config.json").is_file():
         return p / "checkpoint"
     if not p.exists():
-        raise FileNotFoundError(f"--model {p}: no such directory; pass a gkabench checkpoint / run dir, a local HF model dir, oracle or closed-book")
-    raise FileNotFoundError(f"--model {p}: no config.json there (nor in {p}/checkpoint); pass a directory written by save_pretrained")
+        raise FileNotFoundError(
+            f"--model {p}: no such directory; pass a gkabench checkpoint / run dir, a local HF model dir, oracle or closed-book"
+        )
+    raise FileNotFoundError(
+        f"--model {p}: no config.json there (nor in {p}/checkpoint); pass a directory written by save_pretrained"
+    )
 
 
 def model_name(model: str) -> str:
@@ -108,7 +112,9 @@ def load_model(model_dir: Path, device: torch.device, dtype: str | None = None):
     elif getattr(config, "vocab_size", None) == BYTE_VOCAB_SIZE:
         tok = load_tokenizer(None)
     else:
-        raise FileNotFoundError(f"--model {model_dir}: no tokenizer saved there; save the tokenizer beside the model (tokenizer.save_pretrained)")
+        raise FileNotFoundError(
+            f"--model {model_dir}: no tokenizer saved there; save the tokenizer beside the model (tokenizer.save_pretrained)"
+        )
     return model, tok
 
 
@@ -117,7 +123,9 @@ def _is_gkabench(model) -> bool:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, chunk_size: int = 8192, scores: list | None = None) -> list[str]:
+def generate(
+    model, tokenizer, prompts: list[list[int]], max_new_tokens: int, chunk_size: int = 8192, scores: list | None = None
+) -> list[str]:
     """Greedy answers for token-id prompts (left-padded into one batch), prefilled ``chunk_size`` tokens at a time
     through the model's cache (``<= 0``: all at once); each answer stops at its first newline or EOS. Returns the
     generated texts.
@@ -214,7 +222,11 @@ def run_eval(cfg: EvalConfig, console=None) -> EvalResult:
     counter = TokenCounter(tok)
     env = environment(device)
     # The same file may hold lm-eval rows (the bridge appends there too): only our tasks' rows count for resume.
-    done = {_row_key(r) for r in read_jsonl(jsonl) if r.get("task") in ("rag", "longqa", "niah") and "score" in r and "index" in r}
+    done = {
+        _row_key(r)
+        for r in read_jsonl(jsonl)
+        if r.get("task") in ("rag", "longqa", "niah") and "score" in r and "index" in r
+    }
     all_rows: list[dict] = []
     interrupted = False
     progress = _progress(console, cfg.progress)
@@ -316,7 +328,14 @@ def _progress(console, enabled: bool):
                 pass
 
         return _Quiet()
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -332,13 +351,23 @@ def summarize(rows: list[dict]):
         return df
     df = df.drop_duplicates(subset=["task", "flavour", "length", "index", "seed", "source"], keep="last")
     g = df.groupby(["task", "flavour", "length"], sort=True)
-    out = g.agg(score=("score", "mean"), n=("score", "size"), input_tokens=("input_tokens", "mean"), time_s=("time_s", "mean"))
+    out = g.agg(
+        score=("score", "mean"), n=("score", "size"), input_tokens=("input_tokens", "mean"), time_s=("time_s", "mean")
+    )
     out["peak_mem_gib"] = g["peak_mem_gib"].max() if "peak_mem_gib" in df else None
     out["score"] *= 100
     out = out.reset_index()
-    avg = out.groupby(["task", "length"], as_index=False).agg(score=("score", "mean"), n=("n", "sum"), input_tokens=("input_tokens", "mean"), time_s=("time_s", "mean"), peak_mem_gib=("peak_mem_gib", "max"))
+    avg = out.groupby(["task", "length"], as_index=False).agg(
+        score=("score", "mean"),
+        n=("n", "sum"),
+        input_tokens=("input_tokens", "mean"),
+        time_s=("time_s", "mean"),
+        peak_mem_gib=("peak_mem_gib", "max"),
+    )
     avg["flavour"] = "avg"
-    return pd.concat([out, avg[out.columns]], ignore_index=True).sort_values(["task", "flavour", "length"], ignore_index=True)
+    return pd.concat([out, avg[out.columns]], ignore_index=True).sort_values(
+        ["task", "flavour", "length"], ignore_index=True
+    )
 
 
 def write_summary(jsonl: Path) -> tuple[object, list[Path]]:
@@ -355,7 +384,11 @@ def write_summary(jsonl: Path) -> tuple[object, list[Path]]:
     write_text_atomic(csv_path, df.to_csv(index=False, float_format="%.4g"))
     wide = df.pivot_table(index=["task", "flavour"], columns="length", values="score", sort=True)
     wide.columns = [format_length(int(c)) for c in wide.columns]
-    cost = df[df.flavour == "avg"].groupby("length").agg(time_s=("time_s", "mean"), peak_mem_gib=("peak_mem_gib", "max"), input_tokens=("input_tokens", "mean"))
+    cost = (
+        df[df.flavour == "avg"]
+        .groupby("length")
+        .agg(time_s=("time_s", "mean"), peak_mem_gib=("peak_mem_gib", "max"), input_tokens=("input_tokens", "mean"))
+    )
     cost.index = [format_length(int(c)) for c in cost.index]
     ours = [r for r in rows if r.get("task") in ("rag", "longqa", "niah")]
     env = next((r.get("env") for r in reversed(ours) if r.get("env")), {}) or {}
@@ -385,7 +418,16 @@ def write_summary(jsonl: Path) -> tuple[object, list[Path]]:
 # ------------------------------------------------------------------------------------------------ lm-eval
 
 
-def run_lm_eval_tasks(model: str, tasks: list[str], data: str | None, limit: int | None, batch_size: int, device: str | None, out: str, name: str | None) -> tuple[dict, Path]:
+def run_lm_eval_tasks(
+    model: str,
+    tasks: list[str],
+    data: str | None,
+    limit: int | None,
+    batch_size: int,
+    device: str | None,
+    out: str,
+    name: str | None,
+) -> tuple[dict, Path]:
     """lm-eval tasks through the bridge (``gkabench.lm_eval_bridge.run_lm_eval``); the result dict is written to
     ``<out>/<name>.lm_eval.json`` atomically and returned."""
     import json
@@ -395,7 +437,9 @@ def run_lm_eval_tasks(model: str, tasks: list[str], data: str | None, limit: int
     try:
         from .lm_eval_bridge import run_lm_eval
     except ImportError as exc:
-        raise ValueError(f"lm-eval tasks need gkabench/lm_eval_bridge.py (run_lm_eval), not importable here ({exc}); update gkabench or run rag/longqa/niah only") from None
+        raise ValueError(
+            f"lm-eval tasks need gkabench/lm_eval_bridge.py (run_lm_eval), not importable here ({exc}); update gkabench or run rag/longqa/niah only"
+        ) from None
     import inspect
 
     model_dir = resolve_model_dir(model)

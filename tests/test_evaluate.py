@@ -26,7 +26,14 @@ def _save_tiny(path, mixer: str):
 
     torch.manual_seed(0)
     tok = byte_tokenizer()
-    cfg = preset_config("tiny", mixer=mixer, vocab_size=259, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = preset_config(
+        "tiny",
+        mixer=mixer,
+        vocab_size=259,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     GKABenchForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -56,7 +63,10 @@ def models(tmp_path_factory):
 @pytest.mark.parametrize("mixer", ["gka", "gated_deltanet", "gla", "mamba2", "attention", "llama"])
 def test_chunked_batched_generation_matches_one_shot(models, mixer):
     model, tok = load_model(models[mixer], torch.device("cpu"))
-    prompts = [tok("Question: who founded Rira Guild?\nAnswer:" * 9)["input_ids"], tok("Document 1:\nshort one. Answer:")["input_ids"]]
+    prompts = [
+        tok("Question: who founded Rira Guild?\nAnswer:" * 9)["input_ids"],
+        tok("Document 1:\nshort one. Answer:")["input_ids"],
+    ]
     singles = []
     for p in prompts:
         sc: list = []
@@ -94,7 +104,19 @@ def test_eval_end_to_end_and_resume(models, tmp_path, monkeypatch):
     rows = read_jsonl(out / "gka.jsonl")
     assert len(rows) == 9
     r = rows[0]
-    for key in ("task", "flavour", "length", "depth", "prediction", "gold", "score", "input_tokens", "time_s", "peak_mem_gib", "env"):
+    for key in (
+        "task",
+        "flavour",
+        "length",
+        "depth",
+        "prediction",
+        "gold",
+        "score",
+        "input_tokens",
+        "time_s",
+        "peak_mem_gib",
+        "env",
+    ):
         assert key in r
     assert r["mixers"] == ["gka"] and r["env"]["torch"] and 0.9 * 3072 <= r["input_tokens"] <= 3072
     assert {x["depth"] for x in rows} == {0.0, 0.25, 0.5}
@@ -110,7 +132,18 @@ def test_eval_end_to_end_and_resume(models, tmp_path, monkeypatch):
 
 def test_eval_interrupt_keeps_rows_and_resumes(models, tmp_path, monkeypatch):
     out, cache = tmp_path / "res", tmp_path / "cache"
-    args = ["--task", "niah.niah_single", "--model", str(models["attention"]), "--lengths", "1k", "--n", "4", "--max-new-tokens", "4"]
+    args = [
+        "--task",
+        "niah.niah_single",
+        "--model",
+        str(models["attention"]),
+        "--lengths",
+        "1k",
+        "--n",
+        "4",
+        "--max-new-tokens",
+        "4",
+    ]
     real, calls = evaluate.generate, []
 
     def flaky(*a, **k):
@@ -138,7 +171,9 @@ def test_eval_reference_readers(tmp_path):
     assert res.exit_code == 0, res.output
     rows = read_jsonl(out / "closed-book.jsonl")
     assert sum(r["score"] for r in rows) / len(rows) <= 0.1
-    res = _eval(["--task", "rag.nq,longqa", "--model", "oracle", "--lengths", "2k", "--n", "3", "--data", str(DATA)], out, cache)
+    res = _eval(
+        ["--task", "rag.nq,longqa", "--model", "oracle", "--lengths", "2k", "--n", "3", "--data", str(DATA)], out, cache
+    )
     assert res.exit_code == 0, res.output
     rows = read_jsonl(out / "oracle@longctx.jsonl")  # real-data rows in a file of their own
     assert len(rows) == 9 and all(r["score"] == 1.0 and r["source"] != "facts" for r in rows)
@@ -154,14 +189,30 @@ def test_eval_user_errors(models, tmp_path, monkeypatch):
     out, cache = tmp_path / "res", tmp_path / "cache"
     _one_line_error(_eval(["--model", str(tmp_path / "nope"), "--lengths", "1k"], out, cache), "no such directory")
     _one_line_error(_eval(["--task", "rag.squad", "--model", "oracle", "--lengths", "4k"], out, cache), "no flavour")
-    _one_line_error(_eval(["--task", "rag.nq", "--model", "oracle", "--lengths", "1k"], out, cache), "pass longer --lengths")
-    _one_line_error(_eval(["--task", "rag.popqa", "--model", "oracle", "--lengths", "4k", "--data", str(DATA)], out, cache), "no HELMET file")
+    _one_line_error(
+        _eval(["--task", "rag.nq", "--model", "oracle", "--lengths", "1k"], out, cache), "pass longer --lengths"
+    )
+    _one_line_error(
+        _eval(["--task", "rag.popqa", "--model", "oracle", "--lengths", "4k", "--data", str(DATA)], out, cache),
+        "no HELMET file",
+    )
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(evaluate, "generate", oom)
-    args = ["--task", "niah.niah_single", "--model", str(models["attention"]), "--lengths", "1k", "--n", "2", "--batch-size", "2"]
+    args = [
+        "--task",
+        "niah.niah_single",
+        "--model",
+        str(models["attention"]),
+        "--lengths",
+        "1k",
+        "--n",
+        "2",
+        "--batch-size",
+        "2",
+    ]
     _one_line_error(_eval(args, out, cache), "out of memory", "--chunk-size")
 
 
@@ -169,7 +220,9 @@ def test_eval_lm_eval_bridge_missing_is_one_line(models, tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "gkabench.lm_eval_bridge", None)  # as if the bridge were not there
-    res = _eval(["--task", "lm-eval:arc_easy", "--model", str(models["attention"])], tmp_path / "res", tmp_path / "cache")
+    res = _eval(
+        ["--task", "lm-eval:arc_easy", "--model", str(models["attention"])], tmp_path / "res", tmp_path / "cache"
+    )
     _one_line_error(res, "lm_eval_bridge")
 
 
@@ -187,7 +240,11 @@ def test_eval_lm_eval_calls_bridge(models, tmp_path, monkeypatch):
     fake.run_lm_eval = run_lm_eval
     monkeypatch.setitem(sys.modules, "gkabench.lm_eval_bridge", fake)
     out = tmp_path / "res"
-    res = _eval(["--task", "lm-eval:arc_easy,piqa", "--model", str(models["attention"]), "--limit", "3"], out, tmp_path / "cache")
+    res = _eval(
+        ["--task", "lm-eval:arc_easy,piqa", "--model", str(models["attention"]), "--limit", "3"],
+        out,
+        tmp_path / "cache",
+    )
     assert res.exit_code == 0, res.output
     assert seen["tasks"] == ["arc_easy", "piqa"] and seen["limit"] == 3
     assert json.loads((out / "attention.lm_eval.json").read_text())["results"]["piqa"]["acc,none"] == 0.5

@@ -42,7 +42,12 @@ def bpe_counter():
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<bos>", "<eos>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=500,
+        special_tokens=["<bos>", "<eos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator([w.entity_passage().text for _ in range(150)], trainer)
     core.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", core.token_to_id("<bos>"))])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
@@ -58,7 +63,11 @@ def test_generator_is_deterministic_and_seed_dependent():
     assert qa == qb and qa != qc
     assert [a.entity_passage() for _ in range(5)] == [b.entity_passage() for _ in range(5)]
     # The bridge: the first gold passage names the bridge entity, the second states the answer.
-    assert qa.bridge in qa.gold[0].text and qa.answers[0] in qa.gold[1].text and not contains_answer(qa.gold[0].text, qa.answers)
+    assert (
+        qa.bridge in qa.gold[0].text
+        and qa.answers[0] in qa.gold[1].text
+        and not contains_answer(qa.gold[0].text, qa.answers)
+    )
 
 
 @pytest.mark.parametrize("task,flavour", ALL)
@@ -136,7 +145,9 @@ def test_cache_manifest_and_invalidation(tmp_path, counter, bpe_counter, monkeyp
     files = sorted(tmp_path.iterdir())
     assert len(files) == 2
     man = json.loads(next(f for f in files if f.name.endswith(".manifest.json")).read_text())
-    assert man["tokenizer_hash"] == counter.hash and man["n"] == 3 and man["length"] == 1024 and man["generator_version"]
+    assert (
+        man["tokenizer_hash"] == counter.hash and man["n"] == 3 and man["length"] == 1024 and man["generator_version"]
+    )
 
     calls = []
     real = longctx.build_row
@@ -211,7 +222,9 @@ def test_ruler_readers_on_fixtures():
     assert title and text.endswith(".")
 
 
-@pytest.mark.parametrize("task,flavour,L", [("rag", "nq", 4096), ("longqa", "squad", 2048), ("longqa", "hotpotqa", 2048)])
+@pytest.mark.parametrize(
+    "task,flavour,L", [("rag", "nq", 4096), ("longqa", "squad", 2048), ("longqa", "hotpotqa", 2048)]
+)
 def test_rows_from_real_data(task, flavour, L, counter):
     rows = get_rows(task, flavour, L, 6, 0, counter=counter, cache_dir=False, data_dir=str(DATA))
     assert all(r["source"].split(":")[0] in ("helmet", "ruler") for r in rows)
@@ -219,7 +232,9 @@ def test_rows_from_real_data(task, flavour, L, counter):
     assert all(score_row(task, oracle_answer(r), r["answers"]) == 1.0 for r in rows)
     if task == "rag":  # the two demos come from HELMET's train file beside the test file
         train_qs, _ = read_helmet_rag(DATA / "kilt" / "nq-train-fixture_k3.jsonl")
-        assert all(sum(f"Question: {d.question}\n" in r["prompt"][: r["context_start"]] for d in train_qs) == 2 for r in rows)
+        assert all(
+            sum(f"Question: {d.question}\n" in r["prompt"][: r["context_start"]] for d in train_qs) == 2 for r in rows
+        )
     for r in rows:
         ctx = context_of(r)
         for g in r["gold_passages"]:
@@ -273,7 +288,9 @@ def test_niah_haystack_from_ruler_essays(counter):
 def test_lm_eval_adapter(tmp_path):
     from gkabench.tasks.longctx import lm_eval_aggregate, lm_eval_dataset, lm_eval_process_results
 
-    ds = lm_eval_dataset(gkabench_task="niah.niah_single,longqa.squad", max_seq_lengths=["1k", 2048], n=2, cache_dir=str(tmp_path))["test"]
+    ds = lm_eval_dataset(
+        gkabench_task="niah.niah_single,longqa.squad", max_seq_lengths=["1k", 2048], n=2, cache_dir=str(tmp_path)
+    )["test"]
     assert len(ds) == 8 and set(ds["max_length"]) == {1024, 2048} and set(ds["task"]) == {"niah", "longqa"}
     per_length: dict = {}
     for doc in ds:  # an oracle generation: the gold answer, then a newline and chatter

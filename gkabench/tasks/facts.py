@@ -25,18 +25,135 @@ from .scoring import normalize_answer
 # Bump when anything below changes what is generated: cached rows made by another version are rebuilt.
 GENERATOR_VERSION = "facts-2"
 
-_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "th", "kr", "br", "st", "dr", "qu", "vel", "sh"]
+_ONSETS = [
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "th",
+    "kr",
+    "br",
+    "st",
+    "dr",
+    "qu",
+    "vel",
+    "sh",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou", "y"]
 _CODAS = ["", "", "", "n", "r", "l", "s", "th", "nd", "rk", "x"]
 _CITY_SUFFIX = ["holm", "grad", "ora", "mont", "vik", "stead", "burg", "ane", "port", "wick"]
-_ORG_KIND = ["Instruments", "Shipping", "Foundry", "Textiles", "Observatory Trust", "Mills", "Press", "Works", "Holdings", "Guild"]
+_ORG_KIND = [
+    "Instruments",
+    "Shipping",
+    "Foundry",
+    "Textiles",
+    "Observatory Trust",
+    "Mills",
+    "Press",
+    "Works",
+    "Holdings",
+    "Guild",
+]
 _WORK_KIND = ["novel", "opera", "film", "symphony", "poem", "play"]
-_WORK_NOUNS = ["Lantern", "Harbor", "Orchard", "Mirror", "Staircase", "Comet", "Tide", "Meadow", "Engine", "Glacier", "Archive", "Bell"]
-_WORK_ADJ = ["Silent", "Crimson", "Hollow", "Seventh", "Distant", "Paper", "Broken", "Quiet", "Gilded", "Last", "Northern", "Tin"]
-_OCCUPATIONS = ["cartographer", "glassblower", "astronomer", "violinist", "architect", "botanist", "engraver", "chemist", "playwright", "surveyor"]
+_WORK_NOUNS = [
+    "Lantern",
+    "Harbor",
+    "Orchard",
+    "Mirror",
+    "Staircase",
+    "Comet",
+    "Tide",
+    "Meadow",
+    "Engine",
+    "Glacier",
+    "Archive",
+    "Bell",
+]
+_WORK_ADJ = [
+    "Silent",
+    "Crimson",
+    "Hollow",
+    "Seventh",
+    "Distant",
+    "Paper",
+    "Broken",
+    "Quiet",
+    "Gilded",
+    "Last",
+    "Northern",
+    "Tin",
+]
+_OCCUPATIONS = [
+    "cartographer",
+    "glassblower",
+    "astronomer",
+    "violinist",
+    "architect",
+    "botanist",
+    "engraver",
+    "chemist",
+    "playwright",
+    "surveyor",
+]
 # NIAH keys are two invented-free common words joined by a hyphen, as RULER's needles use; the words are harmless.
-_KEY_ADJ = ["amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hidden", "icy", "jolly", "keen", "lucky", "mellow", "noble", "odd", "proud", "quick", "rusty", "shy", "tidy", "vivid", "wry"]
-_KEY_NOUN = ["anchor", "basket", "candle", "dragon", "engine", "falcon", "garden", "hammer", "island", "jacket", "kettle", "ladder", "magnet", "needle", "oyster", "pepper", "quilt", "rocket", "saddle", "tunnel", "violin", "wagon"]
+_KEY_ADJ = [
+    "amber",
+    "brisk",
+    "calm",
+    "dusty",
+    "eager",
+    "faint",
+    "gentle",
+    "hidden",
+    "icy",
+    "jolly",
+    "keen",
+    "lucky",
+    "mellow",
+    "noble",
+    "odd",
+    "proud",
+    "quick",
+    "rusty",
+    "shy",
+    "tidy",
+    "vivid",
+    "wry",
+]
+_KEY_NOUN = [
+    "anchor",
+    "basket",
+    "candle",
+    "dragon",
+    "engine",
+    "falcon",
+    "garden",
+    "hammer",
+    "island",
+    "jacket",
+    "kettle",
+    "ladder",
+    "magnet",
+    "needle",
+    "oyster",
+    "pepper",
+    "quilt",
+    "rocket",
+    "saddle",
+    "tunnel",
+    "violin",
+    "wagon",
+]
 
 
 @dataclass(frozen=True)
@@ -76,14 +193,30 @@ def contains_answer(text: str, answers: list[str]) -> bool:
 
 # Paraphrase templates: a fact can be stated in several ways; a passage picks one per fact.
 _FACT_TEMPLATES = {
-    "person.birthplace": ["{s} was born in {o}.", "Born in {o}, {s} spent a childhood by the old market.", "{s} is a native of {o}."],
+    "person.birthplace": [
+        "{s} was born in {o}.",
+        "Born in {o}, {s} spent a childhood by the old market.",
+        "{s} is a native of {o}.",
+    ],
     "person.occupation": ["{s} worked as a {o}.", "By trade, {s} was a {o}.", "{s} made a living as a {o}."],
     "person.employer": ["{s} was employed by {o}.", "For many years {s} worked at {o}.", "{s} held a post at {o}."],
     "person.birth_year": ["{s} was born in the year {o}.", "The year of {s}'s birth was {o}."],
-    "org.headquarters": ["{s} is headquartered in {o}.", "The head office of {s} stands in {o}.", "{s} has its headquarters in {o}."],
+    "org.headquarters": [
+        "{s} is headquartered in {o}.",
+        "The head office of {s} stands in {o}.",
+        "{s} has its headquarters in {o}.",
+    ],
     "org.founder": ["{s} was founded by {o}.", "{o} founded {s}.", "The founder of {s} was {o}."],
-    "org.founded_year": ["{s} was established in {o}.", "{s} opened its doors in {o}.", "The founding year of {s} is {o}."],
-    "city.river": ["The river {o} flows through {s}.", "{s} lies on the banks of the {o}.", "{s} grew up around the {o} river."],
+    "org.founded_year": [
+        "{s} was established in {o}.",
+        "{s} opened its doors in {o}.",
+        "The founding year of {s} is {o}.",
+    ],
+    "city.river": [
+        "The river {o} flows through {s}.",
+        "{s} lies on the banks of the {o}.",
+        "{s} grew up around the {o} river.",
+    ],
     "city.mayor": ["The mayor of {s} is {o}.", "{o} serves as mayor of {s}.", "{s} is governed by mayor {o}."],
     "work.author": ["{s} was written by {o}.", "{o} is the author of {s}.", "{s} is a work by {o}."],
     "work.year": ["{s} first appeared in {o}.", "{s} was published in {o}.", "{s} was completed in {o}."],
@@ -237,7 +370,9 @@ class FactWorld:
 
     # ------------------------------------------------------------------------------------------ facts
 
-    def facts_about(self, kind: str, name: str, fixed: dict[str, str] | None = None, n: int | None = None) -> dict[str, str]:
+    def facts_about(
+        self, kind: str, name: str, fixed: dict[str, str] | None = None, n: int | None = None
+    ) -> dict[str, str]:
         """Relation -> object for entity ``name``: the ``fixed`` ones plus ``n`` (default 2-3) random others."""
         fixed = dict(fixed or {})
         others = [r for r in _KIND_RELATIONS[kind] if r not in fixed]

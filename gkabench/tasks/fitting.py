@@ -178,6 +178,10 @@ def fit(
         got = best[2] if best else 0
         raise UnfitLength(
             f"{what}: could only fit {got} tokens into length {length} (needs {lo}..{length}); "
-            + ("the data has too few distractor documents: pass shorter --lengths or more data" if exhausted else "the units are too coarse for this length: pass longer --lengths")
+            + (
+                "the data has too few distractor documents: pass shorter --lengths or more data"
+                if exhausted
+                else "the units are too coarse for this length: pass longer --lengths"
+            )
         )
     return best

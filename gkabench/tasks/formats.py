@@ -70,7 +70,9 @@ def find_file(data_dir: str | Path, flavour: str, task: str) -> Path:
     rag -> ``{flavour}*.jsonl`` (a ``*test*``/``*dev*`` file before a ``*train*`` one), longqa -> ``{flavour}.json``."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"--data {root}: no such directory; pass a folder with HELMET/RULER files or drop --data for generated facts")
+        raise FileNotFoundError(
+            f"--data {root}: no such directory; pass a folder with HELMET/RULER files or drop --data for generated facts"
+        )
     dirs = [root, root / "kilt", root / "json", root / "data"]
     if task == "niah":
         return root
@@ -79,11 +81,15 @@ def find_file(data_dir: str | Path, flavour: str, task: str) -> Path:
         cands.sort(key=lambda p: ("train" in p.name, p.name))
         if cands:
             return cands[0]
-        raise FileNotFoundError(f"--data {root}: no HELMET file {flavour}*.jsonl (or kilt/{flavour}*.jsonl); add it or drop --data for generated facts")
+        raise FileNotFoundError(
+            f"--data {root}: no HELMET file {flavour}*.jsonl (or kilt/{flavour}*.jsonl); add it or drop --data for generated facts"
+        )
     for d in dirs:
         if (d / f"{flavour}.json").is_file():
             return d / f"{flavour}.json"
-    raise FileNotFoundError(f"--data {root}: no RULER file {flavour}.json (or json/{flavour}.json); add it or drop --data for generated facts")
+    raise FileNotFoundError(
+        f"--data {root}: no RULER file {flavour}.json (or json/{flavour}.json); add it or drop --data for generated facts"
+    )
 
 
 def find_demo_file(data_dir: str | Path, flavour: str, test_file: Path) -> Path | None:
@@ -108,7 +114,9 @@ def read_helmet_rag(path: str | Path) -> tuple[list[QAExample], DocPool]:
                 d = json.loads(line)
                 question, answers, ctxs = d["question"], d["answers"], d["ctxs"]
             except (json.JSONDecodeError, KeyError) as exc:
-                raise ValueError(f"{path}:{ln + 1}: not a HELMET RAG row ({exc}); expected question, answers, ctxs") from None
+                raise ValueError(
+                    f"{path}:{ln + 1}: not a HELMET RAG row ({exc}); expected question, answers, ctxs"
+                ) from None
             answers = [answers] if isinstance(answers, str) else list(answers)
             gold, own = [], []
             for c in ctxs:
@@ -144,7 +152,10 @@ def read_ruler_hotpotqa(path: str | Path) -> tuple[list[QAExample], DocPool]:
     """HotpotQA json as RULER reads it: every context document of a question is one of its gold documents."""
     data = _load_json(path)
     if not isinstance(data, list):
-        raise ValueError(f"{path}: not HotpotQA json (expected a list of questions); pass hotpot_dev_distractor_v1.json as hotpotqa.json")  # noqa: TRY004 (a user's data file: one-line ValueError)
+        # A user's data file, not a programming error: a one-line ValueError the CLI prints.
+        raise ValueError(  # noqa: TRY004
+            f"{path}: not HotpotQA json (expected a list of questions); pass hotpot_dev_distractor_v1.json as hotpotqa.json"
+        )
     pool, out = DocPool(), []
     for i, d in enumerate(data):
         gold = [pool.add(title, "".join(sents)) for title, sents in d["context"]]

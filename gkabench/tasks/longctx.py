@@ -44,7 +44,9 @@ def parse_tasks(text: str) -> list[tuple[str, str]]:
             continue
         task, _, flavour = item.partition(".")
         if task not in TASKS:
-            raise ValueError(f"--task: unknown task {task!r}; choose from {', '.join(TASKS)} (or lm-eval:<task>), e.g. --task rag,longqa.squad")
+            raise ValueError(
+                f"--task: unknown task {task!r}; choose from {', '.join(TASKS)} (or lm-eval:<task>), e.g. --task rag,longqa.squad"
+            )
         flavours = TASKS[task].FLAVOURS
         if flavour and flavour not in flavours:
             raise ValueError(f"--task: {task} has no flavour {flavour!r}; choose from {', '.join(flavours)}")
@@ -69,9 +71,21 @@ def load_data(task: str, flavour: str, data_dir: str | None):
     return read_qa(task, flavour, data_dir)
 
 
-def build_row(task: str, flavour: str, length: int, index: int, seed: int, counter: TokenCounter, depths=DEFAULT_DEPTHS, data=None, gold_in_context: bool = True) -> dict:
+def build_row(
+    task: str,
+    flavour: str,
+    length: int,
+    index: int,
+    seed: int,
+    counter: TokenCounter,
+    depths=DEFAULT_DEPTHS,
+    data=None,
+    gold_in_context: bool = True,
+) -> dict:
     depth = float(depths[index % len(depths)])
-    return TASKS[task].build_row(flavour, length, index, depth, seed, counter, data=data, gold_in_context=gold_in_context)
+    return TASKS[task].build_row(
+        flavour, length, index, depth, seed, counter, data=data, gold_in_context=gold_in_context
+    )
 
 
 def _fingerprint(data) -> str | None:
@@ -161,7 +175,9 @@ def closed_book_answer(row: dict) -> str:
 # ------------------------------------------------------------------------------------------- training stream
 
 
-def training_text(index: int, length: int, seed: int, counter: TokenCounter, specs: list[tuple[str, str]], answer_room: int = 64) -> str:
+def training_text(
+    index: int, length: int, seed: int, counter: TokenCounter, specs: list[tuple[str, str]], answer_room: int = 64
+) -> str:
     """Document ``index`` of a training stream: a task input of about ``length - answer_room`` tokens with its
     answer written after the prompt (``... Answer: Vorlanth``), task and flavour cycling over ``specs``, the
     gold at a random depth. Seeds are strings (``train<seed>``), never the integers evaluation rows use, so no

@@ -84,18 +84,36 @@ def _real_parts(data, index: int, seed: int):
     return ex.question, ex.answers, gold, draw, {"source": f"ruler:{path.name}", "example_id": ex.id}
 
 
-def build_row(flavour: str, length: int, index: int, depth: float, seed: int, counter: TokenCounter, data=None, gold_in_context: bool = True) -> dict:
+def build_row(
+    flavour: str,
+    length: int,
+    index: int,
+    depth: float,
+    seed: int,
+    counter: TokenCounter,
+    data=None,
+    gold_in_context: bool = True,
+) -> dict:
     """One ``longqa`` input fitted to ``length`` tokens (see :func:`gkabench.tasks.rag.build_row` for the row)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown longqa flavour {flavour!r}; choose from {', '.join(FLAVOURS)}")
-    question, answers, gold, draw, meta = _generated_parts(flavour, index, seed) if data is None else _real_parts(data, index, seed)
+    question, answers, gold, draw, meta = (
+        _generated_parts(flavour, index, seed) if data is None else _real_parts(data, index, seed)
+    )
     where = depth if gold_in_context else None
 
     def build(units):
         return assemble(insert_at_depth(units, gold, where), question)
 
     # Each document costs its header "Document i:\n" and the blank line as well.
-    prompt, k, n = fit(build, draw, length, counter, sep_tokens=counter.count("\n\nDocument 10:\n") - counter.special, what=f"longqa/{flavour} at {length}")
+    prompt, k, n = fit(
+        build,
+        draw,
+        length,
+        counter,
+        sep_tokens=counter.count("\n\nDocument 10:\n") - counter.special,
+        what=f"longqa/{flavour} at {length}",
+    )
     return {
         "task": "longqa", "flavour": flavour, "length": length, "index": index, "depth": depth, "seed": seed,
         "prompt": prompt, "question": question, "answers": answers, "gold_passages": gold, "context_start": 0,

@@ -35,7 +35,16 @@ PROMPT_TAIL = "\nWhat are all the special magic {kind} for {key} mentioned in th
 MULTIKEY_NEEDLES = 4
 
 
-def build_row(flavour: str, length: int, index: int, depth: float, seed: int, counter: TokenCounter, data=None, gold_in_context: bool = True) -> dict:
+def build_row(
+    flavour: str,
+    length: int,
+    index: int,
+    depth: float,
+    seed: int,
+    counter: TokenCounter,
+    data=None,
+    gold_in_context: bool = True,
+) -> dict:
     """One ``niah`` input fitted to ``length`` tokens; ``answers`` are the asked key's values (all needed)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown niah flavour {flavour!r}; choose from {', '.join(FLAVOURS)}")

@@ -35,9 +35,7 @@ from .fitting import TokenCounter, fit
 from .formats import RAG_FLAVOURS
 
 FLAVOURS = RAG_FLAVOURS
-INSTRUCTION = (
-    "Use the documents below to write a short, concise answer to the question. Give it in this format:\nAnswer: [answer]"
-)
+INSTRUCTION = "Use the documents below to write a short, concise answer to the question. Give it in this format:\nAnswer: [answer]"
 ANSWER_PREFIX = "Answer:"
 DEMO_DOCS = 3  # HELMET's demos come from k=3 retrieval files
 SHOTS = 2
@@ -130,14 +128,25 @@ def _real_parts(data, index: int, seed: int):
     return ex.question, ex.answers, gold, demos, draw, {"source": f"helmet:{path.name}", "example_id": ex.id}
 
 
-def build_row(flavour: str, length: int, index: int, depth: float, seed: int, counter: TokenCounter, data=None, gold_in_context: bool = True) -> dict:
+def build_row(
+    flavour: str,
+    length: int,
+    index: int,
+    depth: float,
+    seed: int,
+    counter: TokenCounter,
+    data=None,
+    gold_in_context: bool = True,
+) -> dict:
     """One ``rag`` input of ``flavour`` fitted to ``length`` tokens, gold at ``depth``; ``data``: the result of
     :func:`gkabench.tasks.formats.read_qa` for real data, None for generated facts.
 
     Returns a JSON-able row: ``prompt``, ``answers``, ``gold_passages``, ``context_start``, ``input_tokens``..."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown rag flavour {flavour!r}; choose from {', '.join(FLAVOURS)}")
-    question, answers, gold, demos, draw, meta = (_generated_parts(flavour, index, seed) if data is None else _real_parts(data, index, seed))
+    question, answers, gold, demos, draw, meta = (
+        _generated_parts(flavour, index, seed) if data is None else _real_parts(data, index, seed)
+    )
     where = depth if gold_in_context else None
 
     def build(units):
