@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import DEFAULT_NUM_ITER, DEFAULT_RIDGE, NORM_FLOOR, GKAState, default_scale, sequence_bounds, validate_inputs
+from .common import DEFAULT_NUM_ITER, DEFAULT_RIDGE, NORM_FLOOR, GKAState, default_scale, run_per_sequence
 
 CHUNK_SIZE = 64
 
@@ -109,25 +109,12 @@ def gka_chunked(
     chunk_size: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, GKAState | None]:
     """GKA in chunk-wise form, pure PyTorch; same signature, shapes and dtypes as :func:`gka_reference`."""
-    shapes = validate_inputs(q, k, v, g, alpha, num_iter=num_iter, ridge=ridge, initial_state=initial_state, cu_seqlens=cu_seqlens)
-    cdt = shapes.state_dtype
-    scale = default_scale(shapes.D, scale)
-    qc, kc, vc, gc, ac = (t.to(cdt) for t in (q, k, v, g, alpha))
-    if initial_state is None:
-        h_kk0 = qc.new_zeros(shapes.N, shapes.H, shapes.D, shapes.D)
-        h_kv0 = qc.new_zeros(shapes.N, shapes.H, shapes.D, shapes.Dv)
-    else:
-        h_kk0, h_kv0 = (s.to(cdt) for s in initial_state)
-    kw = dict(num_iter=num_iter, ridge=ridge, scale=scale, chunk_size=chunk_size)
-    if cu_seqlens is None:
-        o, h_kk, h_kv = _run_batch(qc, kc, vc, gc, ac, h_kk0, h_kv0, **kw)
-    else:
-        outs, kks, kvs = [], [], []
-        for n, (_, bos, eos) in enumerate(sequence_bounds(shapes, cu_seqlens)):
-            sl = slice(bos, eos)
-            o_n, kk_n, kv_n = _run_batch(qc[:, sl], kc[:, sl], vc[:, sl], gc[:, sl], ac[:, sl], h_kk0[n : n + 1], h_kv0[n : n + 1], **kw)
-            outs.append(o_n)
-            kks.append(kk_n)
-            kvs.append(kv_n)
-        o, h_kk, h_kv = torch.cat(outs, 1), torch.cat(kks, 0), torch.cat(kvs, 0)
-    return o.to(v.dtype), ((h_kk, h_kv) if output_final_state else None)
+
+    def runner(q, k, v, g, alpha, h_kk, h_kv):
+        return _run_batch(q, k, v, g, alpha, h_kk, h_kv, num_iter=num_iter, ridge=ridge,
+                          scale=default_scale(q.shape[-1], scale), chunk_size=chunk_size)  # fmt: skip
+
+    return run_per_sequence(
+        runner, q, k, v, g, alpha, num_iter=num_iter, ridge=ridge, initial_state=initial_state,
+        output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+    )  # fmt: skip

@@ -111,6 +111,34 @@ def sequence_bounds(shapes: GKAShapes, cu_seqlens: torch.Tensor | None) -> list[
     return [(0, b[i], b[i + 1]) for i in range(len(b) - 1)]
 
 
+def run_per_sequence(
+    runner, q, k, v, g, alpha, *, num_iter, ridge, initial_state, output_final_state, cu_seqlens
+) -> tuple[torch.Tensor, GKAState | None]:
+    """Shared driver of the pure-PyTorch paths: validate, cast to the state dtype, build the initial state, run
+    ``runner(q, k, v, g, alpha, h_kk, h_kv) -> (o, h_kk, h_kv)`` on the whole batch (``[N, T, H, ...]`` tensors),
+    or once per packed sequence when ``cu_seqlens`` is given, and return ``(o in v's dtype, final state or None)``."""
+    shapes = validate_inputs(q, k, v, g, alpha, num_iter=num_iter, ridge=ridge, initial_state=initial_state, cu_seqlens=cu_seqlens)
+    cdt = shapes.state_dtype
+    qc, kc, vc, gc, ac = (t.to(cdt) for t in (q, k, v, g, alpha))
+    if initial_state is None:
+        h_kk0 = qc.new_zeros(shapes.N, shapes.H, shapes.D, shapes.D)
+        h_kv0 = qc.new_zeros(shapes.N, shapes.H, shapes.D, shapes.Dv)
+    else:
+        h_kk0, h_kv0 = (s.to(cdt) for s in initial_state)
+    if cu_seqlens is None:
+        o, h_kk, h_kv = runner(qc, kc, vc, gc, ac, h_kk0, h_kv0)
+    else:
+        outs, kks, kvs = [], [], []
+        for n, (_, bos, eos) in enumerate(sequence_bounds(shapes, cu_seqlens)):
+            sl = slice(bos, eos)
+            o_n, kk_n, kv_n = runner(qc[:, sl], kc[:, sl], vc[:, sl], gc[:, sl], ac[:, sl], h_kk0[n : n + 1], h_kv0[n : n + 1])
+            outs.append(o_n)
+            kks.append(kk_n)
+            kvs.append(kv_n)
+        o, h_kk, h_kv = torch.cat(outs, 1), torch.cat(kks, 0), torch.cat(kvs, 0)
+    return o.to(v.dtype), ((h_kk, h_kv) if output_final_state else None)
+
+
 def default_scale(D: int, scale: float | None) -> float:
     return D**-0.5 if scale is None else float(scale)
 

@@ -12,15 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .common import (
-    DEFAULT_NUM_ITER,
-    DEFAULT_RIDGE,
-    NORM_FLOOR,
-    GKAState,
-    default_scale,
-    sequence_bounds,
-    validate_inputs,
-)
+from .common import DEFAULT_NUM_ITER, DEFAULT_RIDGE, NORM_FLOOR, GKAState, default_scale, run_per_sequence
 
 Solver = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -96,36 +88,17 @@ def _recurrence(
 def _run(
     q, k, v, g, alpha, *, solve_fn: Solver, num_iter, ridge, scale, initial_state, output_final_state, cu_seqlens
 ) -> tuple[torch.Tensor, GKAState | None]:
-    shapes = validate_inputs(
-        q, k, v, g, alpha, num_iter=num_iter, ridge=ridge, initial_state=initial_state, cu_seqlens=cu_seqlens
-    )
-    cdt = shapes.state_dtype
-    scale = default_scale(shapes.D, scale)
-    qc, kc, vc, gc, ac = (t.to(cdt) for t in (q, k, v, g, alpha))
-    if initial_state is None:
-        h_kk0 = qc.new_zeros(shapes.N, shapes.H, shapes.D, shapes.D)
-        h_kv0 = qc.new_zeros(shapes.N, shapes.H, shapes.D, shapes.Dv)
-    else:
-        h_kk0, h_kv0 = (s.to(cdt) for s in initial_state)
 
     def solve(h: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         return solve_fn(h, rhs, ridge)
 
-    if cu_seqlens is None:
-        o, h_kk, h_kv = _recurrence(qc, kc, vc, gc, ac, h_kk0, h_kv0, solve, scale)
-    else:
-        outs, kks, kvs = [], [], []
-        for n, (_, bos, eos) in enumerate(sequence_bounds(shapes, cu_seqlens)):
-            sl = slice(bos, eos)
-            o_n, kk_n, kv_n = _recurrence(
-                qc[:, sl], kc[:, sl], vc[:, sl], gc[:, sl], ac[:, sl], h_kk0[n : n + 1], h_kv0[n : n + 1], solve, scale
-            )
-            outs.append(o_n)
-            kks.append(kk_n)
-            kvs.append(kv_n)
-        o, h_kk, h_kv = torch.cat(outs, 1), torch.cat(kks, 0), torch.cat(kvs, 0)
-    final = (h_kk, h_kv) if output_final_state else None
-    return o.to(v.dtype), final
+    def runner(q, k, v, g, alpha, h_kk, h_kv):
+        return _recurrence(q, k, v, g, alpha, h_kk, h_kv, solve, default_scale(q.shape[-1], scale))
+
+    return run_per_sequence(
+        runner, q, k, v, g, alpha, num_iter=num_iter, ridge=ridge, initial_state=initial_state,
+        output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+    )  # fmt: skip
 
 
 def gka_reference(
