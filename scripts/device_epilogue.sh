@@ -2,7 +2,7 @@
 # 15 MB (the device tool returns at most 8 files of 16 MiB). Back here:
 #   mkdir -p .triton_cache && cp <files_at>/tcache-part-* .triton_cache/   (git-ignored; carry it next call)
 # Skipped when the cache packs to more than MAX_PARTS parts (the carried tree is limited to 64 MiB).
-MAX_PARTS=${MAX_PARTS:-3}
+MAX_PARTS=${MAX_PARTS:-4}
 if [ -d "${TRITON_CACHE_DIR:-/tmp/triton_cache}" ]; then
   tar czf /tmp/tcache.tgz -C "${TRITON_CACHE_DIR:-/tmp/triton_cache}" .
   size=$(stat -c %s /tmp/tcache.tgz)
