@@ -301,8 +301,8 @@ def mesanet_cases(device, fast_fn, ref_fn, shapes) -> list[Case]:
 
                 def wrap(fn):
                     def f(**kw):
-                        o, (kk, kv) = fn(**kw, output_final_state=True, max_CG_iteration=30, cu_seqlens=cu_t)
-                        return o, kk, kv
+                        # fla 0.6.0's chunk_mesa_net (and our reference) return (o, h_kk, h_kv)
+                        return fn(**kw, output_final_state=True, max_CG_iteration=30, cu_seqlens=cu_t)
                     return f
 
                 grads = ["q", "k", "v", "g", "beta", "lamb", "h_kk_init", "h_kv_init"]
@@ -332,7 +332,10 @@ def run_checks(
         guard_lifted = lift_fla_hopper_guard()
     cases = gka_cases(device) + attention_cases(device) + baseline_cases(device)
     if ops:
+        valid = sorted({c.op.split(" ")[0] for c in cases})
         cases = [c for c in cases if any(c.op.startswith(o) for o in ops)]
+        if not cases:
+            raise ValueError(f"--ops {','.join(ops)} selects no check on {device.type}; valid here: {', '.join(valid)}")
     if quick:
         first_shape: dict[str, str] = {}
         for c in cases:

@@ -38,6 +38,25 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def pick_device(device: str | None):
+    """``--device`` -> torch.device (default: cuda when present); bad names and absent CUDA are user errors."""
+    import torch
+
+    from .env import default_device
+
+    if not device:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device; use cpu or cuda (or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: gkabench runs on cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for but no CUDA device is visible; drop --device or use --device cpu")
+    return dev
+
+
 def fmt_bytes(n: float | None) -> str:
     if n is None:
         return "-"
@@ -62,6 +81,8 @@ def layers(
     from .layers import parse_mixer_list
     from .layers.inventory import mixer_inventory
 
+    if hidden <= 0 or seq_len < 0 or (num_heads is not None and num_heads <= 0) or (head_dim is not None and head_dim <= 0):
+        raise ValueError("--hidden, --num-heads and --head-dim must be positive and --seq-len >= 0")
     rows = mixer_inventory(hidden, num_heads, head_dim, seq_len, names=parse_mixer_list(mixers))
     table = Table(title=f"gkabench mixers at hidden {hidden} on {device_name()}",
                   caption=f"state/seq: fp32 recurrent state + conv states in bf16; attention: bf16 KV cache at T={seq_len}")
@@ -89,20 +110,17 @@ def demo(
     device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)"),
 ):
     """Compare every registered mixer at one size fitted to this machine and print a table."""
-    import torch
 
     from .bench.demo import DemoSize, compare_mixers
-    from .env import default_device, device_name
+    from .env import device_name
     from .layers import parse_mixer_list
 
-    dev = torch.device(device) if device else default_device()
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for but no CUDA device is visible; drop --device or use --device cpu")
+    dev = pick_device(device)
     size = DemoSize.for_device(dev)
     names = parse_mixer_list(mixers)
     if dev.type == "cpu":
         console.print(
-            "[yellow]No GPU: CPU numbers from the pure-PyTorch reference ops at a small size. "
+            "[yellow]CPU numbers from the pure-PyTorch ops at a small size. "
             "They check that everything runs; they say nothing about GPU speed.[/yellow]"
         )
     from rich.progress import Progress
@@ -150,14 +168,13 @@ def check(
     import torch
 
     from .check import any_failure, run_checks
-    from .env import default_device, device_name, environment
+    from .env import device_name, environment
     from .io import write_text_atomic
 
-    dev = torch.device(device) if device else default_device()
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for but no CUDA device is visible; drop --device or use --device cpu")
+    dev = pick_device(device)
     if dev.type == "cpu":
-        console.print("[yellow]No CUDA device: there are no Triton paths to check here; checking the pure-PyTorch paths against the exact float64 solve.[/yellow]")
+        why = "No CUDA device" if not torch.cuda.is_available() else "CPU run (--device cpu)"
+        console.print(f"[yellow]{why}: no Triton paths are checked; the pure-PyTorch paths are checked against the exact float64 solve.[/yellow]")
     op_list = [o.strip() for o in ops.split(",")] if ops else None
     colors = {"pass": "green", "FAIL": "red", "error": "red", "refused": "yellow", "skip": "dim"}
 
@@ -218,14 +235,10 @@ def speed(
     """Throughput, latency and memory of every mixer as the sequence grows: JSONL/CSV/markdown tables and a plot."""
     from pathlib import Path
 
-    import torch
 
     from .bench.speed import make_config, print_tables, run_speed
-    from .env import default_device
 
-    dev = torch.device(device) if device else default_device()
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for but no CUDA device is visible; drop --device or use --device cpu")
+    dev = pick_device(device)
     cfg = make_config(
         device=dev, mixers=mixers, levels=level, modes=modes, lengths=lengths, prefill_lengths=prefill_lengths,
         decode_lengths=decode_lengths, decode_batches=decode_batches, tokens=tokens, batch=batch, heads=heads,

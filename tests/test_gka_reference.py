@@ -203,7 +203,7 @@ def test_bad_cu_seqlens_and_state_raise():
         gka_reference(q1, k1, v1, g1, a1, cu_seqlens=torch.tensor([0, 3, 5]))
     with pytest.raises(ValueError, match="initial_state must be"):
         gka_reference(q, k, v, g, a, initial_state=(torch.zeros(2, 2, 8, 8), torch.zeros(2, 2, 8, 8)))
-    with pytest.raises(ValueError, match="ridge must be > 0"):
+    with pytest.raises(ValueError, match="ridge must be a finite number > 0"):
         gka_reference(q, k, v, g, a, ridge=0.0)
 
 
@@ -252,3 +252,18 @@ def test_torch_chunked_state_gradients_match_reference():
         grads.append(torch.autograd.grad((o * w).sum() + kk.sum() + kv.square().sum(), (kk0, kv0)))
     for gr, gc in zip(*grads):
         assert rel(gc, gr) <= 1e-11
+
+
+def test_more_user_errors_are_value_errors():
+    q, k, v, g, a = make_inputs(B=1, T=6)
+    with pytest.raises(ValueError, match="cu_seqlens must be a 1-D"):
+        gka_reference(q, k, v, g, a, cu_seqlens=[0, 2, 6])
+    with pytest.raises(ValueError, match="pair of tensors"):
+        gka_reference(q, k, v, g, a, initial_state=(None, None))
+    for bad in (float("inf"), float("nan"), -1.0, "x"):
+        with pytest.raises(ValueError, match="ridge"):
+            gka_chunked(q, k, v, g, a, ridge=bad)
+    with pytest.raises(ValueError, match="num_iter"):
+        gka_reference(q, k, v, g, a, num_iter=True)
+    with pytest.raises(ValueError, match="chunk_size"):
+        gka_chunked(q, k, v, g, a, chunk_size=0)

@@ -50,6 +50,8 @@ def compare_mixers(device: torch.device, size: DemoSize, names: list[str] | None
             xg = x.clone().requires_grad_(True)
 
             def fwdbwd():
+                mixer.zero_grad(set_to_none=True)  # time one step, not a growing accumulation
+                xg.grad = None
                 y, _ = mixer(xg)
                 y.float().sum().backward()
 

@@ -122,6 +122,10 @@ class Mixer(nn.Module):
         self.layer_idx = layer_idx
 
     def backend_for(self, x: torch.Tensor) -> str:
+        if self.backend == "auto" and x.is_cuda:
+            from .inventory import triton_backend_available
+
+            return "triton" if triton_backend_available(self.name)[0] else "reference"
         return resolve_backend(self.backend, x, self.name)
 
     def state_bytes(self, seq_len: int = 0, dtype: torch.dtype = torch.bfloat16) -> int:
@@ -165,8 +169,14 @@ class Mixer(nn.Module):
         return self.o_proj(o.reshape(*x.shape[:2], -1))
 
     def check_input(self, x: torch.Tensor, attention_mask, cu_seqlens, cache) -> None:
-        if x.ndim != 3 or x.shape[-1] != self.hidden_size:
-            raise ValueError(f"{self.name}: x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"{self.name}: x must be [B, T, {self.hidden_size}], got {tuple(getattr(x, 'shape', ()))}")
+        if not x.is_floating_point():
+            raise ValueError(f"{self.name}: x must be a floating-point tensor, got {x.dtype}; embed token ids first")
+        if x.shape[1] < 1:
+            raise ValueError(f"{self.name}: x holds no tokens (T = 0)")
+        if cache is not None and cache.batch_size not in (0, x.shape[0]):
+            raise ValueError(f"{self.name}: the cache holds {cache.batch_size} sequences but x has {x.shape[0]}; reorder or rebuild the cache")
         if attention_mask is not None and (
             attention_mask.ndim != 2 or attention_mask.shape[0] != x.shape[0] or attention_mask.shape[1] < x.shape[1]
         ):
@@ -178,3 +188,8 @@ class Mixer(nn.Module):
                 raise ValueError(f"{self.name}: cu_seqlens needs a packed batch of 1, got B={x.shape[0]}")
             if cache is not None:
                 raise ValueError(f"{self.name}: cu_seqlens cannot be combined with a decoding cache; decode unpacked sequences")
+            if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.ndim != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"{self.name}: cu_seqlens must be a 1-D int32/int64 tensor [0, t1, ..., T]")
+            b = cu_seqlens.tolist()
+            if len(b) < 2 or b[0] != 0 or b[-1] != x.shape[1] or any(y < a for a, y in zip(b, b[1:])):
+                raise ValueError(f"{self.name}: cu_seqlens must start at 0, end at T={x.shape[1]} and never decrease, got {b}")

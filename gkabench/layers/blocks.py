@@ -45,18 +45,20 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised, weighted x in float32 (float64 for float64 x), not yet cast back."""
         xf = upcast(x)
-        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.to(xf.dtype)).to(x.dtype)
+        return xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight.to(xf.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalized(x).to(x.dtype)
 
 
 class GatedRMSNorm(RMSNorm):
-    """``RMSNorm(o) * SiLU(gate)`` per head: o, gate ``[..., head_dim]``."""
+    """``RMSNorm(o) * SiLU(gate)`` per head: o, gate ``[..., head_dim]``; one rounding to x's dtype at the end."""
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        y = upcast(super().forward(x)) * F.silu(upcast(gate))
-        return y.to(x.dtype)
+        return (self.normalized(x) * F.silu(upcast(gate))).to(x.dtype)
 
 
 class ShortConv(nn.Module):

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.gka import DEFAULT_NUM_ITER, DEFAULT_RIDGE, gka, gka_chunked
+from ..kernels.gka import DEFAULT_NUM_ITER, DEFAULT_RIDGE, gka, gka_chunked, gka_reference
 from .base import Mixer, MixerCache
-from .blocks import l2_normalize, mask_tokens, upcast
+from .blocks import l2_normalize, mask_tokens, resolve_heads, upcast
 from .registry import register_mixer
 
 
@@ -66,8 +66,9 @@ class GKAMixer(Mixer):
         conv_size: int = 4,
         norm_eps: float = 1e-6,
     ):
-        head_dim = head_dim or 128
-        num_heads = num_heads or max(1, hidden_size // head_dim)
+        num_heads, head_dim = resolve_heads("gka", hidden_size, num_heads, head_dim, 128)
+        if conv_size < 1:
+            raise ValueError(f"gka: conv_size must be >= 1 (the layer always has its short convs), got {conv_size}")
         super().__init__(hidden_size, num_heads, head_dim, backend=backend, layer_idx=layer_idx)
         self.use_beta, self.use_decay, self.use_alpha = use_beta, use_decay, use_alpha
         self.num_iter, self.ridge, self.conv_size = num_iter, ridge, conv_size
@@ -131,9 +132,11 @@ class GKAMixer(Mixer):
             num_iter=self.num_iter, ridge=self.ridge, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )  # fmt: skip
-        if backend == "reference":  # pure PyTorch: the chunk-wise form (same arithmetic, ~100x faster on CPU)
-            return gka_chunked(q, k, v, g, alpha, **kwargs)
-        if initial_state is not None and q.shape[1] <= 16 and cu_seqlens is None:
+        stepping = initial_state is not None and q.shape[1] <= 16 and cu_seqlens is None
+        if backend == "reference":
+            # pure PyTorch: a few cached tokens by the token loop, longer inputs in chunk form (~100x faster)
+            return gka_reference(q, k, v, g, alpha, **kwargs) if stepping else gka_chunked(q, k, v, g, alpha, **kwargs)
+        if stepping and not torch.is_grad_enabled():  # the Triton decode kernel has no backward
             try:
                 from ..kernels.gka.decode import gka_decode
             except ImportError:

@@ -3,6 +3,7 @@ sequence at a stated size, the backends that run on this machine, and known issu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ class MixerInfo:
     known_issues: list[str]
 
 
+@functools.lru_cache(maxsize=None)
 def triton_backend_available(name: str) -> tuple[bool, str]:
     """Can the CUDA (Triton) path of mixer ``name`` run here? Returns (ok, reason when not)."""
     if not torch.cuda.is_available():

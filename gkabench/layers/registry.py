@@ -92,4 +92,13 @@ def build_mixer(
     """Build the registered mixer ``name``. All mixers share one forward signature and one cache protocol
     (see :mod:`gkabench.layers.base`). Extra ``options`` go to the mixer's constructor."""
     spec = get_mixer_spec(name)
-    return spec.cls(hidden_size, num_heads=num_heads, head_dim=head_dim, backend=backend, layer_idx=layer_idx, **options)
+    try:
+        return spec.cls(hidden_size, num_heads=num_heads, head_dim=head_dim, backend=backend, layer_idx=layer_idx, **options)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        import inspect
+
+        params = [p for p in inspect.signature(spec.cls.__init__).parameters if p not in ("self", "hidden_size", "num_heads", "head_dim", "backend", "layer_idx")]
+        bad = str(exc).split("argument")[-1].strip()
+        raise ValueError(f"{name}: unknown option {bad}; valid: {', '.join(params)}") from None

@@ -7,6 +7,7 @@ backend runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,14 +75,22 @@ def validate_inputs(
     devices = {t.device for t in names.values()}
     if len(devices) != 1:
         raise ValueError(f"gka: all inputs must be on one device, got {sorted(str(d) for d in devices)}")
-    if not isinstance(num_iter, int) or num_iter < 0:
+    if D < 1 or v.shape[-1] < 1:
+        raise ValueError(f"gka: head dims must be >= 1, got D={D}, Dv={v.shape[-1]}")
+    if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 0:
         raise ValueError(f"gka: num_iter must be a non-negative int, got {num_iter!r}")
-    if not (float(ridge) > 0.0):
-        raise ValueError(f"gka: ridge must be > 0 (the paper uses 0.02), got {ridge!r}")
+    try:
+        ridge_ok = math.isfinite(float(ridge)) and float(ridge) > 0.0
+    except (TypeError, ValueError):
+        ridge_ok = False
+    if not ridge_ok:
+        raise ValueError(f"gka: ridge must be a finite number > 0 (the paper uses 0.02), got {ridge!r}")
     N = B
     if cu_seqlens is not None:
         if B != 1:
             raise ValueError(f"gka: with cu_seqlens the batch must be 1 (packed sequences), got B={B}; flatten to [1, sum(T), H, D]")
+        if not isinstance(cu_seqlens, torch.Tensor):
+            raise ValueError("gka: cu_seqlens must be a 1-D int32/int64 tensor [0, t1, ..., T], e.g. torch.tensor(offsets, dtype=torch.int32)")
         if cu_seqlens.ndim != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.numel() < 2:
             raise ValueError("gka: cu_seqlens must be a 1-D int32/int64 tensor [0, t1, ..., T] with at least two entries")
         bounds = cu_seqlens.tolist()
@@ -93,6 +102,8 @@ def validate_inputs(
         if not (isinstance(initial_state, (tuple, list)) and len(initial_state) == 2):
             raise ValueError("gka: initial_state must be a pair (h_kk [N, H, D, D], h_kv [N, H, D, Dv])")
         h_kk, h_kv = initial_state
+        if not (isinstance(h_kk, torch.Tensor) and isinstance(h_kv, torch.Tensor)):
+            raise ValueError("gka: initial_state must be a pair of tensors (h_kk [N, H, D, D], h_kv [N, H, D, Dv])")
         if tuple(h_kk.shape) != (N, H, D, D) or tuple(h_kv.shape) != (N, H, D, v.shape[-1]):
             raise ValueError(
                 f"gka: initial_state must be (h_kk [{N}, {H}, {D}, {D}], h_kv [{N}, {H}, {D}, {v.shape[-1]}]), "
