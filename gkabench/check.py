@@ -232,9 +232,10 @@ def attention_cases(device: torch.device) -> list[Case]:
 # ----------------------------------------------------------------------------------------------- fla baselines
 
 
-def baseline_cases(device: torch.device) -> list[Case]:
-    """fla's Triton chunk ops vs our float64 recurrences (CUDA only)."""
-    if device.type != "cuda":
+def baseline_cases(device: torch.device, fast_ops: dict | None = None, shapes: list | None = None) -> list[Case]:
+    """fla's Triton chunk ops vs our float64 recurrences (CUDA only). ``fast_ops`` ({op name: callable}) and
+    ``shapes`` replace the fla ops and the shapes; the CPU tests use them to run this machinery on references."""
+    if device.type != "cuda" and fast_ops is None:
         return []
     from .kernels.baselines import reference as R
 
@@ -251,7 +252,9 @@ def baseline_cases(device: torch.device) -> list[Case]:
         ("gla", fla_op("fla.ops.gla", "chunk_gla"), R.chunk_gla, False, "vector"),
         ("mamba2 (simple_gla)", fla_op("fla.ops.simple_gla", "chunk_simple_gla"), R.chunk_simple_gla, False, "scalar"),
     ]
-    shapes = [("B2 T100 H2 D128", 2, 100, 2, 128, None), ("B2 T100 H2 D64", 2, 100, 2, 64, None), ("varlen 37+63+130 D128", 1, 230, 2, 128, [0, 37, 100, 230])]
+    shapes = shapes or [("B2 T100 H2 D128", 2, 100, 2, 128, None), ("B2 T100 H2 D64", 2, 100, 2, 64, None), ("varlen 37+63+130 D128", 1, 230, 2, 128, [0, 37, 100, 230])]
+    if fast_ops is not None:
+        specs = [(op, fast_ops[op], *rest) for op, _, *rest in specs]
     cases = []
     for op, fast_fn, ref_fn, needs_beta, gate in specs:
         for label, B, T, H, D, cu in shapes:
@@ -278,7 +281,8 @@ def baseline_cases(device: torch.device) -> list[Case]:
                     return compare_fwd_bwd(wrap(fast_fn), wrap(ref_fn), inputs, grads, ["o", "final_state"], tol_f, tol_b, 11)
 
                 cases.append(Case(op, label, dtype, run, tags=["fla"]))
-    cases += mesanet_cases(device, fla_op("fla.ops.mesa_net", "chunk_mesa_net"), R.chunk_mesa_net, shapes)
+    mesa_fast = fast_ops["mesanet"] if fast_ops is not None else fla_op("fla.ops.mesa_net", "chunk_mesa_net")
+    cases += mesanet_cases(device, mesa_fast, R.chunk_mesa_net, shapes)
     return cases
 
 

@@ -1,0 +1,36 @@
+"""`gkabench check`'s machinery on CPU: the baseline and MesaNet cases run end to end (with our references
+standing in for fla's Triton ops), so an unpacking or wiring mistake cannot hide until a GPU run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gkabench.check import baseline_cases, run_checks
+from gkabench.kernels.baselines import reference as R
+
+CPU = torch.device("cpu")
+
+
+def test_baseline_and_mesanet_cases_run_on_cpu_with_references():
+    fast = {
+        "gated_deltanet": R.chunk_gated_delta_rule,
+        "gla": R.chunk_gla,
+        "mamba2 (simple_gla)": R.chunk_simple_gla,
+        "mesanet": R.chunk_mesa_net,
+    }
+    shapes = [("B1 T20 H2 D8", 1, 20, 2, 8, None), ("varlen 7+13 D8", 1, 20, 2, 8, [0, 7, 20])]
+    cases = baseline_cases(CPU, fast_ops=fast, shapes=shapes)
+    assert {c.op for c in cases} == set(fast)
+    for case in cases:
+        rows = case.run()
+        names = [q for q, _, _ in rows]
+        assert "o" in names and any(n.startswith("d") for n in names), case.op
+        for quantity, err, tol in rows:
+            # the same recurrence in float32 (bf16 inputs) vs float64: rounding only
+            assert err <= tol, (case.op, case.case, case.dtype, quantity, err)
+
+
+def test_empty_op_selection_is_a_user_error():
+    with pytest.raises(ValueError, match="selects no check"):
+        run_checks(CPU, ["glaa"])
