@@ -242,7 +242,8 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 def test_gpu_chunk_matches_exact(kw):
     r = compare(device="cuda", **kw)
     tol = 1e-5 if kw["dtype"] == torch.float32 else 1e-2
-    for key in ["o", *GRADS]:
+    keys = ["o", "h_kk", "h_kv", *GRADS] + (["dh0_kk", "dh0_kv"] if kw.get("state") else [])
+    for key in keys:  # final states and initial-state gradients too (spec section 4: their sign must be right)
         assert r[key] < tol, (key, r[key])
 
 
