@@ -257,6 +257,25 @@ def _bool(v) -> bool | None:
     return str(v).strip().lower() in ("1", "true", "yes", "y")
 
 
+_DTYPES = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+    "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+}  # fmt: skip
+
+
+def _torch_dtype(dtype):
+    """``auto``/None -> ``"auto"``; a torch.dtype as is; bf16/fp16/fp32/bfloat16/float16/float32 names -> the dtype;
+    anything else a one-line ValueError."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype or "auto"
+    name = str(dtype).strip().lower().removeprefix("torch.")
+    if name in ("", "auto"):
+        return "auto"
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, bf16, fp16, fp32 (or bfloat16, float16, float32)")
+    return _DTYPES[name]
+
+
 def load_model_and_tokenizer(pretrained: str, tokenizer=None, device=None, dtype=None, backend=None):
     """``AutoModelForCausalLM`` + tokenizer from a local directory (never the hub). One-line errors."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -274,9 +293,7 @@ def load_model_and_tokenizer(pretrained: str, tokenizer=None, device=None, dtype
     config = AutoConfig.from_pretrained(str(d), local_files_only=True)
     if backend and getattr(config, "model_type", None) == "gkabench":
         config.backend = backend
-    kwargs = {
-        "dtype": getattr(torch, dtype) if isinstance(dtype, str) and dtype not in ("auto",) else (dtype or "auto")
-    }
+    kwargs = {"dtype": _torch_dtype(dtype)}
     model = AutoModelForCausalLM.from_pretrained(str(d), config=config, local_files_only=True, **kwargs)
     model.to(dev).eval()
     has_tok = any((d / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
@@ -458,14 +475,15 @@ class GKABenchLM(TemplateLM):
                     ids[r, width - len(enc[i]) :] = torch.tensor(enc[i], dtype=torch.long)
                     mask[r, width - len(enc[i]) :] = 1
                 ids, mask = ids.to(self.device), mask.to(self.device)
+                batch_kw = dict(gen_kw)  # per batch: a prefill cache belongs to this batch only
                 if self.prefill_chunk and self.recurrent_cache and width > self.prefill_chunk:
-                    gen_kw["cache"] = self._prefill(
+                    batch_kw["cache"] = self._prefill(
                         ids, mask
                     )  # all but the last prompt token; generate takes it from there
                 gen = self.model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=do_sample,
                     pad_token_id=self.pad_id, eos_token_id=self.eot_token_id, stop_strings=until or None,
-                    tokenizer=self.tokenizer, **gen_kw,
+                    tokenizer=self.tokenizer, **batch_kw,
                 )  # fmt: skip
                 for r, i in enumerate(chunk):
                     text = self.tok_decode(gen[r, width:].tolist())

@@ -226,3 +226,34 @@ def test_paper_tasks_run_from_local_copies(ckpt, tmp_path):
     )
     rows = [json.loads(x) for x in (tmp_path / "eval" / "tiny_gka.jsonl").read_text().splitlines()]
     assert {(r["task"], r["metric"]) for r in rows} >= {("arc_easy", "acc_norm"), ("fda", "contains")}
+
+
+@pytest.mark.parametrize("mixer", ["gka", "attention"])
+def test_prefill_cache_is_per_batch(tmp_path, mixer):
+    """A long prompt (prefilled through the cache) then a short one, one per batch, in one call: the short one's
+    answer is what it gets alone (the long batch's prefill cache is not carried into the next batch)."""
+    from gkabench.models import GKABenchForCausalLM, preset_config
+    from gkabench.tokenizers import byte_tokenizer
+
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", mixer=mixer, vocab_size=259, bos_token_id=256, eos_token_id=257, pad_token_id=258)
+    GKABenchForCausalLM(cfg).save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    lm = B.GKABenchLM(pretrained=str(tmp_path), device="cpu", batch_size=1, prefill_chunk=8)
+    kw = {"until": ["\n"], "max_gen_toks": 6}
+    long, mid, short = "The quick brown fox jumps over the lazy dog. " * 2, "Pack my box with five", "Hi, "
+    both = lm.generate_until([_Req(long, kw), _Req(mid, kw), _Req(short, kw)], disable_tqdm=True)
+    alone = [lm.generate_until([_Req(s, kw)], disable_tqdm=True)[0] for s in (long, mid, short)]
+    assert both == alone
+    lm.prefill_chunk = None
+    assert lm.generate_until([_Req(long, kw), _Req(mid, kw), _Req(short, kw)], disable_tqdm=True) == alone
+
+
+def test_dtype_names():
+    assert B._torch_dtype(None) == "auto" and B._torch_dtype("auto") == "auto"
+    assert B._torch_dtype("bf16") is torch.bfloat16 and B._torch_dtype("bfloat16") is torch.bfloat16
+    assert B._torch_dtype("fp16") is torch.float16 and B._torch_dtype("float16") is torch.float16
+    assert B._torch_dtype("fp32") is torch.float32 and B._torch_dtype("torch.float32") is torch.float32
+    assert B._torch_dtype(torch.float16) is torch.float16
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        B._torch_dtype("int8")
