@@ -439,6 +439,10 @@ def eval_(
     ours = ours.strip().strip(",")
     if dtype not in (None, "bf16", "fp16", "fp32"):
         raise ValueError(f"--dtype {dtype!r}: choose bf16, fp16 or fp32")
+    if ours and n < 1:
+        raise ValueError(f"--n {n}: rows per task flavour and length must be at least 1")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {max_new_tokens}: the answer budget must be at least 1 token")
     if lm_tasks:
         names = [t.strip() for t in lm_tasks.split(",") if t.strip()]
         result, path = run_lm_eval_tasks(model, names, data, limit, batch_size, device, out, name)
@@ -446,7 +450,7 @@ def eval_(
     if not ours:
         return
     cfg = EvalConfig(
-        model=model, tasks=ours, lengths=parse_lengths(lengths), n=n, data=data if not lm_tasks else None,
+        model=model, tasks=ours, lengths=parse_lengths(lengths), n=n, data=data,
         batch_size=batch_size, max_new_tokens=max_new_tokens, out=out, name=name, device=device, seed=seed,
         cache_dir=cache_dir, chunk_size=chunk_size, dtype=dtype,
     )  # fmt: skip
@@ -463,7 +467,8 @@ def eval_(
             by = dict(zip(g.length, g.score, strict=True))
             table.add_row(t, f, *(f"{by[x]:.1f}" if x in by else "-" for x in lens))
         console.print(table)
-    console.print("wrote " + ", ".join(str(p) for p in result.paths))
+    if result.paths:
+        console.print("wrote " + ", ".join(str(p) for p in result.paths))
     if result.interrupted:
         console.print("[yellow]interrupted: rows done are kept; rerun the same command to resume[/yellow]")
         raise typer.Exit(code=130)

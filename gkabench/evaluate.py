@@ -13,8 +13,8 @@ model's own tokenizer, cached on disk); the model answers them with greedy decod
   mixer neutralises padding). An out-of-memory batch is retried one row at a time; a single row that does not
   fit raises a one-line error naming the fix, keeping the rows done.
 - **Rows** are appended to ``<out>/<name>.jsonl`` as they finish (task, flavour, length, depth, prediction, gold,
-  score, input tokens, seconds, peak GPU memory, environment). A rerun skips rows already there (resume);
-  Ctrl-C keeps them. ``<out>/<name>.md`` and ``.csv`` summaries are rewritten atomically at the end (and on
+  score, input tokens, seconds, peak GPU memory, environment). A rerun skips rows already there (resume) when
+  they came from the same checkpoint (``model_fingerprint``), task generator and tokenizer; Ctrl-C keeps them. ``<out>/<name>.md`` and ``.csv`` summaries are rewritten atomically at the end (and on
   interruption).
 
 ``model`` may be a gkabench checkpoint or run directory, any local HF causal LM directory (loaded offline with
@@ -189,8 +189,46 @@ def generate(
 # ------------------------------------------------------------------------------------------------ running
 
 
-def _row_key(r: dict) -> tuple:
-    return (r["task"], r["flavour"], int(r["length"]), int(r["index"]), int(r["seed"]), r.get("source"))
+def _row_key(r: dict, generator_version=None, tokenizer_hash=None) -> tuple:
+    """What makes a row the same row for resume: which example (task, flavour, length, index, seed, source) under
+    which task generator and tokenizer (a row from ``get_rows`` has neither yet: pass the current ones)."""
+    return (
+        r["task"], r["flavour"], int(r["length"]), int(r["index"]), int(r["seed"]), r.get("source"),
+        r.get("generator_version", generator_version), r.get("tokenizer_hash", tokenizer_hash),
+    )  # fmt: skip
+
+
+def model_fingerprint(model_dir: Path | None, reader: str | None = None) -> str | None:
+    """A cheap identity of a checkpoint: sha256 over config.json's bytes and, per weight file (safetensors / bin),
+    its name, size and first and last MiB (a retrained or replaced checkpoint changes it; a copy does not).
+    ``reader:<name>`` for a reference reader."""
+    import hashlib
+
+    if model_dir is None:
+        return f"reader:{reader}" if reader else None
+    h = hashlib.sha256()
+    cfg = Path(model_dir) / "config.json"
+    h.update(cfg.read_bytes() if cfg.is_file() else b"")
+    weights = sorted(
+        p for p in Path(model_dir).iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".pth")
+    )
+    for w in weights:
+        size = w.stat().st_size
+        h.update(f"{w.name}:{size}".encode())
+        with w.open("rb") as f:
+            h.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(size - (1 << 20))
+                h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def check_config(cfg: EvalConfig) -> None:
+    """One-line ValueErrors for settings that would write nothing or only zero scores."""
+    if cfg.n < 1:
+        raise ValueError(f"--n {cfg.n}: rows per task flavour and length must be at least 1")
+    if cfg.max_new_tokens is not None and cfg.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {cfg.max_new_tokens}: the answer budget must be at least 1 token")
 
 
 def run_eval(cfg: EvalConfig, console=None) -> EvalResult:
@@ -200,6 +238,7 @@ def run_eval(cfg: EvalConfig, console=None) -> EvalResult:
     from .tasks.facts import GENERATOR_VERSION
     from .tasks.fitting import TokenCounter, format_length
 
+    check_config(cfg)
     specs = parse_tasks(cfg.tasks)
     device = torch.device(cfg.device) if cfg.device else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -221,12 +260,24 @@ def run_eval(cfg: EvalConfig, console=None) -> EvalResult:
         model_dir, model, tok, mixers = None, None, load_tokenizer(None), [cfg.model]
     counter = TokenCounter(tok)
     env = environment(device)
-    # The same file may hold lm-eval rows (the bridge appends there too): only our tasks' rows count for resume.
-    done = {
-        _row_key(r)
-        for r in read_jsonl(jsonl)
-        if r.get("task") in ("rag", "longqa", "niah") and "score" in r and "index" in r
-    }
+    fingerprint = model_fingerprint(model_dir, None if model_dir else cfg.model)
+    # The same file may hold lm-eval rows (the bridge appends there too): only our tasks' rows count for resume,
+    # and only those written by this checkpoint (fingerprint) under this generator and tokenizer (the key).
+    done, stale = set(), 0
+    for r in read_jsonl(jsonl):
+        if r.get("task") in ("rag", "longqa", "niah") and "score" in r and "index" in r:
+            same = r.get("model_fingerprint") == fingerprint
+            same = same and r.get("generator_version") == GENERATOR_VERSION and r.get("tokenizer_hash") == counter.hash
+            if same:
+                done.add(_row_key(r))
+            else:
+                stale += 1
+    if stale and console is not None:
+        console.print(
+            f"[yellow]{jsonl}: {stale} rows came from another checkpoint, task generator or tokenizer (or predate "
+            f"checkpoint fingerprints); they are not reused: those rows are evaluated again[/yellow]",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
     all_rows: list[dict] = []
     interrupted = False
     progress = _progress(console, cfg.progress)
@@ -241,21 +292,21 @@ def run_eval(cfg: EvalConfig, console=None) -> EvalResult:
                         task, flavour, length, cfg.n, cfg.seed, counter=counter, cache_dir=cfg.cache_dir,
                         depths=cfg.depths, data=data, progress=lambda i, b=bar: progress.advance(b),
                     )  # fmt: skip
-                    todo = [r for r in rows if _row_key(r) not in done]
+                    todo = [r for r in rows if _row_key(r, GENERATOR_VERSION, counter.hash) not in done]
                     progress.update(bar, description=f"eval {label}", completed=cfg.n - len(todo), total=cfg.n)
                     new_tokens = _new_tokens(cfg, task, counter)
                     for batch in _batches(todo, cfg.batch_size):
                         for rec in _answer(batch, model, tok, reader, new_tokens, cfg, length, device):
                             rec.update(model=name, model_dir=str(model_dir) if model_dir else None, mixers=mixers,
                                        generator_version=GENERATOR_VERSION, tokenizer_hash=counter.hash,
-                                       max_new_tokens=new_tokens, env=env)  # fmt: skip
+                                       model_fingerprint=fingerprint, max_new_tokens=new_tokens, env=env)  # fmt: skip
                             append_jsonl(jsonl, rec)
                             all_rows.append(rec)
                             done.add(_row_key(rec))
                             progress.advance(bar)
     except KeyboardInterrupt:
         interrupted = True
-    paths = [jsonl]
+    paths = [jsonl] if jsonl.exists() else []
     summary = None
     if jsonl.exists():
         summary, extra = write_summary(jsonl)
@@ -292,9 +343,15 @@ def _answer(batch, model, tok, reader, new_tokens, cfg, length, device) -> list[
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
+    oom = False
     try:
         texts = generate(model, tok, prompts, new_tokens, cfg.chunk_size)
     except torch.OutOfMemoryError:
+        oom = True  # handled below, outside the except: its traceback holds the failed batch's tensors alive
+    if oom:
+        import gc
+
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if len(batch) > 1:  # retry one row at a time before giving up

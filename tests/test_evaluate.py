@@ -258,3 +258,105 @@ def test_longctx_task_runs_in_lm_eval(models, tmp_path, monkeypatch):
                              include_path=str(Path(__file__).parent / "data" / "longctx_lm_eval"), results_dir=str(tmp_path), write=False)  # fmt: skip
     got = res["gkabench_niah_single"]
     assert got["n"] == 4 and 0.0 <= got["1024"] <= 1.0 and 0.0 <= got["2048"] <= 1.0
+
+
+def test_resume_needs_same_checkpoint_generator_and_tokenizer(models, tmp_path, monkeypatch):
+    """Rows are reused only when written by this checkpoint (fingerprint), task generator and tokenizer; a
+    retrained checkpoint or a generator bump evaluates them again, saying so in one line."""
+    import shutil
+
+    from gkabench.tasks import facts
+
+    ck = shutil.copytree(models["attention"], tmp_path / "ck")
+    out, cache = tmp_path / "res", tmp_path / "cache"
+    args = ["--task", "niah.niah_single", "--model", str(ck), "--lengths", "1k", "--n", "2", "--max-new-tokens", "2",
+            "--device", "cpu"]  # fmt: skip
+    assert _eval(args, out, cache).exit_code == 0
+    rows = read_jsonl(out / "ck.jsonl")
+    assert len(rows) == 2 and rows[0]["model_fingerprint"] == evaluate.model_fingerprint(ck)
+    real, calls = evaluate.generate, []
+    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    res = _eval(args, out, cache)  # same everything: resumed, nothing generated
+    assert res.exit_code == 0 and not calls and "not reused" not in res.output
+    # "retrained": other weights under the same directory
+    from gkabench.models import GKABenchForCausalLM
+
+    m = GKABenchForCausalLM.from_pretrained(ck)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.01)
+    m.save_pretrained(ck)
+    assert evaluate.model_fingerprint(ck) != rows[0]["model_fingerprint"]
+    res = _eval(args, out, cache)
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 2 and "2 rows came from another checkpoint" in " ".join(res.output.split())
+    assert len(read_jsonl(out / "ck.jsonl")) == 4
+    calls.clear()
+    monkeypatch.setattr(facts, "GENERATOR_VERSION", "bumped")
+    res = _eval(args, out, cache)
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 2 and read_jsonl(out / "ck.jsonl")[-1]["generator_version"] == "bumped"
+    calls.clear()
+    assert _eval(args, out, cache).exit_code == 0 and not calls
+    assert evaluate.model_fingerprint(None, "oracle") == "reader:oracle"
+
+
+def test_oom_retry_after_the_failed_batch_is_freed(monkeypatch):
+    """The one-row retry runs after leaving the except block, so the failed batch's tensors are already freed."""
+    import gc
+    import weakref
+
+    refs, alive = [], []
+
+    def fake_generate(model, tok, prompts, new_tokens, chunk):
+        big = torch.empty(1000)  # stands for the failed batch's activations / cache
+        refs.append(weakref.ref(big))
+        if len(prompts) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        gc.collect()
+        alive.append(refs[0]() is not None)
+        return ["x"]
+
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
+
+    class Cfg:
+        chunk_size = 8
+
+    def tok(s, add_special_tokens=True):
+        return {"input_ids": [1, 2, 3]}
+
+    row = {"prompt": "p", "task": "niah", "flavour": "niah_single", "length": 1, "depth": 0, "index": 0, "seed": 0,
+           "answers": ["x"], "input_tokens": 3}  # fmt: skip
+    recs = evaluate._answer([row, dict(row, index=1)], None, tok, None, 4, Cfg, 1, torch.device("cpu"))
+    assert len(recs) == 2 and alive == [False, False]
+
+
+def test_eval_rejects_empty_runs(tmp_path):
+    out, cache = tmp_path / "res", tmp_path / "cache"
+    base = ["--task", "niah.niah_single", "--model", "oracle", "--lengths", "1k"]
+    _one_line_error(_eval([*base, "--n", "0"], out, cache), "--n 0", "at least 1")
+    _one_line_error(_eval([*base, "--max-new-tokens", "0"], out, cache), "--max-new-tokens 0", "at least 1")
+    assert not out.exists()
+    with pytest.raises(ValueError, match="--n 0"):
+        evaluate.run_eval(evaluate.EvalConfig(model="oracle", tasks="niah", lengths=[1024], n=0, out=str(out)))
+
+
+def test_eval_mixed_tasks_pass_data_to_both(models, tmp_path, monkeypatch):
+    """``--task rag.nq,lm-eval:arc_easy --data DIR``: the lm-eval tasks and ours both get --data."""
+    import sys
+    import types
+
+    seen = {}
+    fake = types.ModuleType("gkabench.lm_eval_bridge")
+
+    def run_lm_eval(model_dir, tasks, data_dir, limit, batch_size, device):
+        seen["lm_eval"] = data_dir
+        return {"results": {}}
+
+    fake.run_lm_eval = run_lm_eval
+    monkeypatch.setitem(sys.modules, "gkabench.lm_eval_bridge", fake)
+    monkeypatch.setattr(evaluate, "run_eval", lambda cfg, console=None: seen.setdefault("ours", cfg.data) and evaluate.EvalResult([], []))
+    res = _eval(["--task", "rag.nq,lm-eval:arc_easy", "--model", str(models["attention"]), "--data", str(DATA)],
+                tmp_path / "res", tmp_path / "cache")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert seen == {"lm_eval": str(DATA), "ours": str(DATA)}
