@@ -501,6 +501,8 @@ def report(
                     row.append(f"{c.value:.2f}" + ("*" if not c.complete else "") + (f" ({rel:+.1f}%)" if rel is not None and model != res.baseline else ""))
             table.add_row(*row)
         console.print(table)
+    for line in getattr(res, "notes", None) or []:
+        console.print(line, highlight=False, soft_wrap=True)
     console.print("wrote " + ", ".join(str(p) for p in res.paths))
 
 

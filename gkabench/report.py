@@ -12,7 +12,8 @@ Reads (each folder optional, unknown fields ignored, unreadable lines skipped):
   index, seed, source and depth); otherwise the last row
   per (model, task, flavour, length, metric) wins, so a rerun replaces an older score.
 - ``results/speed/*.jsonl`` (``gkabench speed``): tokens/s per mixer, length and mode; the last ``ok`` row per cell.
-- ``results/mqar/*.jsonl`` (``gkabench mqar``): the best accuracy over learning rates per cell.
+- ``results/mqar/*.jsonl`` (``gkabench mqar``): the best accuracy over learning rates per cell, within one training
+  setting (vocab, steps, batch, layers, heads, head_dim, seed: a rerun with other settings gets its own table).
 
 Writes to ``results/report/`` (every file atomically): ``report.md`` (all tables), ``eval.csv`` (long format:
 one row per model x task x length, with the baseline's value and the absolute / relative differences; category
@@ -26,7 +27,10 @@ acc_norm for ARC-C, ARC-E, HellaSwag, PIQA, SciQ, acc for BoolQ, COPA, Winogrand
 average over fewer parts than the paper's is marked ``*`` (markdown) and ``complete = false`` (CSV).
 
 Differences against ``--baseline`` (a model name, or a mixer name that one model has): absolute in points,
-relative = (model - baseline) / baseline, so a "+10% relative" claim reads directly off the tables.
+relative = (model - baseline) / baseline, so a "+10% relative" claim reads directly off the tables. Without
+``--baseline``: the model whose mixer is ``gated_deltanet``; of several, the one without ``@<folder>``, else none
+(with a note). Models whose rows come from other data than the baseline's (``name@<folder>``: ``gkabench eval
+--data``, real data; a plain name: generated facts) get no differences.
 """
 
 from __future__ import annotations
@@ -319,9 +323,19 @@ def build_tables(scores: list[Score]) -> list[Table]:
     return tables
 
 
-def resolve_baseline(scores: list[Score], baseline: str | None, strict: bool = True) -> str | None:
+def data_source(model: str) -> str | None:
+    """Which data a model's rows come from: ``<folder>`` for a ``name@<folder>`` model (``gkabench eval --data``:
+    real data), None for the generated facts."""
+    return model.split("@", 1)[1] if "@" in model else None
+
+
+def resolve_baseline(
+    scores: list[Score], baseline: str | None, strict: bool = True, notes: list[str] | None = None
+) -> str | None:
     """The model name ``baseline`` refers to: a model name, or the mixer of exactly one model. A one-line
-    ValueError when it matches none (``strict``) or several."""
+    ValueError when it matches none or several (``strict``). Not strict (the default baseline): of several models
+    with that mixer the one without ``@<data folder>`` (generated data) when there is exactly one, else none; a
+    line saying which goes to ``notes``."""
     if not baseline or not scores:
         return None
     models = list(dict.fromkeys(s.model for s in scores))
@@ -330,6 +344,16 @@ def resolve_baseline(scores: list[Score], baseline: str | None, strict: bool = T
     by_mixer = list(dict.fromkeys(s.model for s in scores if s.mixer == baseline))
     if len(by_mixer) == 1:
         return by_mixer[0]
+    if len(by_mixer) > 1 and not strict:
+        plain = [m for m in by_mixer if data_source(m) is None]
+        pick = plain[0] if len(plain) == 1 else None
+        if notes is not None:
+            notes.append(
+                f"Several models have the mixer `{baseline}` ({', '.join(by_mixer)}): "
+                + (f"baseline `{pick}` (generated data); " if pick else "no baseline; ")
+                + "pass --baseline MODEL to choose."
+            )
+        return pick
     if len(by_mixer) > 1:
         raise ValueError(
             f"baseline {baseline!r} is the mixer of several models ({', '.join(by_mixer)}); pass --baseline MODEL with one of them"
@@ -342,11 +366,14 @@ def resolve_baseline(scores: list[Score], baseline: str | None, strict: bool = T
 
 
 def apply_baseline(tables: list[Table], baseline: str | None) -> None:
+    """Set each cell's baseline value; none for a model whose rows come from other data than the baseline's
+    (``name@<folder>``: real data, plain name: generated), as those scores are not comparable."""
     for t in tables:
         base = t.rows.get(baseline) if baseline else None
-        for cells in t.rows.values():
+        for m, cells in t.rows.items():
+            comparable = base is not None and data_source(m) == data_source(baseline)
             for i, c in cells.items():
-                c.base = base[i].value if base and i in base else None
+                c.base = base[i].value if comparable and i in base else None
 
 
 # ------------------------------------------------------------------------------------------------- speed, mqar
@@ -379,18 +406,31 @@ def read_speed(folder: Path) -> list[dict]:
     return list(last.values())
 
 
+# A sweep's training settings besides the cell (mixer, seq_len, pairs, dim) and the lr: runs that differ in any of
+# these (a rerun of the same sweep file with other --steps, --vocab, --batch-size...) are not compared.
+MQAR_SETTINGS = ("vocab_size", "steps", "batch_size", "num_layers", "num_heads", "head_dim", "seed")
+
+
+def _mqar_setting(r: dict) -> str:
+    short = {"vocab_size": "vocab", "batch_size": "batch", "num_layers": "layers", "num_heads": "heads"}
+    return ", ".join(f"{short.get(k, k)} {r[k]}" for k in MQAR_SETTINGS if r.get(k) is not None)
+
+
 def read_mqar(folder: Path) -> list[dict]:
-    """Best accuracy over learning rates per (sweep file, mixer, seq_len, pairs, dim)."""
+    """Best accuracy over learning rates per (sweep file, training settings, mixer, seq_len, pairs, dim); the
+    settings (``MQAR_SETTINGS``: vocab, steps, batch...) as the sweep's own markdown keeps them apart."""
     best: dict[tuple, dict] = {}
     for path in _jsonl_files(folder):
         for r in _read_jsonl(path):
             acc = r.get("accuracy")
             if not isinstance(acc, (int, float)) or r.get("mixer") is None:
                 continue
-            key = (path.stem, r["mixer"], r.get("seq_len"), r.get("num_pairs"), r.get("dim"))
+            setting = _mqar_setting(r)
+            key = (path.stem, setting, r["mixer"], r.get("seq_len"), r.get("num_pairs"), r.get("dim"))
             if key not in best or acc > best[key]["accuracy"]:
-                best[key] = {"sweep": path.stem, "mixer": r["mixer"], "seq_len": r.get("seq_len"), "num_pairs": r.get("num_pairs"),
-                             "dim": r.get("dim"), "accuracy": float(acc), "lr": r.get("lr")}  # fmt: skip
+                best[key] = {"sweep": path.stem, "setting": setting, "mixer": r["mixer"], "seq_len": r.get("seq_len"),
+                             "num_pairs": r.get("num_pairs"), "dim": r.get("dim"), "accuracy": float(acc), "lr": r.get("lr"),
+                             **{k: r.get(k) for k in MQAR_SETTINGS}}  # fmt: skip
     return list(best.values())
 
 
@@ -427,8 +467,8 @@ def speed_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]
 
 def mqar_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
     out = []
-    for sweep in dict.fromkeys(r["sweep"] for r in rows):
-        sel = [r for r in rows if r["sweep"] == sweep]
+    for sweep, setting in dict.fromkeys((r["sweep"], r.get("setting")) for r in rows):
+        sel = [r for r in rows if r["sweep"] == sweep and r.get("setting") == setting]
         cols = sorted({(r["seq_len"] or 0, r["num_pairs"] or 0, r["dim"] or 0) for r in sel})
         body = []
         for mixer in dict.fromkeys(r["mixer"] for r in sel):
@@ -450,7 +490,7 @@ def mqar_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]
             body.append(cells)
         out.append(
             (
-                f"MQAR best accuracy over learning rates ({sweep}; in parentheses: that lr)",
+                f"MQAR best accuracy over learning rates ({sweep}{'; ' + setting if setting else ''}; in parentheses: that lr)",
                 ["mixer"] + [f"T{T} P{P} d{d}" for T, P, d in cols],
                 body,
             )
@@ -523,8 +563,9 @@ def markdown(
             lines += [f"### Differences against {baseline}", ""]
             lines += _md_table(
                 summary[0],
-                [[_label(m, mixers)] + [_diff_text(c) for c in cells] for m, cells in summary[1] if m != baseline],
-            )
+                [[_label(m, mixers)] + [_diff_text(c) for c in cells] for m, cells in summary[1]
+                 if m != baseline and data_source(m) == data_source(baseline)],
+            )  # fmt: skip
             lines.append("")
     for t in tables:
         lines += [f"## {t.title}", ""]
@@ -540,7 +581,8 @@ def markdown(
         if baseline and baseline in t.rows and len(t.rows) > 1:
             lines += [f"Differences against {baseline}:", ""]
             lines += _md_table(cols, [[_label(m, mixers)] + [_diff_text(cells.get(i)) for i in range(len(t.columns))]
-                                      for m, cells in t.rows.items() if m != baseline])  # fmt: skip
+                                      for m, cells in t.rows.items()
+                                      if m != baseline and data_source(m) == data_source(baseline)])  # fmt: skip
             lines.append("")
         lines += [f"- {n}" for n in t.notes]
         if any(not c.complete for cells in t.rows.values() for c in cells.values()):
@@ -679,6 +721,7 @@ class ReportResult:
     baseline: str | None
     tables: list[Table]
     summary: tuple
+    notes: list[str] = field(default_factory=list)  # about the baseline (which one, who is not compared)
 
 
 def make_report(
@@ -702,10 +745,18 @@ def make_report(
         if s.mixer and not mixers.get(s.model):
             mixers[s.model] = s.mixer
         mixers.setdefault(s.model, None)
-    base = resolve_baseline(scores, baseline or DEFAULT_BASELINE, strict=baseline is not None)
-    note = None
-    if scores and base is None:
-        note = f"No baseline: `{DEFAULT_BASELINE}` is not among the models; pass --baseline NAME for differences."
+    notes: list[str] = []
+    base = resolve_baseline(scores, baseline or DEFAULT_BASELINE, strict=baseline is not None, notes=notes)
+    if scores and base is None and not notes:
+        notes.append(f"No baseline: `{DEFAULT_BASELINE}` is not among the models; pass --baseline NAME for differences.")
+    if base is not None:
+        other = [m for m in dict.fromkeys(s.model for s in scores) if data_source(m) != data_source(base)]
+        if other:
+            notes.append(
+                f"No differences for {', '.join(other)}: their rows come from other data than {base}'s "
+                "(`name@<folder>`: real data; plain name: generated)."
+            )
+    note = "\n".join(notes) or None
     tables = build_tables(scores)
     apply_baseline(tables, base)
     paths = []
@@ -752,6 +803,6 @@ def make_report(
         ]
         paths.append(write_text_atomic(out / "speed.csv", write_csv_rows(cols, speed)))
     if mqar:
-        cols = ["sweep", "mixer", "seq_len", "num_pairs", "dim", "accuracy", "lr"]
+        cols = ["sweep", *MQAR_SETTINGS, "mixer", "seq_len", "num_pairs", "dim", "accuracy", "lr"]
         paths.append(write_text_atomic(out / "mqar.csv", write_csv_rows(cols, mqar)))
-    return ReportResult(paths, base, tables, _summary(tables))
+    return ReportResult(paths, base, tables, _summary(tables), notes)

@@ -185,3 +185,60 @@ def test_tolerant_of_missing_folders_and_fields(tmp_path):
     assert any(r["model"] == "m" and r["task"] == "arc_easy" for r in rows)  # model from the file name
     assert "35.00*" in (root / "report" / "report.md").read_text()
     assert not (root / "report" / "speed.csv").exists()
+
+
+def test_default_baseline_with_several_gated_deltanet_models(results, tmp_path):
+    """``gdn_s`` and ``gdn_s@helmet`` both have the mixer gated_deltanet: without --baseline the report picks the
+    generated-data one (no '@') with a note instead of exiting; with two plain ones it has no baseline."""
+    from gkabench.cli import app
+
+    rows = [dict(r, model="gdn_s@helmet") for r in _eval_rows("gdn_s@helmet", "gated_deltanet", 0.25)]
+    _jsonl(results / "eval" / "gdn_s@helmet.jsonl", rows)
+    res = make_report(results, tmp_path / "r")
+    assert res.baseline == "gdn_s" and any("Several models have the mixer" in n for n in res.notes)
+    r = CliRunner().invoke(app, ["report", "--results", str(results), "--out", str(tmp_path / "r1")])
+    assert r.exit_code == 0, r.output
+    _jsonl(results / "eval" / "gdn2.jsonl", [dict(x, model="gdn2") for x in _eval_rows("gdn2", "gated_deltanet", 0.2)])
+    res = make_report(results, tmp_path / "r2")
+    assert res.baseline is None and "no baseline" in (tmp_path / "r2" / "report.md").read_text()
+    with pytest.raises(ValueError, match="several models"):  # asked for explicitly: still ambiguous
+        make_report(results, tmp_path / "r3", baseline="gated_deltanet")
+
+
+def test_no_differences_across_data_sources(results, tmp_path):
+    """A model's real-data rows (``name@folder``) are never compared with generated-data rows, either way."""
+    _jsonl(results / "eval" / "gka_s@helmet.jsonl", _eval_rows("gka_s@helmet", "gka", 0.6))
+    _jsonl(results / "eval" / "gdn_s@helmet.jsonl", _eval_rows("gdn_s@helmet", "gated_deltanet", 0.5))
+    res = make_report(results, tmp_path / "r", baseline="gdn_s")
+    rows = _csv(tmp_path / "r" / "eval.csv")
+    real = [r for r in rows if r["model"] == "gka_s@helmet"]
+    assert real and all(r["baseline_value"] == "" and r["rel_diff_pct"] == "" for r in real)
+    gen = next(r for r in rows if r["model"] == "gka_s" and r["category"] == "rag" and r["flavour"] == "avg")
+    assert gen["baseline_value"] != ""
+    assert any("gka_s@helmet" in n and "other data" in n for n in res.notes)
+    md = (tmp_path / "r" / "report.md").read_text()
+    diffs = md.split("### Differences against gdn_s")[1].split("##")[0]
+    assert "gka_s@helmet" not in diffs and "gka_s" in diffs
+    make_report(results, tmp_path / "r2", baseline="gdn_s@helmet")  # real-data baseline: real-data models only
+    rows = _csv(tmp_path / "r2" / "eval.csv")
+    assert all(r["baseline_value"] == "" for r in rows if r["model"] == "gka_s")
+    real = next(r for r in rows if r["model"] == "gka_s@helmet" and r["category"] == "rag" and r["flavour"] == "avg")
+    assert float(real["rel_diff_pct"]) == pytest.approx(20.0)
+
+
+def test_mqar_best_lr_per_training_setting(tmp_path):
+    """Rows of one sweep file with other steps / vocab / batch (a rerun with other settings) are kept apart, as
+    the sweep's own markdown keeps them: the best lr is taken within one setting only."""
+    root = tmp_path / "results"
+    base = {"mixer": "gka", "dim": 64, "seq_len": 256, "num_pairs": 64, "vocab_size": 8192, "batch_size": 64, "env": ENV}
+    _jsonl(root / "mqar" / "mqar.jsonl", [
+        dict(base, steps=3000, lr=1e-3, accuracy=0.4), dict(base, steps=3000, lr=1e-2, accuracy=0.5),
+        dict(base, steps=20000, lr=1e-3, accuracy=0.95),
+        dict(base, steps=3000, lr=1e-3, accuracy=0.9, vocab_size=64),
+    ])  # fmt: skip
+    make_report(root)
+    rows = _csv(root / "report" / "mqar.csv")
+    got = {(r["steps"], r["vocab_size"]): (float(r["accuracy"]), float(r["lr"])) for r in rows}
+    assert got == {("3000", "8192"): (0.5, 1e-2), ("20000", "8192"): (0.95, 1e-3), ("3000", "64"): (0.9, 1e-3)}
+    md = (root / "report" / "report.md").read_text()
+    assert md.count("### MQAR best accuracy") == 3 and "steps 20000" in md
