@@ -298,7 +298,7 @@ def train(
     num_heads: int = typer.Option(None, "--num-heads"),
     head_dim: int = typer.Option(None, "--head-dim"),
     mixer_option: list[str] = typer.Option(None, "--mixer-option", help="MIXER.OPTION=VALUE, repeatable (gka.use_alpha=false)"),
-    data: str = typer.Option("mqar", "--data", help="mqar, or comma-separated local .txt / .jsonl files"),
+    data: str = typer.Option("mqar", "--data", help="mqar, facts (generated rag/longqa/niah documents with answers; --seq-len 1024 or more), or comma-separated local .txt / .jsonl files"),
     eval_data: str = typer.Option(None, "--eval-data", help="held-out text files (default: last 2% of --data)"),
     text_field: str = typer.Option("text", "--text-field", help="JSONL field holding the document text"),
     tokenizer: str = typer.Option(None, "--tokenizer", help="local tokenizer.json or directory (default: bytes)"),
@@ -361,6 +361,7 @@ def mqar(
     eval_examples: int = typer.Option(None, "--eval-examples"),
     out: str = typer.Option("results/mqar", "--out", help="where NAME.jsonl / .md / .png go"),
     name: str = typer.Option(None, "--name", help="file stem (default mqar on GPU, mqar_cpu_tiny on CPU)"),
+    run_dir: str = typer.Option(None, "--run-dir", help="per-run training logs go to RUN_DIR/NAME/<run> (default OUT/runs/NAME/<run>)"),
     device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)"),
 ):
     """MQAR sweep: mixers x model dims x (seq_len, pairs) x learning rates; best accuracy per cell, resumable."""
@@ -387,7 +388,7 @@ def mqar(
     sweep = SweepConfig.defaults_for(
         gpu, mixers=mixer_list, dims=_parse_list(dims, int, "--dims"), lengths=length_list, lrs=_parse_list(lrs, float, "--lrs"),
         steps=steps, batch_size=batch_size, vocab_size=vocab, num_layers=num_layers, num_heads=num_heads,
-        head_dim=head_dim, eval_examples=eval_examples, out_dir=out, name=name, device=device,
+        head_dim=head_dim, eval_examples=eval_examples, out_dir=out, name=name, device=device, run_dir=run_dir,
     )  # fmt: skip
     if not gpu:
         console.print("[yellow]No GPU: a CPU-tiny sweep through the pure-PyTorch reference ops; it shows the pipeline works, not the paper's result.[/yellow]")

@@ -54,20 +54,33 @@ def load_tokenizer(path: str | Path | None = None):
     transformers tokenizer) -> that tokenizer, loaded with ``local_files_only`` (never the hub)."""
     if path is None or str(path) in ("", "byte", "bytes"):
         return byte_tokenizer()
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
     p = Path(path)
     if p.is_file():
         if p.suffix != ".json":
             raise ValueError(f"tokenizer {p}: expected a tokenizer.json file or a directory; pass --tokenizer DIR_OR_JSON")
-        return _with_known_specials(PreTrainedTokenizerFast(tokenizer_file=str(p)))
+        return _with_known_specials(_fast_from_file(p))
     if p.is_dir():
         if (p / "tokenizer_config.json").exists():
             return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         if (p / "tokenizer.json").exists():
-            return _with_known_specials(PreTrainedTokenizerFast(tokenizer_file=str(p / "tokenizer.json")))
+            return _with_known_specials(_fast_from_file(p / "tokenizer.json"))
         raise FileNotFoundError(f"no tokenizer.json or tokenizer_config.json in {p}; pass a tokenizer file or omit --tokenizer for bytes")
     raise FileNotFoundError(f"tokenizer {p} does not exist; pass a local tokenizer.json or directory (no hub downloads)")
+
+
+def _fast_from_file(p: Path):
+    """A ``tokenizer.json`` as a fast tokenizer; a file that is not one (any other JSON, a corrupt file) gives a
+    one-line ValueError naming it instead of the tokenizers library's traceback."""
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        return PreTrainedTokenizerFast(tokenizer_file=str(p))
+    except Exception as exc:  # noqa: BLE001 - the Rust library raises plain Exceptions
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ValueError(f"tokenizer {p} could not be read as a tokenizer.json ({why}); pass a tokenizer.json saved by the "
+                         "tokenizers library, a tokenizer directory, or omit --tokenizer for bytes") from None
 
 
 def _with_known_specials(tok):

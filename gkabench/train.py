@@ -100,6 +100,20 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    # counts that must be >= 1 (or >= 0), with the command-line option that sets each
+    _AT_LEAST = (("steps", "--steps", 1), ("batch_size", "--batch-size", 1), ("grad_accum", "--grad-accum", 1),
+                 ("log_every", "--log-every", 1), ("seq_len", "--seq-len", 2), ("eval_every", "--eval-every", 0),
+                 ("save_every", "--save-every", 0), ("warmup_steps", "--warmup", 0), ("eval_batches", "eval_batches", 1))  # fmt: skip
+
+    def validate(self) -> None:
+        """One-line ValueErrors for impossible counts (a zero batch, accumulation or log interval)."""
+        for name, option, lo in self._AT_LEAST:
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < lo:
+                raise ValueError(f"{option} must be an integer >= {lo}, got {v!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"--batch-size {self.batch_size} must be divisible by --grad-accum {self.grad_accum}")
+
 
 # ----------------------------------------------------------------------------------------------- distributed
 
@@ -267,11 +281,33 @@ class FactsSource:
         if not self.specs:
             raise ValueError(f"--seq-len {seq_len} is too short for facts documents; use --seq-len 1024 or more")
 
+    REDRAWS = 4  # fresh draws of a document's own flavour before falling back to the next flavours
+
     def _doc(self, k: int, split: str) -> list[int]:
         seed = self.seed if split == "train" else self.seed + 7919
-        text = self._text(k, self.seq_len, seed, self.counter, self.specs)
+        text = self._fitting_text(k, seed)
         ids = self.tokenizer(text, add_special_tokens=True)["input_ids"] + [self.eos]
         return ids[: self.seq_len]
+
+    def _fitting_text(self, k: int, seed) -> str:
+        """Document ``k``'s text. A draw whose fixed part (question, demos, gold passages) does not fit ``seq_len``
+        is redrawn deterministically: first the same flavour under derived string seeds (``"<seed>~<attempt>"``,
+        disjoint from every other document's seed), then the next flavours in order. So every document fits and
+        stays a pure function of ``(seed, k)``."""
+        from .tasks.fitting import UnfitLength
+
+        n = len(self.specs)
+        own = k % n
+        order = [(own, a) for a in range(self.REDRAWS)] + [((own + j) % n, a) for j in range(1, n) for a in range(self.REDRAWS)]
+        reason = ""
+        for spec_i, attempt in order:
+            s = seed if attempt == 0 else f"{seed}~{attempt}"
+            try:
+                return self._text(k, self.seq_len, s, self.counter, [self.specs[spec_i]])
+            except UnfitLength as exc:
+                reason = reason or str(exc).split(";")[0]
+        raise ValueError(f"--seq-len {self.seq_len} is too short for facts document {k} in every task flavour ({reason}); "
+                         "use a larger --seq-len, e.g. 4096")
 
     def micro_batch(self, step: int, part: int, parts: int, size: int, split: str = "train") -> dict:
         n = size // parts
@@ -410,7 +446,9 @@ class JsonlLog:
     def __init__(self, path: Path, enabled: bool, keep_until_step: int | None = None):
         self.path, self.enabled = path, enabled
         if enabled and keep_until_step is not None and path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            from .io import read_jsonl
+
+            rows = read_jsonl(path)  # a line torn by a kill mid-write is dropped, not a resume blocker
             keep = [r for r in rows if r.get("step", -1) <= keep_until_step or r.get("event") == "start"]
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
@@ -418,8 +456,27 @@ class JsonlLog:
 
     def write(self, row: dict) -> None:
         if self.enabled:
+            ensure_fresh_line(self.path)
             with self.path.open("a") as f:
                 f.write(json.dumps(row, default=str) + "\n")
+
+
+def ensure_fresh_line(path: Path) -> None:
+    """If ``path`` ends inside a line (a write cut by a kill), end that line, so the next row appended starts on a
+    line of its own instead of being glued to the torn one (readers then skip only the torn line)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+    except FileNotFoundError:
+        return
+    if last != b"\n":
+        with path.open("ab") as f:
+            f.write(b"\n")
 
 
 # ------------------------------------------------------------------------------------------------------ loop
@@ -488,11 +545,10 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, environment) -> dict:
+    cfg.validate()
     parts = cfg.grad_accum * d.world
     if cfg.batch_size % parts:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by grad_accum x world size = {parts}")
-    if cfg.steps < 1:
-        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+        raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by --grad-accum x world size = {parts}")
     out = Path(cfg.out_dir)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -539,7 +595,10 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     log.write({"event": "start", "resumed_from": step if ckpt is not None else None, "params": n_params,
                "world_size": d.world, "config": cfg.to_dict(), "env": environment(device)})  # fmt: skip
 
+    saved = {"step": step if ckpt is not None else None}
+
     def checkpoint():
+        saved["step"] = step
         states = [None] * d.world
         st = rng_state()
         if d.world > 1:
@@ -584,7 +643,12 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
                     loss_sum /= d.world
             last = {"loss": loss_sum.item()}
             if not math.isfinite(last["loss"]):
-                raise FloatingPointError(f"loss is {last['loss']} at step {step}; lower --lr or raise --warmup")
+                log.write({"step": step, "event": "diverged", "loss": last["loss"]})
+                kept = (f"the checkpoint of step {saved['step']} in {out} is kept" if saved["step"] is not None
+                        else "no checkpoint was written")  # fmt: skip
+                raise ValueError(f"training diverged: loss is {last['loss']} at step {step} ({kept}); rerun with a lower "
+                                 f"--lr than {cfg.lr:g} or a longer --warmup than {cfg.warmup_steps}, with --no-resume "
+                                 "or another --out (a resume keeps the saved learning-rate schedule)")  # fmt: skip
             if step % cfg.log_every == 0 or step == end:
                 now = time.perf_counter()
                 tps = tok_window / max(now - t_window, 1e-9)

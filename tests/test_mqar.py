@@ -116,3 +116,40 @@ def test_cli_user_errors_are_one_line(tmp_path):
     assert r.exit_code == 2 and "valid names" in r.output
     r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "none.txt")])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_cli_zero_batch_size_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from gkabench.cli import app
+
+    for args, msg in ((["--batch-size", "0"], "--batch-size"), (["--steps", "0"], "--steps"), (["--dims", "0"], "--dims")):
+        r = CliRunner().invoke(app, ["mqar", "--device", "cpu", "--out", str(tmp_path), *args])
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_sweep_run_logs_go_under_out_and_torn_rows_do_not_block_resume(tmp_path, monkeypatch):
+    from gkabench.tasks.mqar import SweepConfig, read_rows, run_mqar_sweep
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = tmp_path / "res"
+    sweep = SweepConfig.defaults_for(
+        False, mixers=["attention"], dims=[16], lengths=[(24, 4)], lrs=[1e-2], vocab_size=32, steps=2,
+        batch_size=8, eval_examples=8, head_dim=8, out_dir=str(out), name="t",
+    )  # fmt: skip
+    run_mqar_sweep(sweep)
+    assert not (cwd / "runs").exists()  # nothing in the current directory
+    assert list((out / "runs" / "t").glob("attention_d16_*/log.jsonl"))
+    jsonl = out / "t.jsonl"
+    with jsonl.open("a") as f:
+        f.write('{"mixer": "attention", "dim": 32, "acc')  # a row torn by a kill
+    sweep.dims = [16, 32]
+    rows = run_mqar_sweep(sweep)  # resumes: the torn run is redone, its row on a line of its own
+    assert len(rows) == 2 and {r["dim"] for r in rows} == {16, 32}
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == 3 and lines[1].endswith('"acc') and len(read_rows(jsonl)) == 2
+    # --run-dir puts them elsewhere
+    sweep2 = SweepConfig.defaults_for(False, out_dir=str(out), name="t", run_dir=str(tmp_path / "logs"))
+    assert sweep2.runs_root() == tmp_path / "logs" / "t"

@@ -161,3 +161,108 @@ def test_ddp_two_processes_gloo_equal_single_process(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     rows = read_log(tmp_path / "ddp" / "log.jsonl")
     assert rows[0]["world_size"] == 2 and (tmp_path / "ddp" / "checkpoint").exists()
+
+
+# ------------------------------------------------------------------------------------------ review fixes
+
+
+def test_facts_every_document_fits_deterministically():
+    """At 2048 bytes some rag draws' fixed part (question, demos, gold passages) is longer than the length; such a
+    document is redrawn deterministically instead of aborting the run (documents 2, 8, 15, 44 did)."""
+    from gkabench.tasks.longctx import training_text
+    from gkabench.tokenizers import load_tokenizer
+    from gkabench.train import FactsSource
+
+    src = FactsSource(load_tokenizer(None), seq_len=2048, seed=0)
+    docs = [src._doc(k, "train") for k in range(48)]
+    assert all(0 < len(d) <= 2048 for d in docs)
+    assert src._doc(2, "train") == docs[2] and src._doc(44, "train") == docs[44]  # a pure function of (seed, k)
+    direct = src.tokenizer(training_text(0, 2048, 0, src.counter, src.specs), add_special_tokens=True)["input_ids"]
+    assert docs[0] == (direct + [src.eos])[:2048]  # documents that fit are unchanged
+    b = src.micro_batch(0, 0, 1, 4)  # the batch of `train --data facts --seq-len 2048 --batch-size 4 --steps 1`
+    assert b["input_ids"].shape == (4, 2048)
+
+
+def test_facts_document_that_never_fits_names_seq_len(monkeypatch):
+    from gkabench.tasks.fitting import UnfitLength
+    from gkabench.tokenizers import load_tokenizer
+    from gkabench.train import FactsSource
+
+    src = FactsSource(load_tokenizer(None), seq_len=2048, seed=0)
+
+    def never(*a, **kw):
+        raise UnfitLength("rag/nq at 1984: too long; pass longer --lengths")
+
+    monkeypatch.setattr(src, "_text", never)
+    with pytest.raises(ValueError, match="--seq-len 2048") as e:
+        src._doc(5, "train")
+    assert "--lengths" not in str(e.value)
+
+
+@pytest.mark.parametrize("field,option", [("grad_accum", "--grad-accum"), ("log_every", "--log-every"),
+                                          ("batch_size", "--batch-size"), ("steps", "--steps")])  # fmt: skip
+def test_zero_counts_are_one_line_errors(tmp_path, field, option):
+    with pytest.raises(ValueError, match=f"{option} must be an integer >= 1, got 0"):
+        train(small(tmp_path, **{field: 0}))
+
+
+def test_cli_train_user_errors_exit_2_without_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from gkabench.cli import app
+
+    bad_tok = tmp_path / "notes.json"
+    bad_tok.write_text('{"not": "a tokenizer"}')
+    for args, msg in ((["--grad-accum", "0"], "--grad-accum"), (["--log-every", "0"], "--log-every"),
+                      (["--batch-size", "0"], "--batch-size"), (["--data", "x.txt", "--tokenizer", str(bad_tok)], "notes.json")):  # fmt: skip
+        r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--steps", "1", *args])
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_non_tokenizer_json_is_a_value_error_naming_the_file(tmp_path):
+    from gkabench.tokenizers import load_tokenizer
+
+    p = tmp_path / "config.json"
+    p.write_text('{"vocab_size": 12}')
+    with pytest.raises(ValueError, match="config.json could not be read as a tokenizer.json"):
+        load_tokenizer(p)
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "tokenizer.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match="tokenizer.json could not be read"):
+        load_tokenizer(d)
+
+
+def test_nan_loss_is_a_one_line_error_and_keeps_the_checkpoint(tmp_path):
+    # lr 1e30 with no warm-up: the first updates blow the weights up, and a few steps in the loss is not finite
+    import re
+
+    cfg = small(tmp_path, steps=8, lr=1e30, warmup_steps=0, save_every=1, eval_every=0, grad_clip=0.0)
+    with pytest.raises(ValueError, match=r"diverged: loss is nan at step \d+ \(the checkpoint of step \d+ .* kept\).*lower --lr") as e:
+        train(cfg)
+    bad, kept = map(int, re.search(r"at step (\d+) \(the checkpoint of step (\d+)", str(e.value)).groups())
+    assert kept == bad - 1 and "\n" not in str(e.value)
+    ckpt = find_checkpoint(tmp_path)
+    assert ckpt is not None and torch.load(ckpt / "trainer_state.pt", weights_only=False)["step"] == kept
+    last = read_log(tmp_path / "log.jsonl")[-1]
+    assert last["event"] == "diverged" and last["step"] == bad
+
+
+def test_torn_log_line_does_not_block_resume(tmp_path):
+    train(small(tmp_path, stop_at=6))
+    log = tmp_path / "log.jsonl"
+    with log.open("a") as f:
+        f.write('{"step": 7, "loss": 1.2')  # killed mid-write
+    s = train(small(tmp_path))
+    assert s["finished"] and s["step"] == 12
+    rows = read_log(log)  # every line parses: the torn one was dropped on resume
+    assert [r["step"] for r in rows if "tokens_per_s" in r] == list(range(1, 13))
+
+
+def test_log_rows_after_a_torn_line_start_on_a_fresh_line(tmp_path):
+    from gkabench.train import JsonlLog
+
+    p = tmp_path / "log.jsonl"
+    p.write_text('{"step": 1}\n{"step": 2, "lo')
+    JsonlLog(p, True).write({"step": 3})
+    assert p.read_text().splitlines()[-1] == '{"step": 3}'

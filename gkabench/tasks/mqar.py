@@ -22,7 +22,6 @@ Generation is vectorised in numpy and deterministic in ``seed``. Chance accuracy
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -177,7 +176,31 @@ class SweepConfig:
     device: str | None = None
     out_dir: str = "results/mqar"
     name: str = "mqar"
-    run_dir: str = "runs/mqar"  # per-run logs (not results)
+    run_dir: str | None = None  # per-run logs (not results): RUN_DIR/NAME/<run>; default OUT_DIR/runs/NAME/<run>
+
+    def runs_root(self):
+        """Folder of the per-run training logs: ``run_dir/name`` when given, else ``out_dir/runs/name``."""
+        from pathlib import Path
+
+        return Path(self.run_dir) / self.name if self.run_dir else Path(self.out_dir) / "runs" / self.name
+
+    def validate(self) -> None:
+        """One-line ValueErrors for counts a sweep cannot run with."""
+        for name, option in (("steps", "--steps"), ("batch_size", "--batch-size"), ("num_layers", "--layers"),
+                             ("eval_examples", "--eval-examples"), ("vocab_size", "--vocab")):  # fmt: skip
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{option} must be an integer >= 1, got {v!r}")
+        for name, option in (("num_heads", "--num-heads"), ("head_dim", "--head-dim")):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{option} must be an integer >= 1, got {v!r}")
+        bad_dims = [d for d in self.dims if not isinstance(d, int) or d < 1]
+        if bad_dims:
+            raise ValueError(f"--dims must be integers >= 1, got {bad_dims[0]!r}")
+        bad_lrs = [lr for lr in self.lrs if not lr > 0]
+        if bad_lrs:
+            raise ValueError(f"--lrs must be > 0, got {bad_lrs[0]!r}")
 
     @classmethod
     def defaults_for(cls, gpu: bool, **overrides) -> "SweepConfig":
@@ -218,18 +241,15 @@ def run_key(row: dict) -> tuple:
 
 
 def read_rows(path) -> list[dict]:
-    from pathlib import Path
+    """Rows of a sweep's JSONL; a line torn by a kill mid-write is skipped (that run is redone)."""
+    from ..io import read_jsonl
 
-    p = Path(path)
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
     """Train one 2-layer model on MQAR and return its result row (accuracy on fresh examples)."""
     import time
-    from pathlib import Path
 
     from ..env import environment
     from ..train import TrainConfig, train
@@ -238,7 +258,7 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
     tag = f"{run['mixer']}_d{run['dim']}_T{run['seq_len']}_P{run['num_pairs']}_lr{run['lr']:g}"
     eval_batches = max(1, -(-sweep.eval_examples // sweep.batch_size))
     cfg = TrainConfig(
-        out_dir=str(Path(sweep.run_dir) / sweep.name / tag), mixer=base, mixer_options={base: opts} if opts else {},
+        out_dir=str(sweep.runs_root() / tag), mixer=base, mixer_options={base: opts} if opts else {},
         preset="tiny", hidden_size=run["dim"], num_layers=run["num_layers"], num_heads=run["num_heads"], head_dim=run["head_dim"],
         data="mqar", seq_len=run["seq_len"], mqar_vocab=run["vocab_size"], mqar_pairs=run["num_pairs"],
         steps=run["steps"], batch_size=run["batch_size"], lr=run["lr"], warmup_steps=min(sweep.warmup_steps, run["steps"]),
@@ -349,6 +369,10 @@ def run_mqar_sweep(sweep: SweepConfig, on_run=None) -> list[dict]:
     Returns all rows of the file that belong to this sweep."""
     from pathlib import Path
 
+    from ..io import append_jsonl
+    from ..train import ensure_fresh_line
+
+    sweep.validate()
     for m in sweep.mixers:
         resolve_variant(m)
     for T, P in sweep.lengths:
@@ -363,8 +387,10 @@ def run_mqar_sweep(sweep: SweepConfig, on_run=None) -> list[dict]:
                 on_run(run, None)
             continue
         row = train_mqar_run(run, sweep)
-        with jsonl.open("a") as f:  # one line per finished run: an interruption loses at most the run in flight
-            f.write(json.dumps(row, default=str) + "\n")
+        # one line per finished run, fsynced: an interruption loses at most the run in flight; a line torn by an
+        # earlier kill is ended first, so this row starts on a line of its own
+        ensure_fresh_line(jsonl)
+        append_jsonl(jsonl, row)
         done.add(run_key(run))
         if on_run:
             on_run(run, row)
