@@ -125,6 +125,44 @@ def test_resume_skips_done_cells_and_retries_errors(tmp_path, monkeypatch):
     assert seen == [(rows[0]["mixer"], rows[0]["T"])]
 
 
+def test_resume_only_skips_cells_of_the_same_sizes(tmp_path, monkeypatch):
+    # A resume with other heads / head dim / hidden / token budget / num_iter measures its cells anew instead of
+    # reusing rows of other sizes; the md states the sizes of the rows it shows, and only those.
+    first = run_speed(tiny(mixers="gka", modes="fwd", lengths="4"), CPU, tmp_path)
+    seen = []
+    real = cases.build_case
+
+    def count(cfg, level, mode, mixer, T, b, device):
+        seen.append((cfg.heads, cfg.head_dim, cfg.hidden, cfg.tokens, cfg.num_iter))
+        return real(cfg, level, mode, mixer, T, b, device)
+
+    monkeypatch.setattr(sweep, "build_case", count)
+    for kw in ({"heads": 2}, {"head_dim": 4}, {"hidden": 16}, {"tokens": "32"}, {"num_iter": 3}):
+        seen.clear()
+        base = {"mixers": "gka", "levels": "op", "modes": "fwd", "lengths": "4", "tokens": "16", "heads": 1, "head_dim": 8,
+                "hidden": 8, "num_iter": 2, "decode_batches": "1,2", "rep_ms": 1}  # fmt: skip
+        cfg = make_config(device=CPU, **{**base, **kw})
+        cfg.min_reps, cfg.input_sets, cfg.warmup_ms = 1, 2, 0
+        res = run_speed(cfg, CPU, tmp_path, resume=True)
+        assert res.stem == first.stem and len(seen) == 1, kw  # measured again, into the same file
+        md = res.stem.with_suffix(".md").read_text()
+        assert f"`{cfg.sizes}`" in md and md.count("| gka |") == 1
+    seen.clear()
+    run_speed(tiny(mixers="gka", modes="fwd", lengths="4"), CPU, tmp_path, resume=True)
+    assert seen == []  # identical sizes: the cell is done
+    rows = jsonl_rows(first)
+    assert len({r["sizes"] for r in rows}) == 6 and all(r["sizes"].startswith("heads") for r in rows)
+    csv_text = first.stem.with_suffix(".csv").read_text()
+    assert ",sizes," in csv_text.splitlines()[0] and csv_text.count("\n") == 2  # header + the one row of these sizes
+
+
+def test_rows_appended_after_a_torn_line_start_on_a_fresh_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"torn": ')
+    sweep.append_row(path, {"b": 2})
+    assert sweep.read_rows(path) == [{"a": 1}, {"b": 2}]
+
+
 def test_max_minutes_stops_between_cells(tmp_path):
     res = run_speed(tiny(modes="fwd", max_minutes=0.0), CPU, tmp_path)
     assert res.incomplete and "--resume" in res.incomplete and res.rows == []

@@ -133,7 +133,20 @@ class SpeedConfig:
     def header(self) -> dict:
         d = asdict(self)
         d.pop("extra")
+        d["sizes"] = sizes_fingerprint(d)
         return d
+
+    @property
+    def sizes(self) -> str:
+        return sizes_fingerprint(asdict(self))
+
+
+def sizes_fingerprint(d: dict) -> str:
+    """The sizes a cell's numbers depend on besides (level, mode, mixer, T, decode batch), as one short string,
+    e.g. ``"heads16-hdim128-hidden2048-tokens32768-iter30"`` (``batch8`` instead of ``tokens...`` for a fixed
+    batch). Built from a config or its header dict; rows carry it as ``sizes`` and resume matches on it."""
+    budget = f"batch{d.get('batch')}" if d.get("batch") is not None else f"tokens{d.get('tokens')}"
+    return f"heads{d.get('heads')}-hdim{d.get('head_dim')}-hidden{d.get('hidden')}-{budget}-iter{d.get('num_iter')}"
 
 
 def default_config(device: torch.device) -> dict:

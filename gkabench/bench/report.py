@@ -18,7 +18,7 @@ MODE_TITLES = {"fwd": "forward", "fwdbwd": "forward + backward", "prefill": "pre
 LEVEL_TITLES = {"op": "core op only", "layer": "full layer (projections, convs, norms)"}
 CSV_COLUMNS = ["level", "mode", "mixer", "T", "decode_batch", "batch", "tokens", "status", "median_ms", "p20_ms",
                "p80_ms", "reps", "tokens_per_s", "us_per_step", "peak_bytes", "state_bytes", "tflops", "flops",
-               "heads", "key_dim", "value_dim", "params", "prefill_batch", "op", "preset", "dtype", "hidden",
+               "heads", "key_dim", "value_dim", "params", "prefill_batch", "op", "preset", "dtype", "sizes", "hidden",
                "num_iter", "token_budget", "fixed_batch", "lift_fla_guard", "fla_guard_lifted", "fla_guard_active", "tag", "time_utc"]  # fmt: skip
 ENV_COLUMNS = ["device", "driver", "cuda", "torch", "triton", "fla", "git_sha", "command"]
 
@@ -60,7 +60,7 @@ def latest_rows(rows: list[dict]) -> list[dict]:
     """One row per cell (the last measured), keeping the first-seen order."""
     last: dict[tuple, dict] = {}
     for r in rows:
-        last[(r.get("preset"), r.get("dtype"), r.get("level"), r.get("mode"), r.get("mixer"), r.get("T"),
+        last[(r.get("preset"), r.get("dtype"), r.get("sizes"), r.get("level"), r.get("mode"), r.get("mixer"), r.get("T"),
               r.get("decode_batch"))] = r  # fmt: skip
     return list(last.values())
 
@@ -183,6 +183,7 @@ def markdown(rows: list[dict], header: dict, env: dict, *, incomplete: str | Non
         f"- preset: **{preset}** ({PRESETS.get(preset, '')}); {shapes}; hidden {header.get('hidden')} (layer level)",
         (f"- dtype {header.get('dtype')}; {budget}; GKA num_iter {header.get('num_iter')}; decode batches "
          f"{', '.join(map(str, header.get('decode_batches') or []))}"),
+        f"- sizes fingerprint (rows of this report, and what `--resume` matches on): `{header.get('sizes')}`",
         f"- fla Hopper guard (Triton < 3.7.1) lifted for timing: {guard}",
         ("- inputs as in ANCHORS.md (q, k, v ~ N(0,1), q/k L2-normalised for delta/ridge ops, log-decay "
          "logsigmoid(N(0,1)+4), beta sigmoid(U(0,1)), GKA alpha 0.5, ridge 0.02); median time, "
@@ -270,9 +271,14 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def same_sizes(row: dict, header: dict) -> bool:
+    """Whether ``row`` was measured at the preset, dtype and sizes fingerprint of ``header`` (a sweep's config)."""
+    return (row.get("preset"), row.get("dtype"), row.get("sizes")) == (header.get("preset"), header.get("dtype"), header.get("sizes"))
+
+
 def write_outputs(stem: Path, rows: list[dict], header: dict, env: dict, *, incomplete: str | None = None) -> list[Path]:
     """CSV, MD and PNG beside ``<stem>.jsonl``. Returns the paths written."""
-    rows = [r for r in rows if r.get("preset") == header.get("preset") and r.get("dtype") == header.get("dtype")]
+    rows = [r for r in rows if same_sizes(r, header)]
     paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".png")]
     write_csv(paths[0], latest_rows(rows))
     write_atomic(paths[1], markdown(rows, header, env, incomplete=incomplete))

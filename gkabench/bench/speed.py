@@ -10,7 +10,7 @@ import torch
 
 from . import config as C
 from .report import output_stem, tables, write_outputs
-from .sweep import SweepAborted, plan, read_rows, run_sweep
+from .sweep import SweepAborted, plan, read_rows, run_sweep, same_sweep
 
 
 @dataclass
@@ -140,9 +140,9 @@ def run_speed(cfg: C.SpeedConfig, device: torch.device, out: Path, *, resume: bo
 def print_tables(console, rows: list[dict], cfg: C.SpeedConfig) -> None:
     from rich.table import Table
 
-    rows = [r for r in rows if r.get("preset") == cfg.preset and r.get("dtype") == cfg.dtype]
+    rows = [r for r in rows if same_sweep(r, cfg)]
     for t in tables(rows):
-        table = Table(title=f"{t['title']} ({t['unit']}), preset {cfg.preset}, {cfg.dtype}", title_justify="left")
+        table = Table(title=f"{t['title']} ({t['unit']}), preset {cfg.preset}, {cfg.dtype}, {cfg.sizes}", title_justify="left")
         for i, c in enumerate(t["columns"]):
             table.add_column(c, justify="left" if i == 0 else "right")
         for r in t["rows"]:

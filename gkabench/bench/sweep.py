@@ -69,6 +69,13 @@ def row_key(row: dict) -> tuple:
     return (row.get("level"), row.get("mode"), row.get("mixer"), row.get("T"), row.get("decode_batch"))
 
 
+def same_sweep(row: dict, cfg: SpeedConfig) -> bool:
+    """Whether ``row`` was measured at ``cfg``'s preset, dtype and sizes (heads, head dim, hidden, token budget or
+    batch, GKA num_iter): only such rows count as done on resume. Rows written before rows carried ``sizes`` do
+    not match, so their cells are measured again."""
+    return row.get("preset") == cfg.preset and row.get("dtype") == cfg.dtype and row.get("sizes") == cfg.sizes
+
+
 def read_rows(path: Path) -> list[dict]:
     """Rows of a JSONL file; a torn last line (killed mid-write) is ignored."""
     rows = []
@@ -83,8 +90,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def done_keys(rows: list[dict], cfg: SpeedConfig) -> set[tuple]:
-    same = lambda r: r.get("preset") == cfg.preset and r.get("dtype") == cfg.dtype
-    return {row_key(r) for r in rows if same(r) and str(r.get("status", "")).split(":")[0] in DONE_STATUSES}
+    return {row_key(r) for r in rows if same_sweep(r, cfg) and str(r.get("status", "")).split(":")[0] in DONE_STATUSES}
 
 
 def _status_of(exc: BaseException) -> str:
@@ -162,6 +168,11 @@ def measure(cfg: SpeedConfig, cell: Cell, device) -> dict:
 
 def append_row(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size:
+        with path.open("rb+") as f:  # end a line torn by a kill, so this row starts on its own line
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
     with path.open("a") as f:
         f.write(json.dumps(row, default=str) + "\n")
         f.flush()
@@ -180,7 +191,7 @@ def run_sweep(
     """Measure every planned cell not yet done; yield and append each row. Stops between cells once
     ``cfg.max_minutes`` have passed (a row with status ``budget`` is not written; the caller is told via
     ``on_cell(cell, None)``)."""
-    prior = read_rows(jsonl) if resume else []
+    prior = [r for r in read_rows(jsonl) if same_sweep(r, cfg)] if resume else []
     done = done_keys(prior, cfg)
     t_start = time.monotonic()
     too_slow: dict[tuple, tuple[int, str]] = {}
@@ -188,7 +199,8 @@ def run_sweep(
         why = str(r.get("status", "")).split(":")[0]
         if why in ("slow", "oom") and row_key(r) in done:
             too_slow.setdefault((r["level"], r["mode"], r["mixer"], r.get("decode_batch")), (r["T"], why))
-    base = {"preset": cfg.preset, "dtype": cfg.dtype, "hidden": cfg.hidden, "num_iter": cfg.num_iter,
+    base = {"preset": cfg.preset, "dtype": cfg.dtype, "sizes": cfg.sizes, "cfg_heads": cfg.heads,
+            "cfg_head_dim": cfg.head_dim, "hidden": cfg.hidden, "num_iter": cfg.num_iter,
             "token_budget": cfg.tokens, "fixed_batch": cfg.batch, "lift_fla_guard": cfg.lift_fla_guard,
             "fla_guard_lifted": cfg.fla_guard_lifted, "fla_guard_active": _guard_active(),
             "tag": cfg.tag}  # fmt: skip
