@@ -398,12 +398,22 @@ def _progress(console, enabled: bool):
 # ------------------------------------------------------------------------------------------------ summary
 
 
+def _identity(r: dict) -> tuple:
+    """What produced a row: checkpoint fingerprint, task generator version, tokenizer hash."""
+    return (r.get("model_fingerprint"), r.get("generator_version"), r.get("tokenizer_hash"))
+
+
 def summarize(rows: list[dict]):
     """Per (task, flavour, length): mean score (x100), rows, mean input tokens, mean seconds, max peak GiB.
-    Returns a pandas DataFrame, plus per-task averages over flavours as flavour ``avg``."""
+    Returns a pandas DataFrame, plus per-task averages over flavours as flavour ``avg``. Only rows written by the
+    same checkpoint, generator and tokenizer as the last row count (a retrained model's old rows are left out)."""
     import pandas as pd
 
-    df = pd.DataFrame([r for r in rows if r.get("task") in ("rag", "longqa", "niah") and "score" in r])
+    ours = [r for r in rows if r.get("task") in ("rag", "longqa", "niah") and "score" in r]
+    if ours:  # only the latest checkpoint / generator / tokenizer's rows: older ones are stale, not comparable
+        latest = _identity(ours[-1])
+        ours = [r for r in ours if _identity(r) == latest]
+    df = pd.DataFrame(ours)
     if df.empty:
         return df
     df = df.drop_duplicates(subset=["task", "flavour", "length", "index", "seed", "source"], keep="last")

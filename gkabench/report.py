@@ -9,7 +9,8 @@ Reads (each folder optional, unknown fields ignored, unreadable lines skipped):
   there is no ``mixer``. Values are fractions
   (lm-eval's and SubEM's 0..1; a value above 1 is taken as a percentage already) and are shown as percentages.
   Rows with an ``index`` are per-example scores (``gkabench eval``'s rows) and are averaged (the last row per
-  index, seed, source and depth); otherwise the last row
+  index, seed, source and depth; only rows with the same ``model_fingerprint``, ``generator_version`` and
+  ``tokenizer_hash`` as the model's last row, so a retrained checkpoint's old rows drop out); otherwise the last row
   per (model, task, flavour, length, metric) wins, so a rerun replaces an older score.
 - ``results/speed/*.jsonl`` (``gkabench speed``): tokens/s per mixer, length and mode; the last ``ok`` row per cell.
 - ``results/mqar/*.jsonl`` (``gkabench mqar``): the best accuracy over learning rates per cell, within one training
@@ -140,6 +141,7 @@ def read_eval(folder: Path) -> list[Score]:
     """Scores from ``folder/*.jsonl`` (see the module doc for the fields read)."""
     last: dict[tuple, dict] = {}
     per_example: dict[tuple, dict] = defaultdict(dict)
+    latest: dict[str, tuple] = {}  # model -> (checkpoint fingerprint, generator, tokenizer) of its last row
     for path in _jsonl_files(folder):
         for r in _read_jsonl(path):
             if not r.get("task"):
@@ -158,11 +160,17 @@ def read_eval(folder: Path) -> list[Score]:
             meta = {"mixer": mixer, "n": r.get("n")}
             pct = float(value) * (1.0 if float(value) > 1.0 else 100.0)
             if "index" in r:  # one example (gkabench eval's rows): the last row per example counts
-                per_example[key][(r["index"], r.get("seed"), r.get("source"), r.get("depth"))] = (pct, meta)
+                ident = (r.get("model_fingerprint"), r.get("generator_version"), r.get("tokenizer_hash"))
+                latest[model] = ident
+                per_example[key][(r["index"], r.get("seed"), r.get("source"), r.get("depth"))] = (pct, meta, ident)
             else:
                 last[key] = {"value": pct, **meta}
     for key, by_index in per_example.items():
-        vals = [v for v, _ in by_index.values()]
+        # only the rows of the model's latest checkpoint / task generator / tokenizer (older ones are stale)
+        by_index = {k: v for k, v in by_index.items() if v[2] == latest[key[0]]}
+        if not by_index:
+            continue
+        vals = [v for v, _, _ in by_index.values()]
         meta = list(by_index.values())[-1][1]
         last.setdefault(key, {"value": sum(vals) / len(vals), "mixer": meta["mixer"], "n": len(vals)})
     out = []

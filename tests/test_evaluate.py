@@ -291,6 +291,8 @@ def test_resume_needs_same_checkpoint_generator_and_tokenizer(models, tmp_path, 
     assert res.exit_code == 0, res.output
     assert len(calls) == 2 and "2 rows came from another checkpoint" in " ".join(res.output.split())
     assert len(read_jsonl(out / "ck.jsonl")) == 4
+    summary = evaluate.summarize(read_jsonl(out / "ck.jsonl"))  # the old checkpoint's rows are left out
+    assert set(summary.n) == {2}
     calls.clear()
     monkeypatch.setattr(facts, "GENERATOR_VERSION", "bumped")
     res = _eval(args, out, cache)

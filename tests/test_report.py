@@ -242,3 +242,16 @@ def test_mqar_best_lr_per_training_setting(tmp_path):
     assert got == {("3000", "8192"): (0.5, 1e-2), ("20000", "8192"): (0.95, 1e-3), ("3000", "64"): (0.9, 1e-3)}
     md = (root / "report" / "report.md").read_text()
     assert md.count("### MQAR best accuracy") == 3 and "steps 20000" in md
+
+
+def test_stale_rows_of_a_retrained_checkpoint_drop_out(tmp_path):
+    """Per-example rows of one model from an older checkpoint (another model_fingerprint) or generator are not
+    averaged with the latest ones."""
+    root = tmp_path / "results"
+    old = [dict(r, model_fingerprint="old", generator_version="1") for r in _eval_rows("m", "gka", 0.9)]
+    new = [dict(r, model_fingerprint="new", generator_version="1") for r in _eval_rows("m", "gka", 0.2)]
+    _jsonl(root / "eval" / "m.jsonl", old + new[: len(new) // 2])  # the new run did only part of the cells
+    make_report(root)
+    rows = _csv(root / "report" / "eval.csv")
+    vals = {float(r["value"]) for r in rows if r["category"] == "rag" and r["flavour"] != "avg"}
+    assert vals == {20.0}
