@@ -386,7 +386,8 @@ def apply_baseline(tables: list[Table], baseline: str | None) -> None:
 
 # ------------------------------------------------------------------------------------------------- speed, mqar
 def read_speed(folder: Path) -> list[dict]:
-    """The last ``ok`` speed row per (device, preset, dtype, level, mode, mixer, T, decode batch)."""
+    """The last ``ok`` speed row per (device, preset, dtype, sizes, level, mode, mixer, T, decode batch); ``sizes`` is
+    the sweep's fingerprint of heads, head dim, hidden, tokens and num_iter, so runs at other sizes never merge."""
     last: dict[tuple, dict] = {}
     for path in _jsonl_files(folder):
         for r in _read_jsonl(path):
@@ -402,13 +403,14 @@ def read_speed(folder: Path) -> list[dict]:
                 dev,
                 r.get("preset"),
                 r.get("dtype"),
+                r.get("sizes"),
                 r.get("level"),
                 r.get("mode"),
                 r["mixer"],
                 int(r["T"]),
                 r.get("decode_batch"),
             )
-            last[key] = {"device": dev, "preset": r.get("preset"), "dtype": r.get("dtype"), "level": r.get("level"),
+            last[key] = {"device": dev, "preset": r.get("preset"), "dtype": r.get("dtype"), "sizes": r.get("sizes"), "level": r.get("level"),
                          "mode": r.get("mode"), "mixer": r["mixer"], "T": int(r["T"]), "decode_batch": r.get("decode_batch"),
                          "tokens_per_s": float(tps), "us_per_step": r.get("us_per_step"), "source": path.name}  # fmt: skip
     return list(last.values())
@@ -452,13 +454,13 @@ def _fmt_tps(v: float) -> str:
 
 def speed_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
     out = []
-    groups = list(dict.fromkeys((r["device"], r["preset"], r["dtype"], r["level"], r["mode"]) for r in rows))
-    for dev, preset, dtype, level, mode in groups:
-        sel = [
-            r
-            for r in rows
-            if (r["device"], r["preset"], r["dtype"], r["level"], r["mode"]) == (dev, preset, dtype, level, mode)
-        ]
+
+    def group(r: dict) -> tuple:
+        return (r["device"], r["preset"], r["dtype"], r.get("sizes"), r["level"], r["mode"])
+
+    for key in dict.fromkeys(group(r) for r in rows):
+        dev, preset, dtype, sizes, level, mode = key
+        sel = [r for r in rows if group(r) == key]
         lengths = sorted({r["T"] for r in sel})
         series = list(dict.fromkeys((r["mixer"], r["decode_batch"]) for r in sel))
         body = []
@@ -468,7 +470,7 @@ def speed_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]
                 r = next((r for r in sel if r["mixer"] == mixer and r["decode_batch"] == b and r["T"] == T), None)
                 cells.append(_fmt_tps(r["tokens_per_s"]) if r else "-")
             body.append(cells)
-        title = f"{dev}: {level} {mode}, preset {preset}, {dtype} (tokens/s)"
+        title = f"{dev}: {level} {mode}, preset {preset}, {dtype}" + (f", {sizes}" if sizes else "") + " (tokens/s)"
         out.append((title, ["mixer"] + [fmt_len(T) for T in lengths], body))
     return out
 
