@@ -143,6 +143,8 @@ class Mixer(nn.Module):
         ``conv_size`` is given the short convs ``q_conv``, ``k_conv`` (and ``v_conv`` unless ``conv_v=False``)."""
         from .blocks import ShortConv
 
+        if conv_size is not None and conv_size < 1:
+            raise ValueError(f"{self.name}: conv_size must be >= 1, got {conv_size}; turn the convs off with the layer's use_short_conv=False where it has one")
         self.q_proj = nn.Linear(self.hidden_size, key_dim, bias=False)
         self.k_proj = nn.Linear(self.hidden_size, key_dim, bias=False)
         self.v_proj = nn.Linear(self.hidden_size, value_dim, bias=False)
