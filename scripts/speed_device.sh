@@ -11,7 +11,7 @@
 #   - while the machine stays warm, from /tmp/gkabench_speed on it;
 #   - on a fresh machine, from the JSONL the lead copied back into results/speed/ (it travels with the tree).
 # Writes into $OUT: <date>-<gpu>-<tag>.{jsonl,csv,md,png} and speed-<tag>.log. fla's Hopper guard is lifted
-# for timing (recorded in every row); pass NO_GUARD=1 to keep it.
+# for timing (recorded in every row) only after `gkabench check` passes for the guarded ops; NO_GUARD=1 keeps it.
 set -uo pipefail
 MINUTES="${1:-8}"
 shift || true
@@ -37,8 +37,17 @@ except Exception as e:
     print("fla not importable:", e)
 PY
 
-GUARD="--lift-fla-guard"
-[ "${NO_GUARD:-0}" = "1" ] && GUARD=""
+# The guard is lifted only where `gkabench check` has just shown fla's gated backward correct here (the brief's
+# rule): a quick check of the guarded ops with the guard lifted; on any failure the sweep keeps the guard, and
+# those cells then record fla's refusal.
+GUARD=""
+if [ "${NO_GUARD:-0}" != "1" ]; then
+  if timeout 240 python3 -m gkabench.cli check --quick --ops gated_deltanet,mamba2 --lift-fla-guard --json "$WORK/guard_check.json" > "$WORK/guard_check.log" 2>&1; then
+    GUARD="--lift-fla-guard"; echo "fla guard: check passed, lifting it for timing"
+  else
+    echo "fla guard: check did not pass (see guard_check.log); keeping the guard"; tail -5 "$WORK/guard_check.log"
+  fi
+fi
 MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - 1.5))")
 TAG=$(python3 -c "import sys; a=sys.argv[1:]; print(a[a.index('--tag')+1] if '--tag' in a else (a[a.index('--preset')+1] if '--preset' in a else 'matched'))" "$@")
 python3 -m gkabench.cli speed --out "$WORK" --resume --max-minutes "$MAXM" $GUARD "$@" 2>&1 | tee "$OUT/speed-$TAG.log"
