@@ -48,7 +48,8 @@ if [ "${NO_GUARD:-0}" != "1" ]; then
     echo "fla guard: check did not pass (see guard_check.log); keeping the guard"; tail -5 "$WORK/guard_check.log"
   fi
 fi
-MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - 1.5))")
+# what is left of MINUTES after the setup and the guard check, less ~1.5 minutes for writing the files
+MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - 1.5 - $SECONDS / 60))")
 TAG=$(python3 -c "import sys; a=sys.argv[1:]; print(a[a.index('--tag')+1] if '--tag' in a else (a[a.index('--preset')+1] if '--preset' in a else 'matched'))" "$@")
 python3 -m gkabench.cli speed --out "$WORK" --resume --max-minutes "$MAXM" $GUARD "$@" 2>&1 | tee "$OUT/speed-$TAG.log"
 rc=${PIPESTATUS[0]}
