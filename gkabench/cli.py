@@ -235,7 +235,6 @@ def speed(
     """Throughput, latency and memory of every mixer as the sequence grows: JSONL/CSV/markdown tables and a plot."""
     from pathlib import Path
 
-
     from .bench.speed import make_config, print_tables, run_speed
 
     dev = pick_device(device)

@@ -11,8 +11,8 @@ from torch import nn
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
-    """float32 for half types and float32, float64 kept (so float64 tests stay tight)."""
-    return x if x.dtype == torch.float64 else x.float()
+    """x in :func:`compute_dtype`: float32 for half types and float32, float64 kept (float64 tests stay tight)."""
+    return x.to(compute_dtype(x))
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..kernels.gka import DEFAULT_NUM_ITER, DEFAULT_RIDGE, gka, gka_chunked, gka_reference
 from .base import Mixer, MixerCache
-from .blocks import l2_normalize, mask_tokens, resolve_heads, upcast
+from .blocks import compute_dtype, l2_normalize, mask_tokens, resolve_heads, upcast
 from .registry import register_mixer
 
 
@@ -92,7 +92,7 @@ class GKAMixer(Mixer):
 
     def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """g (log decay), alpha and beta, each ``[B, T, H]`` float32 (float64 for float64 x)."""
-        fdt = upcast(x[..., :0]).dtype
+        fdt = compute_dtype(x)
         shape = (*x.shape[:2], self.num_heads)
         if self.use_decay:
             g = -self.A_log.to(fdt).exp() * F.softplus(upcast(self.a_proj(x)) + self.dt_bias.to(fdt))
