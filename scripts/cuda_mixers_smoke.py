@@ -73,6 +73,13 @@ def main() -> int:
     out = os.environ.get("OUT", ".")
     rows = []
     names = [n for n in mixer_names() if n != "gka"] + ["gka"]  # GKA last: its kernels compile longest
+    if len(sys.argv) > 1:  # a subset, e.g. `cuda_mixers_smoke.py gla mamba2`
+        names = sys.argv[1:]
+    # a stack dump before an outer `timeout` kills a step that is stuck (compiling or hung)
+    if os.environ.get("SMOKE_DUMP_S"):
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(os.environ["SMOKE_DUMP_S"]), exit=False)
     for name in names:
         n_before = len(rows)
         try:
@@ -93,7 +100,7 @@ def main() -> int:
             rows.append({"mixer": name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
         for r in rows[n_before:]:
             print("ROW", json.dumps(r), flush=True)
-    with open(os.path.join(out, "cuda_mixers.json"), "w") as f:
+    with open(os.path.join(out, f"cuda_mixers{'-' + '-'.join(sys.argv[1:]) if len(sys.argv) > 1 else ''}.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
     print(f"{'mixer':16s} {'lifted':6s} {'fwd rel':>9s} {'grad rel':>9s} {'decode':>9s} {'bf16 ok':>7s}  note")
     for r in rows:

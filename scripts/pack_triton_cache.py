@@ -1,0 +1,97 @@
+"""Pack Triton's compile cache so the next, fresh device machine starts warm (run by device_epilogue.sh).
+
+Why: on the H200 a first call spends minutes compiling (fla autotunes every config of every kernel; GKA's fp32
+kernels take ~200 s), and a fresh machine starts with an empty cache. The device tool returns at most 8 files
+of 16 MiB and carries at most 64 MiB back, while a full cache after one sweep is ~450 MB (100 MB compressed).
+
+What is kept: each kernel's metadata JSON and its cubin (all a cache hit loads: the group file is rewritten to
+list just those two, since Triton treats a group with a missing child as a miss), and fla's autotune results
+(`*.autotune.json`: with them a new machine compiles only the chosen config instead of benchmarking them all).
+The IR text (ttir, ttgir, llir, ptx, source: ~80% of the bytes) is dropped.
+
+    python3 scripts/pack_triton_cache.py CACHE_DIR OUT_DIR [--max-parts 4] [--part-mb 15]
+
+Writes OUT_DIR/tcache-part-00, -01, ... (a split tar.gz; `cat tcache-part-* | tar xzf - -C CACHE_DIR` restores).
+If the pruned cache is still too big, only the autotune results and the newest kernels that fit are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+KEEP_SUFFIXES = (".json", ".cubin")
+
+
+def kernel_groups(cache: Path) -> list[tuple[float, Path, dict]]:
+    """(mtime, group file, child paths kept) for every compiled kernel in the cache, newest first."""
+    groups = []
+    for grp in cache.glob("*/__grp__*"):
+        try:
+            children = json.loads(grp.read_text())["child_paths"]
+        except (OSError, ValueError, KeyError):
+            continue
+        kept = {name: path for name, path in children.items() if name.endswith(KEEP_SUFFIXES)}
+        if not any(name.endswith(".cubin") for name in kept):
+            continue
+        groups.append((grp.stat().st_mtime, grp, kept))
+    return sorted(groups, key=lambda g: -g[0])
+
+
+def add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes) -> None:
+    info = tarfile.TarInfo(arcname)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def pack(cache: Path, out: Path, max_bytes: int, part_bytes: int) -> tuple[int, int, int]:
+    """Write the parts; returns (kernels packed, kernels skipped, bytes written)."""
+    buf = io.BytesIO()
+    packed = skipped = 0
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in cache.glob("*/*.autotune.json"):  # small, and the biggest time saver
+            tar.add(f, arcname=str(f.relative_to(cache)))
+        for _, grp, kept in kernel_groups(cache):
+            if buf.tell() > max_bytes * 0.95:  # compressed size so far (gzip flushes as it goes)
+                skipped += 1
+                continue
+            files = [Path(p) for p in kept.values()]
+            if not all(f.exists() for f in files):
+                skipped += 1
+                continue
+            for f in files:
+                tar.add(f, arcname=str(f.relative_to(cache)) if f.is_relative_to(cache) else f"{grp.parent.name}/{f.name}")
+            add_bytes(tar, str(grp.relative_to(cache)), json.dumps({"child_paths": kept}).encode())
+            packed += 1
+    data = buf.getvalue()
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(0, len(data), part_bytes):
+        (out / f"tcache-part-{i // part_bytes:02d}").write_bytes(data[i : i + part_bytes])
+    return packed, skipped, len(data)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cache_dir", type=Path)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--max-parts", type=int, default=4)
+    ap.add_argument("--part-mb", type=int, default=15)
+    a = ap.parse_args()
+    if not a.cache_dir.is_dir():
+        print(f"triton cache: {a.cache_dir} does not exist; nothing packed")
+        return
+    part = a.part_mb * 1024 * 1024
+    packed, skipped, size = pack(a.cache_dir.resolve(), a.out_dir, a.max_parts * part, part)
+    print(
+        f"triton cache: {packed} kernels (cubin + metadata) and the autotune results packed, {size / 2**20:.1f} MiB"
+        + (f"; {skipped} older kernels left out (over {a.max_parts} parts)" if skipped else "")
+        + f"; restore with: cat {a.out_dir}/tcache-part-* | tar xzf - -C {os.environ.get('TRITON_CACHE_DIR', 'CACHE')}"
+    )
+
+
+if __name__ == "__main__":
+    main()
