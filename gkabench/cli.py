@@ -318,6 +318,7 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from out/checkpoint when present"),
+    lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="run fla's gated backward despite its Hopper/Triton<3.7.1 guard (only after `gkabench check` passed); recorded in the log"),
 ):
     """Train a causal LM with any mixer on MQAR or local text (run under torchrun for several GPUs)."""
     from .train import TrainConfig
@@ -329,7 +330,7 @@ def train(
         text_field=text_field, tokenizer=tokenizer, seq_len=seq_len, packing=packing, mqar_vocab=mqar_vocab,
         mqar_pairs=mqar_pairs, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup,
         weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every, save_every=save_every,
-        log_every=log_every, seed=seed, device=device, resume=resume,
+        log_every=log_every, seed=seed, device=device, resume=resume, lift_fla_guard=lift_fla_guard,
     )  # fmt: skip
     summary = run_train(cfg)
     summary.pop("model", None)
@@ -362,12 +363,16 @@ def mqar(
     name: str = typer.Option(None, "--name", help="file stem (default mqar on GPU, mqar_cpu_tiny on CPU)"),
     run_dir: str = typer.Option(None, "--run-dir", help="per-run training logs go to RUN_DIR/NAME/<run> (default OUT/runs/NAME/<run>)"),
     device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)"),
+    jobs: int = typer.Option(1, "--jobs", help="train this many runs at once in worker processes on the device"),
+    shard: str = typer.Option(None, "--shard", help="I/N: run only every N-th run from the I-th (one process per GPU)"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="start no run after this long (rerun to resume)"),
+    lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="run fla's gated backward despite its Hopper/Triton<3.7.1 guard (only after `gkabench check` passed at these shapes); recorded in every row"),
 ):
     """MQAR sweep: mixers x model dims x (seq_len, pairs) x learning rates; best accuracy per cell, resumable."""
     import torch
     from rich.progress import Progress
 
-    from .tasks.mqar import MIXER_VARIANTS, SweepConfig, run_mqar_sweep
+    from .tasks.mqar import MIXER_VARIANTS, SweepConfig, parse_shard, run_mqar_sweep
 
     gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if gpu and not torch.cuda.is_available():
@@ -388,10 +393,12 @@ def mqar(
         gpu, mixers=mixer_list, dims=_parse_list(dims, int, "--dims"), lengths=length_list, lrs=_parse_list(lrs, float, "--lrs"),
         steps=steps, batch_size=batch_size, vocab_size=vocab, num_layers=num_layers, num_heads=num_heads,
         head_dim=head_dim, eval_examples=eval_examples, out_dir=out, name=name, device=device, run_dir=run_dir,
+        lift_fla_guard=lift_fla_guard or None,
     )  # fmt: skip
     if not gpu:
         console.print("[yellow]No GPU: a CPU-tiny sweep through the pure-PyTorch reference ops; it shows the pipeline works, not the paper's result.[/yellow]")
-    total = len(sweep.runs())
+    shard_i, shard_n = parse_shard(shard)
+    total = len(range(shard_i, len(sweep.runs()), shard_n))
     with Progress(console=console) as progress:
         task = progress.add_task(f"MQAR {sweep.name}", total=total)
 
@@ -400,7 +407,7 @@ def mqar(
             progress.console.print(f"{run['mixer']:>16} d={run['dim']:<4} T={run['seq_len']:<5} P={run['num_pairs']:<4} lr={run['lr']:<7g} {what}")
             progress.advance(task)
 
-        rows = run_mqar_sweep(sweep, on_run=on_run)
+        rows = run_mqar_sweep(sweep, on_run=on_run, jobs=jobs, shard=(shard_i, shard_n), max_minutes=max_minutes)
     from .tasks.mqar import best_per_cell
 
     best = best_per_cell(rows)

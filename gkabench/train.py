@@ -84,6 +84,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str | None = None  # default: cuda (this rank's GPU) when present, else cpu
+    # run fla's gated backward despite its Hopper guard (Triton < 3.7.1); only after `gkabench check` passed at
+    # the shapes used. Recorded in the log's start event as fla_guard_lifted.
+    lift_fla_guard: bool = False
     # bookkeeping
     eval_every: int = 100
     eval_batches: int = 4
@@ -554,6 +557,11 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
         out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(cfg.tokenizer)
     source = build_source(cfg, tokenizer)
+    guard_lifted = False
+    if cfg.lift_fla_guard:
+        from .layers.fla_guard import lift_fla_hopper_guard
+
+        guard_lifted = lift_fla_hopper_guard()
 
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
     ckpt = find_checkpoint(out) if cfg.resume else None
@@ -593,7 +601,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     if ckpt is None and d.main and (out / LOG_FILE).exists():
         (out / LOG_FILE).unlink()  # a fresh run in an old directory starts a fresh log
     log.write({"event": "start", "resumed_from": step if ckpt is not None else None, "params": n_params,
-               "world_size": d.world, "config": cfg.to_dict(), "env": environment(device)})  # fmt: skip
+               "world_size": d.world, "config": cfg.to_dict(), "env": environment(device),
+               "fla_guard_lifted": guard_lifted})  # fmt: skip
 
     saved = {"step": step if ckpt is not None else None}
 
@@ -673,6 +682,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     elapsed = time.perf_counter() - t_start
     summary = {"step": step, "finished": step >= cfg.steps, "params": n_params, "tokens": tokens_seen,
                "elapsed_s": elapsed, "out_dir": str(out), **last}  # fmt: skip
+    if guard_lifted:
+        summary["fla_guard_lifted"] = True
     if d.main and step >= cfg.steps and step > start_step:
         log.write({"event": "end", **summary})
     summary["model"] = model

@@ -153,3 +153,45 @@ def test_sweep_run_logs_go_under_out_and_torn_rows_do_not_block_resume(tmp_path,
     # --run-dir puts them elsewhere
     sweep2 = SweepConfig.defaults_for(False, out_dir=str(out), name="t", run_dir=str(tmp_path / "logs"))
     assert sweep2.runs_root() == tmp_path / "logs" / "t"
+
+
+def test_sweep_in_parallel_workers_and_shards_matches_serial(tmp_path):
+    """--jobs 2 (spawned workers appending under a lock) and two --shard processes give the same rows as one
+    serial sweep: same runs, each once, same accuracies (each run is seeded)."""
+    from gkabench.tasks.mqar import SweepConfig, read_rows, run_key, run_mqar_sweep
+
+    def sweep(name):
+        return SweepConfig.defaults_for(
+            False, mixers=["attention"], dims=[16], lengths=[(24, 4)], lrs=[1e-2, 3e-3, 1e-3], vocab_size=32, steps=3,
+            batch_size=8, eval_examples=16, head_dim=8, out_dir=str(tmp_path / "res"), run_dir=str(tmp_path / "runs"), name=name,
+        )  # fmt: skip
+
+    serial = {run_key(r): r["accuracy"] for r in run_mqar_sweep(sweep("serial"))}
+    parallel = run_mqar_sweep(sweep("par"), jobs=2)
+    assert {run_key(r): r["accuracy"] for r in parallel} == serial
+    assert len(read_rows(tmp_path / "res" / "par.jsonl")) == 3
+    seen = []
+    run_mqar_sweep(sweep("shard"), shard=(0, 2), on_run=lambda run, row: seen.append(run["lr"]))
+    assert seen == [1e-2, 1e-3]
+    rows = run_mqar_sweep(sweep("shard"), shard=(1, 2))
+    assert {run_key(r): r["accuracy"] for r in rows} == serial
+
+
+def test_shard_and_jobs_user_errors():
+    from gkabench.tasks.mqar import parse_shard
+
+    assert parse_shard("2/4") == (1, 4) and parse_shard(None) == (0, 1)
+    for bad in ("0/2", "3/2", "x", "1-2"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_max_minutes_starts_no_new_run(tmp_path):
+    from gkabench.tasks.mqar import SweepConfig, read_rows, run_mqar_sweep
+
+    sweep = SweepConfig.defaults_for(
+        False, mixers=["attention"], dims=[16], lengths=[(24, 4)], lrs=[1e-2, 3e-3], vocab_size=32, steps=3,
+        batch_size=8, eval_examples=16, head_dim=8, out_dir=str(tmp_path / "res"), run_dir=str(tmp_path / "runs"), name="m",
+    )  # fmt: skip
+    assert run_mqar_sweep(sweep, max_minutes=0.0) == []
+    assert run_mqar_sweep(sweep, jobs=2, max_minutes=0.0) == [] and read_rows(tmp_path / "res" / "m.jsonl") == []

@@ -177,6 +177,7 @@ class SweepConfig:
     out_dir: str = "results/mqar"
     name: str = "mqar"
     run_dir: str | None = None  # per-run logs (not results): RUN_DIR/NAME/<run>; default OUT_DIR/runs/NAME/<run>
+    lift_fla_guard: bool = False  # fla's Hopper guard on gated backward; recorded per row as fla_guard_lifted
 
     def runs_root(self):
         """Folder of the per-run training logs: ``run_dir/name`` when given, else ``out_dir/runs/name``."""
@@ -264,6 +265,7 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
         steps=run["steps"], batch_size=run["batch_size"], lr=run["lr"], warmup_steps=min(sweep.warmup_steps, run["steps"]),
         weight_decay=sweep.weight_decay, eval_every=run["steps"], eval_batches=eval_batches, log_every=max(1, run["steps"] // 50),
         save=False, resume=False, progress=False, seed=run["seed"], device=sweep.device,
+        lift_fla_guard=sweep.lift_fla_guard,
     )  # fmt: skip
     t0 = time.perf_counter()
     s = train(cfg)
@@ -273,6 +275,7 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
         "train_loss": s["loss"], "params": s["params"], "eval_examples": eval_batches * run["batch_size"],
         "state_bytes_per_layer": model.model.layers[0].mixer.state_bytes(run["seq_len"]),
         "elapsed_s": time.perf_counter() - t0, "env": environment(next(model.parameters()).device),
+        "fla_guard_lifted": s.get("fla_guard_lifted", False),
     }  # fmt: skip
 
 
@@ -363,16 +366,98 @@ def _atomic_write_text(path, text: str) -> None:
     tmp.replace(p)
 
 
-def run_mqar_sweep(sweep: SweepConfig, on_run=None) -> list[dict]:
-    """Run every run of ``sweep`` not yet in ``out_dir/name.jsonl``, appending each row when it finishes; then
-    write ``name.md`` and ``name.png``. ``on_run(run, row_or_None)`` is called per run (row None = skipped).
-    Returns all rows of the file that belong to this sweep."""
-    from pathlib import Path
+def _append_row_locked(jsonl, row: dict) -> None:
+    """Append a finished run's row under an exclusive lock, so parallel workers (``--jobs``) or several sweep
+    processes (``--shard``) never interleave their lines; a line torn by an earlier kill is ended first."""
+    import fcntl
 
     from ..io import append_jsonl
     from ..train import ensure_fresh_line
 
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    with open(jsonl.with_name(jsonl.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            ensure_fresh_line(jsonl)
+            append_jsonl(jsonl, row)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _worker_run(run: dict, sweep: SweepConfig, jsonl, threads: int) -> dict:
+    """One run in a worker process of ``--jobs``: train, append the row (locked), return it."""
+    import torch
+
+    torch.set_num_threads(threads)
+    row = train_mqar_run(run, sweep)
+    _append_row_locked(jsonl, row)
+    return row
+
+
+def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, time_left, on_run) -> None:
+    """Keep ``jobs`` runs in flight in spawned workers (spawn, not fork: a forked child cannot use CUDA); submit
+    the next only while ``time_left()``. On an interrupt nothing new starts; the rows of finished runs are on disk."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    todo = iter(pending)
+    with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=mp.get_context("spawn")) as pool:
+        running = {}
+
+        def submit_next() -> None:
+            run = next(todo, None) if time_left() else None
+            if run is not None:
+                running[pool.submit(_worker_run, run, sweep, jsonl, threads)] = run
+
+        for _ in range(jobs):
+            submit_next()
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                run = running.pop(fut)
+                row = fut.result()  # a worker's error surfaces here; rows already appended are kept
+                if on_run:
+                    on_run(run, row)
+                submit_next()
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"2/4"`` -> (1, 4): this process takes every 4th pending run starting at the 2nd (1-based, as typed)."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+        assert 1 <= i <= n
+    except (ValueError, AssertionError):
+        raise ValueError(f"--shard: could not read {text!r}; pass I/N with 1 <= I <= N, e.g. --shard 1/2") from None
+    return i - 1, n
+
+
+def run_mqar_sweep(
+    sweep: SweepConfig, on_run=None, jobs: int = 1, shard: tuple[int, int] = (0, 1), max_minutes: float | None = None
+) -> list[dict]:
+    """Run every run of ``sweep`` not yet in ``out_dir/name.jsonl``, appending each row when it finishes; then
+    write ``name.md`` and ``name.png``. ``on_run(run, row_or_None)`` is called per run (row None = skipped).
+    Returns all rows of the file that belong to this sweep.
+
+    ``jobs > 1`` trains that many runs at once in worker processes on the same device (2-layer MQAR models use a
+    small part of a big GPU, so runs in parallel finish sooner than one after another). ``shard = (i, n)`` takes only
+    runs ``i, i+n, ...`` of the sweep (e.g. one process per GPU with ``CUDA_VISIBLE_DEVICES``); all of them append to
+    the same JSONL under a lock, and a rerun resumes whatever is missing. ``max_minutes``: start no run after
+    that long (runs in flight finish); the tables are written from what is done."""
+    import time
+    from pathlib import Path
+
+    t_start = time.monotonic()
+
+    def time_left() -> bool:
+        return max_minutes is None or time.monotonic() - t_start < 60 * max_minutes
+
     sweep.validate()
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs must be an integer >= 1, got {jobs!r}")
     for m in sweep.mixers:
         resolve_variant(m)
     for T, P in sweep.lengths:
@@ -381,19 +466,27 @@ def run_mqar_sweep(sweep: SweepConfig, on_run=None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / f"{sweep.name}.jsonl"
     done = {run_key(r) for r in read_rows(jsonl)}
-    for run in sweep.runs():
-        if run_key(run) in done:
+    mine = [run for k, run in enumerate(sweep.runs()) if k % shard[1] == shard[0]]
+    pending = [run for run in mine if run_key(run) not in done]
+    if jobs == 1:
+        for run in mine:
+            if run_key(run) in done:
+                row = None
+            elif not time_left():
+                break
+            else:
+                row = train_mqar_run(run, sweep)
+                # one line per finished run, fsynced: an interruption loses at most the run in flight
+                _append_row_locked(jsonl, row)
             if on_run:
-                on_run(run, None)
-            continue
-        row = train_mqar_run(run, sweep)
-        # one line per finished run, fsynced: an interruption loses at most the run in flight; a line torn by an
-        # earlier kill is ended first, so this row starts on a line of its own
-        ensure_fresh_line(jsonl)
-        append_jsonl(jsonl, row)
-        done.add(run_key(run))
+                on_run(run, row)
+    else:
         if on_run:
-            on_run(run, row)
+            for run in mine:
+                if run_key(run) in done:
+                    on_run(run, None)
+        if pending:
+            _run_parallel(pending, sweep, jsonl, jobs, time_left, on_run)
     wanted = {run_key(r) for r in sweep.runs()}
     rows = [r for r in read_rows(jsonl) if run_key(r) in wanted]
     title = f"MQAR ({sweep.name})"
