@@ -319,6 +319,7 @@ def train(
     device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from out/checkpoint when present"),
     lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="run fla's gated backward despite its Hopper/Triton<3.7.1 guard (only after `gkabench check` passed); recorded in the log"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="checkpoint and stop after this long; rerun the command to continue"),
 ):
     """Train a causal LM with any mixer on MQAR or local text (run under torchrun for several GPUs)."""
     from .train import TrainConfig
@@ -331,6 +332,7 @@ def train(
         mqar_pairs=mqar_pairs, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup,
         weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every, save_every=save_every,
         log_every=log_every, seed=seed, device=device, resume=resume, lift_fla_guard=lift_fla_guard,
+        max_minutes=max_minutes,
     )  # fmt: skip
     summary = run_train(cfg)
     summary.pop("model", None)

@@ -96,6 +96,7 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     stop_at: int | None = None  # stop after this step as if interrupted (checkpoint written first); for tests
+    max_minutes: float | None = None  # stop (checkpoint first) once this much wall time has passed; rerun resumes
 
     def mqar(self) -> MQARConfig:
         return MQARConfig(vocab_size=self.mqar_vocab, seq_len=self.seq_len, num_pairs=self.mqar_pairs, num_queries=self.mqar_queries)
@@ -675,6 +676,12 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
                     log.write({"step": step, **ev})
                 if d.world > 1:
                     dist.barrier()
+            if cfg.max_minutes is not None and step < end:
+                over = torch.tensor(float(time.perf_counter() - t_start > 60 * cfg.max_minutes), device=device)
+                if d.world > 1:  # rank 0's clock decides, so every rank stops at the same step
+                    dist.broadcast(over, src=0)
+                if over.item():
+                    end = step  # checkpoint below, then leave the loop as an interrupted run would
             if cfg.save and ((cfg.save_every and step % cfg.save_every == 0) or step == end):
                 checkpoint()
             prog.update(task, completed=step)

@@ -120,6 +120,15 @@ def test_text_files_are_packed_with_cu_seqlens(tmp_path):
     assert s["finished"]
 
 
+def test_max_minutes_checkpoints_and_stops_then_resumes(tmp_path):
+    """--max-minutes 0 stops after the first step with a checkpoint; the same command again continues to the end."""
+    part = train(small(tmp_path, max_minutes=0.0))
+    assert part["step"] == 1 and not part["finished"]
+    assert find_checkpoint(tmp_path) is not None
+    done = train(small(tmp_path))
+    assert done["step"] == 12 and done["finished"]
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     train(small(tmp_path, steps=2, eval_every=0))
     with pytest.raises(ValueError, match="mixer='attention' there vs 'gka' now.*--no-resume"):
