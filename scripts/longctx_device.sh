@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 6's real run on the device machine: small GKA, Gated DeltaNet and attention models trained on the
+# generated long-context documents (`--data facts`), then `gkabench eval` on rag, longqa and niah from 4k to 128k.
+#
+#   run(command="bash scripts/longctx_device.sh train 8", carry=[".whl", ".triton_cache"])   # 8 min of training
+#   run(command="bash scripts/longctx_device.sh eval 8", ...)   # next call, while the machine is still warm
+#
+# The three models train at once (one process each: small models leave the GPU mostly idle) and are evaluated
+# at once. Checkpoints stay on the machine (/tmp/longctx_runs): too big to come back through the device tool,
+# so train and eval must run on the same warm machine (chain the calls; it is released after 30 s idle).
+# A rerun of `train` resumes the checkpoints; `eval` resumes its JSONL. Sizes via env: HIDDEN (256), LAYERS (4),
+# HEAD_DIM (64: a head dim `gkabench check` covers, needed to lift fla's guard), SEQ (4096), BATCH (16),
+# STEPS (3000), LENGTHS (4k,8k,16k,32k,64k,128k), N (10 rows per flavour and length), MIXERS.
+set -uo pipefail
+PHASE="${1:-train}"
+MINUTES="${2:-8}"
+OUT="${OUT:-/tmp/gkabench_longctx_out}"
+RUNS=/tmp/longctx_runs
+WORK=/tmp/gkabench_longctx
+mkdir -p "$OUT" "$RUNS" "$WORK"
+source scripts/device_prelude.sh
+MIXERS="${MIXERS:-gka,gated_deltanet,attention}"
+GUARD=""
+if [ "${NO_GUARD:-0}" != "1" ] && [[ ",$MIXERS," == *",gated_deltanet,"* ]]; then
+  if [ ! -e "$WORK/guard_ok" ]; then
+    timeout 240 python3 -m gkabench.cli check --ops gated_deltanet --lift-fla-guard --json "$WORK/guard_check.json" > "$WORK/guard_check.log" 2>&1 && touch "$WORK/guard_ok"
+    grep -hE '^(pass|FAIL|error|refused)' "$WORK/guard_check.log" | cut -c1-160
+  fi
+  [ -e "$WORK/guard_ok" ] && GUARD="--lift-fla-guard" && echo "fla guard: check passed for gated_deltanet, lifted (recorded in the training log)"
+fi
+left_s() { python3 -c "print(int(max(30, 60 * float('$MINUTES') - 75 - $SECONDS)))"; }
+if [ "$PHASE" = train ]; then
+  M=$(python3 -c "print(max(0.5, (left_s := 60 * float('$MINUTES') - 90 - $SECONDS) / 60))")
+  for m in ${MIXERS//,/ }; do
+    python3 -m gkabench.cli train --out "$RUNS/$m" --mixer "$m" --hidden "${HIDDEN:-256}" --layers "${LAYERS:-4}" \
+      --head-dim "${HEAD_DIM:-64}" --data facts --seq-len "${SEQ:-4096}" --batch-size "${BATCH:-16}" --steps "${STEPS:-3000}" \
+      --lr 1e-3 --warmup 100 --eval-every 500 --save-every 200 --log-every 50 --max-minutes "$M" $GUARD \
+      > "$OUT/train_$m.log" 2>&1 &
+  done
+  wait
+  for m in ${MIXERS//,/ }; do echo "== $m"; grep -v "━" "$OUT/train_$m.log" | tail -14; cp "$RUNS/$m/log.jsonl" "$OUT/train_$m.jsonl" 2>/dev/null; done
+else
+  L=$(left_s)
+  for m in ${MIXERS//,/ }; do
+    timeout -s INT "$L" python3 -m gkabench.cli eval --task rag,longqa,niah --model "$RUNS/$m" \
+      --lengths "${LENGTHS:-4k,8k,16k,32k,64k,128k}" --n "${N:-10}" --out "$WORK" --name "longctx_$m" \
+      --cache-dir "$WORK/task_cache" > "$OUT/eval_$m.log" 2>&1 &
+  done
+  wait
+  for m in ${MIXERS//,/ }; do echo "== $m"; grep -v "━" "$OUT/eval_$m.log" | tail -25; done
+  (cd "$WORK" && tar czf "$OUT/longctx_eval.tgz" longctx_*.jsonl longctx_*.md longctx_*.csv 2>/dev/null)
+fi
+source scripts/device_epilogue.sh
