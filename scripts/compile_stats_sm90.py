@@ -53,23 +53,19 @@ def _kernel_specs():
     solve_stages = getattr(F, "SOLVE_STAGES", 3)
     for variant in getattr(F, "VARIANTS", ("fused",)):
         prep = variant == "prep"
-        fwd_args = dict(q=bf, k=bf, v=bf, g=f32, alpha=f32, hs=f32, us=bf, o=bf, xo=f32, no=f32, chunk_info=i32,
-                        scale="fp32", ridge="fp32", num_iter="i32")  # fmt: skip
-        if prep:
-            fwd_args.update(hn="*fp16", n0=f32)
+        fwd_args = dict(q=bf, k=bf, v=bf, g=f32, alpha=f32, hs=f32, us=bf, hn="*fp16", n0o=f32, o=bf, xo=f32,
+                        no=f32, chunk_info=i32, scale="fp32", ridge="fp32", num_iter="i32")  # fmt: skip
         specs.append(("solve_fwd", variant, F._solve_fwd_kernel, fwd_args,
                       dict(per_chunk, FLOOR=FLOOR, LOWP=True, PREC="tf32", PREP=prep), 4, solve_stages))  # fmt: skip
         bwd_args = dict(q=bf, k=bf, v=bf, g=f32, alpha=f32, hs=f32, us=bf, xo=f32, no=f32, do=bf, dq=bf, dalpha=f32,
                         yo=f32, betao=f32, eo=f32, tauo=f32, sigmao=f32, chunk_info=i32, scale="fp32", ridge="fp32",
-                        num_iter="i32")  # fmt: skip
-        if prep:
-            bwd_args.update(hn="*fp16", n0=f32)
+                        num_iter="i32", hn="*fp16", n0o=f32, rbuf="*fp16")  # fmt: skip
         specs.append(("solve_bwd", variant, B._solve_bwd_kernel, bwd_args,
                       dict(per_chunk, FLOOR=FLOOR, LOWP=True, PREC="tf32", PREP=prep), 4, solve_stages))  # fmt: skip
     if hasattr(F, "_prep_kernel"):
         specs.append(("prep", "prep", F._prep_kernel,
-                      dict(k=bf, g=f32, hs=f32, hn="*fp16", n0=f32, no=f32, chunk_info=i32),
-                      dict(H=16, D=D, BD=D, C=C, FLOOR=FLOOR, PREC="tf32"), 4, 1))  # fmt: skip
+                      dict(k=bf, g=f32, hs=f32, hn="*fp16", n0o=f32, no=f32, chunk_info=i32),
+                      dict(H=16, D=D, BD=D, C=C, FLOOR=FLOOR, PREC="tf32"), getattr(F, "PREP_WARPS", 4), 1))  # fmt: skip
     specs.append(("scan_fwd", "-", F._scan_fwd_kernel,
                   dict(k=bf, v=bf, g=f32, h0_kk=f32, h0_kv=f32, hs=f32, us=bf, ht_kk=f32, ht_kv=f32, seq_info=i32),
                   dict(H=16, D=D, DV=DV, C=C, BK=64, BW=64, NWH=2, HAS_H0=False, PREC="tf32"), 4, 3))  # fmt: skip

@@ -1,8 +1,11 @@
 """Chunk-wise GKA on Triton: :func:`chunk_gka`, a drop-in for :func:`gka_reference` on CUDA tensors.
 
-Forward (``chunk_fwd.py``): chunk-state scan, then one fused kernel per chunk for norms, Chebyshev solve, alpha
-mixing and readout. Backward (``chunk_bwd.py``): implicit differentiation (spec section 4), no stored iterates:
-the forward keeps only the chunk-initial states, the solutions x and the per-token norms.
+Forward (``chunk_fwd.py``): chunk-state scan, then (``variant="prep"``, bf16/fp16 inputs) a per-chunk launch for
+the norms and the float16 solve operand H0/||H0||, then one kernel per chunk for the Chebyshev solve, alpha mixing
+and readout; ``variant="fused"`` (and every fp32 call) computes norms and operands inside the solve kernel, as
+the first version did. Backward (``chunk_bwd.py``): implicit differentiation (spec section 4), no stored
+iterates: the forward keeps only the chunk-initial states, the solutions x, the per-token norms and (prep) the
+float16 operands.
 
 Every batch is handled as packed sequences: ``[B, T]`` becomes ``[1, B*T]`` with ``cu_seqlens = [0, T, 2T, ...]``,
 so the fixed-length and the varlen path are one code path, and no state crosses a sequence boundary (each
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .chunk_bwd import grads_bwd, scan_bwd, solve_bwd
-from .chunk_fwd import CHUNK, scan_fwd, solve_fwd
+from .chunk_fwd import CHUNK, DEFAULT_VARIANT, prep_fwd, scan_fwd, solve_fwd, use_prep
 from .common import DEFAULT_NUM_ITER, DEFAULT_RIDGE, GKAState, default_scale, validate_inputs
 from .reference import gka_reference
 
@@ -87,11 +90,15 @@ class ChunkGKAFunction(torch.autograd.Function):
     outputs ``o [TT, H, Dv]`` and the final states ``[N, H, D, D]``, ``[N, H, D, Dv]`` (float32)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, alpha, h0_kk, h0_kv, idx, num_iter, ridge, scale):
+    def forward(ctx, q, k, v, g, alpha, h0_kk, h0_kv, idx, num_iter, ridge, scale, variant=DEFAULT_VARIANT):
         h0 = None if h0_kk is None else (h0_kk, h0_kv)
         hs, us, ht_kk, ht_kv = scan_fwd(k, v, g, h0, idx)
-        o, x, n = solve_fwd(q, k, v, g, alpha, hs, us, idx, num_iter=num_iter, ridge=ridge, scale=scale)
-        ctx.save_for_backward(q, k, v, g, alpha, hs, us, x, n, ht_kk, ht_kv)
+        prep = prep_fwd(k, g, hs, idx) if use_prep(variant, q.dtype) else None
+        o, x, n = solve_fwd(q, k, v, g, alpha, hs, us, idx, num_iter=num_iter, ridge=ridge, scale=scale, prep=prep)
+        # prep: the float16 operands (NT*H*D*D*2 bytes) are kept for the backward's adjoint solve
+        ctx.prep = prep is not None
+        extra = prep[:2] if prep is not None else ()
+        ctx.save_for_backward(q, k, v, g, alpha, hs, us, x, n, ht_kk, ht_kv, *extra)
         ctx.idx, ctx.num_iter, ctx.ridge, ctx.scale = idx, num_iter, ridge, scale
         ctx.has_h0 = h0 is not None
         ctx.in_dtypes = (g.dtype, alpha.dtype)
@@ -99,11 +106,12 @@ class ChunkGKAFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht_kk, dht_kv):
-        q, k, v, g, alpha, hs, us, x, n, ht_kk, ht_kv = ctx.saved_tensors
+        q, k, v, g, alpha, hs, us, x, n, ht_kk, ht_kv, *extra = ctx.saved_tensors
         idx = ctx.idx
         do = do.contiguous()
         dq, da, y, beta, e, tau, sigma = solve_bwd(
-            q, k, v, g, alpha, hs, us, x, n, do, idx, num_iter=ctx.num_iter, ridge=ctx.ridge, scale=ctx.scale
+            q, k, v, g, alpha, hs, us, x, n, do, idx, num_iter=ctx.num_iter, ridge=ctx.ridge, scale=ctx.scale,
+            prep=tuple(extra) if ctx.prep else None,
         )
         has_dht = dht_kk is not None or dht_kv is not None
         dht = None
@@ -122,7 +130,7 @@ class ChunkGKAFunction(torch.autograd.Function):
         g_dtype, a_dtype = ctx.in_dtypes
         dh0_out = dh0 if ctx.has_h0 else None
         du0_out = du0 if ctx.has_h0 else None
-        return dq, dk, dv, dg.to(g_dtype), da.to(a_dtype), dh0_out, du0_out, None, None, None, None
+        return dq, dk, dv, dg.to(g_dtype), da.to(a_dtype), dh0_out, du0_out, None, None, None, None, None
 
 
 def chunk_gka(
@@ -138,6 +146,7 @@ def chunk_gka(
     initial_state: GKAState | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    variant: str = DEFAULT_VARIANT,
 ) -> tuple[torch.Tensor, GKAState | None]:
     """GKA by the Triton chunk kernels; same arguments, shapes and semantics as :func:`gka_reference`.
 
@@ -146,6 +155,8 @@ def chunk_gka(
         g: ``[B, T, H]`` natural-log decay (<= 0); alpha: ``[B, T, H]`` in [0, 1]; any float dtype.
         initial_state: ``(h_kk [N, H, D, D], h_kv [N, H, D, Dv])``; h_kk symmetric (every state this op produces is).
         cu_seqlens: ``[N + 1]`` offsets of packed sequences (B must be 1).
+        variant: ``"prep"`` (default) or ``"fused"``: kernel layout of the bf16/fp16 path (same math; see
+            ``chunk_fwd.VARIANTS``); fp32 inputs run the fused kernels either way.
 
     Returns:
         ``o [B, T, H, Dv]`` in v's dtype; the final state ``(h_kk, h_kv)`` float32 when ``output_final_state``.
@@ -159,6 +170,7 @@ def chunk_gka(
             q, k, v, g, alpha, num_iter=num_iter, ridge=ridge, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )  # fmt: skip
+    use_prep(variant, q.dtype)  # validates the name (one-line ValueError)
     scale = default_scale(shapes.D, scale)
     B, T, H, D, DV = shapes.B, shapes.T, shapes.H, shapes.D, shapes.Dv
     bounds = list(range(0, B * T + 1, T)) if cu_seqlens is None else [int(b) for b in cu_seqlens.tolist()]
@@ -173,6 +185,8 @@ def chunk_gka(
     h0_kk = h0_kv = None
     if initial_state is not None:
         h0_kk, h0_kv = (s.float().contiguous() for s in initial_state)
-    o, ht_kk, ht_kv = ChunkGKAFunction.apply(qf, kf, vf, gf, af, h0_kk, h0_kv, idx, num_iter, float(ridge), scale)
+    o, ht_kk, ht_kv = ChunkGKAFunction.apply(
+        qf, kf, vf, gf, af, h0_kk, h0_kv, idx, num_iter, float(ridge), scale, variant
+    )
     o = o.view(B, T, H, DV)
     return o, ((ht_kk, ht_kv) if output_final_state else None)

@@ -29,17 +29,26 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_fwd import CHUNK, dot_precision, num_warps_for
+from .chunk_fwd import CHUNK, SOLVE_STAGES, dot_precision, num_warps_for
 from .common import NORM_FLOOR
-from .solve import apply_h, beta_suffix, chebyshev, decay_lower, decay_upper, load_rows, load_tile, solve_operands
+from .solve import apply_h, beta_suffix, chebyshev, chebyshev_lowp, decay_lower, decay_upper, load_rows, load_tile, solve_operands
 
 
 @triton.jit(do_not_specialize=["num_iter"])
 def _solve_bwd_kernel(q, k, v, g, alpha, hs, us, xo, no, do, dq, dalpha, yo, betao, eo, tauo, sigmao, chunk_info,
                       scale, ridge,
-                      num_iter, H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+                      num_iter, hn, n0o, rbuf, H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
                       BDV: tl.constexpr, C: tl.constexpr, FLOOR: tl.constexpr, LOWP: tl.constexpr,
-                      PREC: tl.constexpr):  # fmt: skip
+                      PREC: tl.constexpr, PREP: tl.constexpr):  # fmt: skip
+    """Per (chunk, head): readout gradient, adjoint solve, dq, dalpha, beta, e, tau, sigma.
+
+    PREP (``prep`` variant, LOWP only): the float16 operand ``hn = H0 / ||H0||`` and ``n0o = ||H0||`` of the
+    forward's prep launch replace the float32 state; the unit-norm rhs ``a dqt / |a dqt|`` is parked in float16 in
+    the scratch ``rbuf [TT, H, D]`` (the float16 rounding the fused loop applies to its held rhs) and re-read by
+    the adjoint Chebyshev loop (:func:`chebyshev_lowp`), and dqt in float32 in ``yo`` (overwritten by y at the
+    end), re-read after the loop: dqt and the partial dq are [C, D] float32 tiles, 64 registers per thread each,
+    that the fused kernel held across the loop.
+    """
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     ts = tl.load(chunk_info + 2 * i_c)
     te = tl.load(chunk_info + 2 * i_c + 1)
@@ -69,15 +78,31 @@ def _solve_bwd_kernel(q, k, v, g, alpha, hs, us, xo, no, do, dq, dalpha, yo, bet
     da = tl.sum(dqt * (X - Q), axis=1)
     Qt = Q + a[:, None] * (X - Q)
     e_part = tl.sum(Qt * dqt, axis=1)
-    dQ = (1.0 - a)[:, None] * dqt
-    # H0 as stored (not transposed): the adjoint solve applies A^T, whose rows are (H0^T y)^T = y^T H0.
-    Hm = load_tile(hs + base * D * D, 0, D, D, D, 1, BD, BD, False)
-    Hop, Kd, n0 = solve_operands(Hm, Kb.to(tl.float32), LOWP)
-    Y = chebyshev(a[:, None] * dqt, Hop, Kd, M, eG * n0, n, ridge, num_iter, LOWP, PREC)
-    dQ += Y
     d = tl.arange(0, BD)
     row = t[:, None].to(tl.int64) * H + i_h
     m2 = tm[:, None] & (d < D)[None, :]
+    if PREP:
+        Hop = load_tile(hn + base * D * D, 0, D, D, D, 1, BD, BD, False)
+        n0 = tl.load(n0o + base)
+        Kd = Kb.to(tl.float16)
+        # rhs a dqt: unit rows are dqt / |dqt| where a > 0 (rn = a |dqt|), zero rows where a = 0
+        rn = a * tl.sqrt(tl.sum(dqt * dqt, axis=1))
+        tl.store(yo + row * D + d[None, :], dqt, mask=m2)
+        runit = dqt * tl.where(rn > 0.0, a / rn, 0.0)[:, None]
+        tl.store(rbuf + row * D + d[None, :], runit.to(tl.float16), mask=m2)
+        tl.debug_barrier()  # the loop re-reads the rhs in another thread layout
+        Y = chebyshev_lowp(rbuf + i_h * D, ts, te, H * D, tl.where(rn > 0.0, 1.0, 0.0), Hop, Kd, M, eG * n0, n,
+                           ridge, num_iter, D, C, BD) * (rn / n)[:, None]  # fmt: skip
+        dqt = load_tile(yo + i_h * D, ts, te, D, H * D, 1, C, BD, False)
+        dQ = (1.0 - a)[:, None] * dqt + Y
+        tl.debug_barrier()  # every thread has read dqt before y overwrites it
+    else:
+        dQ = (1.0 - a)[:, None] * dqt
+        # H0 as stored (not transposed): the adjoint solve applies A^T, whose rows are (H0^T y)^T = y^T H0.
+        Hm = load_tile(hs + base * D * D, 0, D, D, D, 1, BD, BD, False)
+        Hop, Kd, n0 = solve_operands(Hm, Kb.to(tl.float32), LOWP)
+        Y = chebyshev(a[:, None] * dqt, Hop, Kd, M, eG * n0, n, ridge, num_iter, LOWP, PREC)
+        dQ += Y
     tl.store(dq + row * D + d[None, :], dQ.to(dq.dtype.element_ty), mask=m2)
     tl.store(yo + row * D + d[None, :], Y, mask=m2)
     X = load_tile(xo + i_h * D, ts, te, D, H * D, 1, C, BD, False)
@@ -290,8 +315,9 @@ def _grads_h_kernel(k, g, hs, xo, yo, betao, dhs, eo, dk32, dk, chunk_info,
     tl.store(dk + row * D + d[None, :], dk_.to(dk.dtype.element_ty), mask=m2)
 
 
-def solve_bwd(q, k, v, g, alpha, hs, us, x, n, do, idx, *, num_iter, ridge, scale):
-    """Launch 1. Returns ``(dq, dalpha [TT,H] f32, y [TT,H,D] f32, beta [TT,H] f32, e [TT,H] f32, tau [TT,H] f32,
+def solve_bwd(q, k, v, g, alpha, hs, us, x, n, do, idx, *, num_iter, ridge, scale, prep=None):
+    """Launch 1. ``prep``: ``(hn, n0)`` of the forward's :func:`prep_fwd` (``prep`` variant) or None (``fused``).
+    Returns ``(dq, dalpha [TT,H] f32, y [TT,H,D] f32, beta [TT,H] f32, e [TT,H] f32, tau [TT,H] f32,
     sigma [NT,H] f32)``."""
     TT, H, D = q.shape
     DV = v.shape[-1]
@@ -301,10 +327,14 @@ def solve_bwd(q, k, v, g, alpha, hs, us, x, n, do, idx, *, num_iter, ridge, scal
     da, beta, e, tau = (q.new_empty(TT, H, dtype=torch.float32) for _ in range(4))
     sigma = q.new_empty(idx.num_chunks, H, dtype=torch.float32)
     BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
+    if prep is not None and not lowp:
+        raise ValueError("gka: the prep variant is for bf16/fp16 inputs only")
+    # unused by the fused code; prep: float16 scratch for the adjoint solve's rhs (transient, TT*H*D*2 bytes)
+    hn, n0, rbuf = (hs, sigma, dq) if prep is None else (*prep, q.new_empty(TT, H, D, dtype=torch.float16))
     _solve_bwd_kernel[(idx.num_chunks, H)](
         q, k, v, g, alpha, hs, us, x, n, do, dq, da, y, beta, e, tau, sigma, idx.chunk_info, float(scale), float(ridge),
-        int(num_iter), H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, FLOOR=NORM_FLOOR, LOWP=lowp, PREC=prec,
-        num_warps=num_warps_for(max(BD, BDV), lowp),
+        int(num_iter), hn, n0, rbuf, H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, FLOOR=NORM_FLOOR, LOWP=lowp, PREC=prec,
+        PREP=prep is not None, num_warps=num_warps_for(max(BD, BDV), lowp), num_stages=SOLVE_STAGES,
     )  # fmt: skip
     return dq, da, y, beta, e, tau, sigma
 

@@ -22,9 +22,20 @@ import triton
 import triton.language as tl
 
 from .common import NORM_FLOOR
-from .solve import chebyshev, chunk_norms, decay_lower, load_rows, load_tile, solve_operands
+from .solve import chebyshev, chebyshev_lowp, chunk_norms, decay_lower, load_rows, load_tile, solve_operands
 
 CHUNK = 64
+# "prep": a per-(chunk, head) launch writes the float16 solve operand H0/||H0||, ||H0|| and the norms, and the
+# solve kernels never hold the float32 state nor (forward) the query tile across the Chebyshev loop; "fused":
+# the session-1 kernels (norms and operands computed inside the solve kernels). bf16/fp16 only: fp32 inputs
+# always run the fused code (its 'ieee' dots need the float32 state anyway). Kept selectable for one release so
+# that one device run can time both.
+VARIANTS = ("prep", "fused")
+DEFAULT_VARIANT = "prep"
+PREP_WARPS = 4
+# software pipelining stages of the per-chunk solve kernels (Triton's default on CUDA is 3)
+# software pipelining stages of the per-chunk solve kernels (Triton's default on CUDA; 1 gave the same build)
+SOLVE_STAGES = 3
 
 
 @triton.jit
@@ -76,10 +87,47 @@ def _scan_fwd_kernel(k, v, g, h0_kk, h0_kv, hs, us, ht_kk, ht_kv, seq_info,
                       HAS_H0, PREC)  # fmt: skip
 
 
+@triton.jit
+def _prep_kernel(k, g, hs, hn, n0o, no, chunk_info,
+                 H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, C: tl.constexpr, FLOOR: tl.constexpr,
+                 PREC: tl.constexpr):  # fmt: skip
+    """Per (chunk, head), ``prep`` variant: the float16 solve operand ``hn = H0 / ||H0||_F`` ([D, D], H0's own
+    orientation), ``n0 = ||H0||_F`` and the per-token norms ``||H_t||_F`` (floored) of the chunk.
+
+    It moves everything that needs the float32 state out of the solve kernels: H0 as a [128, 128] float32 tile
+    is 128 registers per thread at 4 warps, and in the fused kernel it spilled and raised the register pressure of
+    the Chebyshev loop that follows (device run 2: the fused forward solve cost 1.96 ms at num_iter = 0).
+    """
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    ts = tl.load(chunk_info + 2 * i_c)
+    te = tl.load(chunk_info + 2 * i_c + 1)
+    t = ts + tl.arange(0, C)
+    tm = t < te
+    G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64), axis=0)
+    base = (i_c * H + i_h).to(tl.int64)
+    K = load_tile(k + i_h * D, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)
+    Hm = load_tile(hs + base * D * D, 0, D, D, D, 1, BD, BD, False)
+    n, _ = chunk_norms(K, Hm, G, FLOOR, C, PREC)
+    tl.store(no + t * H + i_h, n, mask=tm)
+    nn = tl.sqrt(tl.sum(tl.sum(Hm * Hm, axis=1), axis=0))
+    tl.store(n0o + base, nn)
+    d = tl.arange(0, BD)
+    hp = hn + base * D * D + d[:, None] * D + d[None, :]
+    tl.store(hp, (Hm * tl.where(nn > 0.0, 1.0 / nn, 0.0)).to(tl.float16), mask=(d < D)[:, None] & (d < D)[None, :])
+
+
 @triton.jit(do_not_specialize=["num_iter"])
-def _solve_fwd_kernel(q, k, v, g, alpha, hs, us, o, xo, no, chunk_info, scale, ridge, num_iter,
+def _solve_fwd_kernel(q, k, v, g, alpha, hs, us, hn, n0o, o, xo, no, chunk_info, scale, ridge, num_iter,
                       H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                      C: tl.constexpr, FLOOR: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+                      C: tl.constexpr, FLOOR: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+                      PREP: tl.constexpr):  # fmt: skip
+    """Per (chunk, head): norms, Chebyshev solve, alpha mix, readout.
+
+    PREP (``prep`` variant, LOWP only): the float16 operand ``hn [NT, H, D, D]``, ``n0o [NT, H]`` and the norms
+    ``no [TT, H]`` come from :func:`_prep_kernel`; the query tile is re-read from memory (it is in L1/L2) inside
+    the loop and after it instead of being held (see :func:`chebyshev_lowp`). Otherwise (``fused``, and every fp32
+    launch) the kernel computes the norms and operands from the float32 ``hs`` itself and writes ``no``.
+    """
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     ts = tl.load(chunk_info + 2 * i_c)
     te = tl.load(chunk_info + 2 * i_c + 1)
@@ -89,14 +137,29 @@ def _solve_fwd_kernel(q, k, v, g, alpha, hs, us, o, xo, no, chunk_info, scale, r
     eG = tl.exp(G.to(tl.float32))
     base = (i_c * H + i_h).to(tl.int64)
     kp = k + i_h * D
-    K = load_tile(kp, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)
-    # H0^T so that rows of X @ H0^T are (H0 x)^T
-    Ht = load_tile(hs + base * D * D, 0, D, D, 1, D, BD, BD, True)
-    n, _ = chunk_norms(K, Ht, G, FLOOR, C, PREC)
-    Hop, Kd, n0 = solve_operands(Ht, K, LOWP)
-    M = decay_lower(G, C)
-    Q = load_tile(q + i_h * D, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)
-    X = chebyshev(Q, Hop, Kd, M, eG * n0, n, ridge, num_iter, LOWP, PREC)
+    qp = q + i_h * D
+    if PREP:
+        n = tl.load(no + t * H + i_h, mask=tm, other=1.0)
+        n0 = tl.load(n0o + base)
+        # hn^T: rows of X @ hn^T are (H0 x)^T / n0 (a transposed read of a float16 tile, once per program)
+        Hop = load_tile(hn + base * D * D, 0, D, D, 1, D, BD, BD, True)
+        Kd = load_tile(kp, ts, te, D, H * D, 1, C, BD, False).to(tl.float16)
+        M = decay_lower(G, C)
+        Q = load_tile(qp, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)
+        rn = tl.sqrt(tl.sum(Q * Q, axis=1))
+        X = chebyshev_lowp(qp, ts, te, H * D, tl.where(rn > 0.0, 1.0 / rn, 0.0), Hop, Kd, M, eG * n0, n, ridge,
+                           num_iter, D, C, BD) * (rn / n)[:, None]  # fmt: skip
+        # q re-read rather than held across the loop (64 registers per thread in float32)
+        Q = load_tile(qp, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)
+    else:
+        K = load_tile(kp, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)
+        # H0^T so that rows of X @ H0^T are (H0 x)^T
+        Ht = load_tile(hs + base * D * D, 0, D, D, 1, D, BD, BD, True)
+        n, _ = chunk_norms(K, Ht, G, FLOOR, C, PREC)
+        Hop, Kd, n0 = solve_operands(Ht, K, LOWP)
+        M = decay_lower(G, C)
+        Q = load_tile(qp, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)
+        X = chebyshev(Q, Hop, Kd, M, eG * n0, n, ridge, num_iter, LOWP, PREC)
     a = tl.load(alpha + t * H + i_h, mask=tm, other=0.0).to(tl.float32)
     Qt = Q + a[:, None] * (X - Q)
     U0 = load_tile(us + base * D * DV, 0, D, DV, DV, 1, BD, BDV, False)
@@ -114,7 +177,8 @@ def _solve_fwd_kernel(q, k, v, g, alpha, hs, us, o, xo, no, chunk_info, scale, r
     row = t[:, None].to(tl.int64) * H + i_h
     tl.store(o + row * DV + e[None, :], (out * scale).to(o.dtype.element_ty), mask=tm[:, None] & (e < DV)[None, :])
     tl.store(xo + row * D + d[None, :], X, mask=tm[:, None] & (d < D)[None, :])
-    tl.store(no + t * H + i_h, n, mask=tm)
+    if not PREP:
+        tl.store(no + t * H + i_h, n, mask=tm)
 
 
 def dot_precision(dtype: torch.dtype) -> tuple[bool, str]:
@@ -158,18 +222,47 @@ def scan_fwd(k, v, g, h0, idx, *, BK=64, BW=64):
     return hs, us, ht_kk, ht_kv
 
 
-def solve_fwd(q, k, v, g, alpha, hs, us, idx, *, num_iter, ridge, scale):
-    """Solve + readout. Returns ``(o [TT,H,Dv] in v's dtype, x [TT,H,D] float32, norms [TT,H] float32)``."""
+def use_prep(variant: str, dtype: torch.dtype) -> bool:
+    """Whether ``variant`` runs the prep path for inputs of ``dtype`` (bf16/fp16 only; see VARIANTS)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"gka: variant must be one of {VARIANTS}, got {variant!r}")
+    return variant == "prep" and dot_precision(dtype)[0]
+
+
+def prep_fwd(k, g, hs, idx):
+    """``prep`` launch. Returns ``(hn [NT,H,D,D] float16 = H0/||H0||_F, n0 [NT,H] float32, norms [TT,H] float32)``."""
+    TT, H, D = k.shape
+    _, prec = dot_precision(k.dtype)
+    hn = k.new_empty(idx.num_chunks, H, D, D, dtype=torch.float16)
+    n0 = k.new_empty(idx.num_chunks, H, dtype=torch.float32)
+    n = k.new_empty(TT, H, dtype=torch.float32)
+    BD = max(16, triton.next_power_of_2(D))
+    _prep_kernel[(idx.num_chunks, H)](
+        k, g, hs, hn, n0, n, idx.chunk_info, H=H, D=D, BD=BD, C=CHUNK, FLOOR=NORM_FLOOR, PREC=prec,
+        num_warps=PREP_WARPS,
+    )  # fmt: skip
+    return hn, n0, n
+
+
+def solve_fwd(q, k, v, g, alpha, hs, us, idx, *, num_iter, ridge, scale, prep=None):
+    """Solve + readout. ``prep``: the output of :func:`prep_fwd` (the ``prep`` variant) or None (``fused``).
+    Returns ``(o [TT,H,Dv] in v's dtype, x [TT,H,D] float32, norms [TT,H] float32)``; with ``prep`` the norms are
+    prep's tensor."""
     TT, H, D = q.shape
     DV = v.shape[-1]
     lowp, prec = dot_precision(q.dtype)
+    if prep is not None and not lowp:
+        raise ValueError("gka: the prep variant is for bf16/fp16 inputs only")
     o = torch.empty_like(v)
     x = q.new_empty(TT, H, D, dtype=torch.float32)
-    n = q.new_empty(TT, H, dtype=torch.float32)
+    if prep is None:
+        hn, n0, n = hs, hs, q.new_empty(TT, H, dtype=torch.float32)  # hn / n0 unused by the fused code
+    else:
+        hn, n0, n = prep
     BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
     _solve_fwd_kernel[(idx.num_chunks, H)](
-        q, k, v, g, alpha, hs, us, o, x, n, idx.chunk_info, float(scale), float(ridge), int(num_iter),
-        H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, FLOOR=NORM_FLOOR, LOWP=lowp, PREC=prec,
-        num_warps=num_warps_for(max(BD, BDV), lowp),
+        q, k, v, g, alpha, hs, us, hn, n0, o, x, n, idx.chunk_info, float(scale), float(ridge), int(num_iter),
+        H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, FLOOR=NORM_FLOOR, LOWP=lowp, PREC=prec, PREP=prep is not None,
+        num_warps=num_warps_for(max(BD, BDV), lowp), num_stages=SOLVE_STAGES,
     )  # fmt: skip
     return o, x, n

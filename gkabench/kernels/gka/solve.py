@@ -10,6 +10,7 @@ All helpers work on one chunk of ``C`` tokens of one head, held on-chip:
 * ``chunk_norms``: ``||H_t||_F`` for every token of the chunk in closed form, from the chunk-initial state.
 * ``solve_operands`` / ``apply_h`` / ``chebyshev``: the normalised operands ``H0 / ||H0||`` and keys in the dot
   dtype, ``H_t x`` for all C tokens at once, and the r-step Chebyshev solve of ``(H_t + lam_t I) x = rhs``.
+  ``chebyshev_lowp``: the same solve for the float16 ``prep`` variant, rhs re-read from memory every iteration.
 * ``beta_suffix``: the suffix sums of the backward's ``beta_t H_t`` term; ``load_tile``: masked tile loads.
 
 Row ``j`` of an ``[C, D]`` tile is token ``j`` of the chunk. ``H_t`` is never formed:
@@ -131,6 +132,51 @@ def chebyshev(Rhs, Hop, Kd, M, eGn0, n, ridge, num_iter, LOWP: tl.constexpr, PRE
         x_prev = x.to(Rl.dtype)
         x = x_new
     return x * (rn / n)[:, None]
+
+
+@triton.jit
+def chebyshev_lowp(rp, ts, te, stride, rfac, Hop, Kd, M, eGn0, n, ridge, num_iter, D: tl.constexpr,
+                   C: tl.constexpr, BD: tl.constexpr):  # fmt: skip
+    """:func:`chebyshev` for the float16 operands (LOWP) of the ``prep`` variant, with a right-hand side that is
+    never held on-chip across the loop. Returns the unit-rhs solution ``xh``; the caller scales it by
+    ``|rhs_j| / n_j``.
+
+    The rhs is ``rfac_j * R_j``, R the ``[C, D]`` tile at rows ``ts..te`` of ``rp`` (row stride ``stride``, any
+    float dtype; rows past ``te`` read 0), ``rfac [C]`` chosen by the caller so that every row has unit norm (0
+    for a zero row): the iteration is :func:`chebyshev`'s. R is re-read every iteration (from L1/L2: this program
+    has just read or written it), volatile so that the compiler cannot hoist it out of the loop. Why: in the
+    fused loop Triton hoisted the float32 conversions of the float16 rhs and decay mask out of the loop, so both
+    were held in float32 (64 + 32 registers per thread at 4 warps) next to x, x_{i-1}, the accumulator and the
+    dot operands: ~95 spill loads per iteration in the sm_90 build (scripts/compile_stats_sm90.py).
+
+    The decay mask is applied in float16 (``S`` rounded to float16, then times the float16 mask, one HMUL2 per
+    two elements) instead of in float32 for the same reason; it adds one float16 rounding of ``S`` (2^-11
+    relative), the precision of the dot operand it feeds anyway.
+    """
+    sh = 2.0 / (1.0 + 2.0 * ridge)
+    c1 = 1.0 / (1.0 + 2.0 * ridge)  # 1 - sh * ridge
+    q_rho2 = c1 * c1 * 0.25
+    sinv = (sh / n)[:, None]
+    Ml = M.to(Kd.dtype)
+    r = ts + tl.arange(0, C)
+    d = tl.arange(0, BD)
+    p = rp + r[:, None].to(tl.int64) * stride + d[None, :]
+    pm = (r < te)[:, None] & (d < D)[None, :]
+    x = tl.load(p, mask=pm, other=0.0).to(tl.float32) * (sh * rfac)[:, None]
+    x_prev = tl.zeros_like(x).to(Kd.dtype)
+    w = q_rho2 * 0.0 + 2.0
+    for _ in range(num_iter):
+        w = 1.0 / (1.0 - q_rho2 * w)
+        Xd = x.to(Kd.dtype)
+        acc = tl.dot(Xd, Hop) * eGn0[:, None]
+        Sd = tl.dot(Xd, tl.trans(Kd)).to(Kd.dtype) * Ml
+        acc = tl.dot(Sd, Kd, acc=acc)
+        R = tl.load(p, mask=pm, other=0.0, volatile=True).to(tl.float32)
+        # the update of chebyshev (one FMUL + three FFMA per element), the rhs's row factor folded into one scalar
+        x_new = (w * c1) * x + (-w * sinv) * acc + ((w * sh) * rfac)[:, None] * R + (1.0 - w) * x_prev.to(tl.float32)
+        x_prev = x.to(Kd.dtype)
+        x = x_new
+    return x
 
 
 @triton.jit
