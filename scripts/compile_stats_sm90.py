@@ -144,11 +144,12 @@ def _compile_one(args):
         with open(ptx, "w") as f:
             f.write(k.asm["ptx"])
         log = subprocess.run([os.path.join(nvbin, "ptxas"), "-lineinfo", "-v", "--gpu-name=sm_90a", ptx, "-o",
-                              os.path.join(td, "k.o")], capture_output=True, text=True).stderr  # fmt: skip
+                              os.path.join(td, "k.o")], capture_output=True, text=True, check=True).stderr  # fmt: skip
         cub = os.path.join(td, "k.cubin")
         with open(cub, "wb") as f:
             f.write(k.asm["cubin"])
-        sass = subprocess.run([os.path.join(nvbin, "cuobjdump"), "-sass", cub], capture_output=True, text=True).stdout
+        sass = subprocess.run([os.path.join(nvbin, "cuobjdump"), "-sass", cub], capture_output=True, text=True,
+                              check=True).stdout
     if dump:
         os.makedirs(dump, exist_ok=True)
         for ext in ("ttgir", "ptx"):

@@ -5,7 +5,8 @@
    varlen, initial/final states), fp32 and bf16; decode vs exact and vs the chunked path.
 2. Speed: bf16, H=16, D=128, 32768 tokens per call (B = 32768 / T), T in {2048, 8192, 32768}, num_iter=30;
    fwd and fwd+bwd Mtok/s (triton.testing.do_bench median), peak memory, TFLOP/s vs the spec-section-3 count;
-   per-launch times at T=8192; decode step latency at batch 1 and 64; fla chunk_gated_delta_rule side by side
+   per-launch times at T=8192 for both kernel variants of the bf16 path ("prep", the default, and "fused": keys
+   with "@fused"); decode step latency at batch 1 and 64; fla chunk_gated_delta_rule side by side
    when fla is importable (its Hopper guard for triton < 3.7.1 lifted for the timing only).
 
 Run from the repo root:  PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:. python3 scripts/gka_kernels_device.py
@@ -199,12 +200,13 @@ def bench(args):
         log(json.dumps(row))
         rows.append(row)
         torch.cuda.empty_cache()
-    # per-launch times at T=8192 (where the time goes)
+    # per-launch times at T=8192 (where the time goes), for both kernel variants of the bf16 path (chunk_fwd.VARIANTS):
+    # keys without a suffix are the default variant's, "<key>@fused" / "<key>@prep" the other's
     stages = {}
     try:
         from gkabench.kernels.gka.chunk import prepare_indices
         from gkabench.kernels.gka.chunk_bwd import grads_bwd, scan_bwd, solve_bwd
-        from gkabench.kernels.gka.chunk_fwd import scan_fwd, solve_fwd
+        from gkabench.kernels.gka.chunk_fwd import DEFAULT_VARIANT, VARIANTS, prep_fwd, scan_fwd, solve_fwd
 
         T, B = 8192, TOK // 8192
         q, k, v, g, a = (
@@ -214,27 +216,41 @@ def bench(args):
         idx = prepare_indices(list(range(0, B * T + 1, T)), q.device)
         sc = D**-0.5
         hs, us, _, _ = scan_fwd(k, v, g, None, idx)
-        _, x, n = solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc)
-        _, _, y, beta, e, tau, sigma = solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc)
-        dhs, dus, _, _ = scan_bwd(q, k, x, y, a, g, tau, sigma, hs, do, None, idx, scale=sc)
         stages["scan_fwd"] = do_bench(lambda: scan_fwd(k, v, g, None, idx), return_mode="median")
-        stages["solve_fwd"] = do_bench(
-            lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc), return_mode="median"
-        )
-        stages["solve_fwd_r0"] = do_bench(
-            lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=0, ridge=0.02, scale=sc), return_mode="median"
-        )
-        stages["solve_bwd"] = do_bench(
-            lambda: solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc),
-            return_mode="median",
-        )
-        stages["scan_bwd"] = do_bench(
-            lambda: scan_bwd(q, k, x, y, a, g, tau, sigma, hs, do, None, idx, scale=sc), return_mode="median"
-        )
-        stages["grads_bwd"] = do_bench(
-            lambda: grads_bwd(q, k, v, g, a, hs, x, y, beta, do, dhs, dus, e.clone(), idx, scale=sc),
-            return_mode="median",
-        )
+        for variant in sorted(VARIANTS, key=lambda x: x != DEFAULT_VARIANT):
+            sfx = "" if variant == DEFAULT_VARIANT else "@" + variant
+            if left(args.budget_s) < 60:
+                log("stages: budget, skipped variant", variant)
+                continue
+            prep = prep_fwd(k, g, hs, idx) if variant == "prep" else None
+            _, x, n = solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc, prep=prep)
+            pb = prep[:2] if prep is not None else None
+            _, _, y, beta, e, tau, sigma = solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02,
+                                                     scale=sc, prep=pb)  # fmt: skip
+            if prep is not None:
+                stages["prep" + sfx] = do_bench(lambda: prep_fwd(k, g, hs, idx), return_mode="median")
+            stages["solve_fwd" + sfx] = do_bench(
+                lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=R, ridge=0.02, scale=sc, prep=prep),
+                return_mode="median",
+            )
+            stages["solve_fwd_r0" + sfx] = do_bench(
+                lambda: solve_fwd(q, k, v, g, a, hs, us, idx, num_iter=0, ridge=0.02, scale=sc, prep=prep),
+                return_mode="median",
+            )
+            stages["solve_bwd" + sfx] = do_bench(
+                lambda: solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc, prep=pb),
+                return_mode="median",
+            )
+            if variant == DEFAULT_VARIANT:  # these two launches are the same for both variants
+                dhs, dus, _, _ = scan_bwd(q, k, x, y, a, g, tau, sigma, hs, do, None, idx, scale=sc)
+                stages["scan_bwd"] = do_bench(
+                    lambda: scan_bwd(q, k, x, y, a, g, tau, sigma, hs, do, None, idx, scale=sc), return_mode="median"
+                )
+                stages["grads_bwd"] = do_bench(
+                    lambda: grads_bwd(q, k, v, g, a, hs, x, y, beta, do, dhs, dus, e.clone(), idx, scale=sc),
+                    return_mode="median",
+                )
+            torch.cuda.empty_cache()
         log("stages_ms_T8192", json.dumps(stages))
     except Exception:  # noqa: BLE001
         log(traceback.format_exc())

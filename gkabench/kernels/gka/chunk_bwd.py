@@ -31,7 +31,17 @@ import triton.language as tl
 
 from .chunk_fwd import CHUNK, SOLVE_STAGES, dot_precision, num_warps_for
 from .common import NORM_FLOOR
-from .solve import apply_h, beta_suffix, chebyshev, chebyshev_lowp, decay_lower, decay_upper, load_rows, load_tile, solve_operands
+from .solve import (
+    apply_h,
+    beta_suffix,
+    chebyshev,
+    chebyshev_lowp,
+    decay_lower,
+    decay_upper,
+    load_rows,
+    load_tile,
+    solve_operands,
+)
 
 
 @triton.jit(do_not_specialize=["num_iter"])
