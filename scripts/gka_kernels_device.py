@@ -254,6 +254,26 @@ def bench(args):
         log("stages_ms_T8192", json.dumps(stages))
     except Exception:  # noqa: BLE001
         log(traceback.format_exc())
+    # Where the whole fwd+bwd goes, kernel by kernel (run 2: fwd+bwd 22.8 ms at T=8192 but the launches timed one
+    # by one sum to ~16.5 ms; the profile names the rest)
+    try:
+        B, q, k, v, g, a, do = inputs(8192)
+        leaves = [x.clone().requires_grad_() for x in (q, k, v, g, a)]
+
+        def fb_once():
+            o, _ = chunk_gka(*leaves, num_iter=R)
+            o.backward(do)
+
+        fb_once()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                fb_once()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
+        log("profile of 3 x fwd+bwd at T=8192 (CUDA time; divide by 3 per call):\n" + table)
+    except Exception:  # noqa: BLE001
+        log(traceback.format_exc())
 
     dec = {}
     for Bd in (1, 64):
