@@ -252,6 +252,11 @@ def bench(args):
                 )
             torch.cuda.empty_cache()
         log("stages_ms_T8192", json.dumps(stages))
+        from gkabench.kernels.gka import chunk_bwd as _cb
+        from gkabench.kernels.gka import chunk_fwd as _cf
+
+        log("scan configs chosen by the autotuner:", str(getattr(_cf._scan_fwd_tuned, "best_config", None)),
+            "|", str(getattr(_cb._scan_bwd_tuned, "best_config", None)))  # fmt: skip
     except Exception:  # noqa: BLE001
         log(traceback.format_exc())
     # Where the whole fwd+bwd goes, kernel by kernel (run 2: fwd+bwd 22.8 ms at T=8192 but the launches timed one

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_fwd import CHUNK, SOLVE_STAGES, dot_precision, num_warps_for
+from .chunk_fwd import CHUNK, SOLVE_STAGES, dot_precision, num_warps_for, scan_autotuned, scan_launch
 from .common import NORM_FLOOR
 from .solve import (
     apply_h,
@@ -224,6 +224,9 @@ def _scan_bwd_kernel(q, k, xo, yo, alpha, g, tauo, sigmao, hs, do, dht, dut, dhs
                      (i_w - NWH) * BW, HAS_DHT, PREC)  # fmt: skip
 
 
+_scan_bwd_tuned = scan_autotuned(_scan_bwd_kernel)
+
+
 @triton.jit
 def _grads_u_kernel(q, k, v, g, alpha, xo, do, dus, eo, dk32, dv, chunk_info, scale,
                     H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
@@ -366,9 +369,10 @@ def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64
     has_dht = dht is not None
     dht_kk, dht_kv = (dht[0].contiguous().float(), dht[1].contiguous().float()) if has_dht else (dh0, du0)
     grid = (triton.cdiv(D, BK), nwh + triton.cdiv(DV, BW), N * H)
-    _scan_bwd_kernel[grid](
+    kernel, launch = scan_launch(_scan_bwd_kernel, _scan_bwd_tuned, q.is_cuda)
+    kernel[grid](
         q, k, x, y, alpha, g, tau, sigma, hs, do, dht_kk, dht_kv, dhs, dus, dh0, du0, idx.seq_info, float(scale),
-        H=H, D=D, DV=DV, C=CHUNK, BK=BK, BW=BW, NWH=nwh, HAS_DHT=has_dht, PREC=prec, num_warps=4,
+        H=H, D=D, DV=DV, C=CHUNK, BK=BK, BW=BW, NWH=nwh, HAS_DHT=has_dht, PREC=prec, **launch,
     )  # fmt: skip
     return dhs, dus, dh0, du0
 

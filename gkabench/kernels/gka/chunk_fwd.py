@@ -25,6 +25,28 @@ from .common import NORM_FLOOR
 from .solve import chebyshev, chebyshev_lowp, chunk_norms, decay_lower, load_rows, load_tile, solve_operands
 
 CHUNK = 64
+
+# Launch configs tried for the two sequential state scans on a GPU (autotuned once per (H, D, Dv); with Triton's
+# result cache the choice survives the process). The scans are chains of per-chunk steps whose time is the latency
+# of one step (device run 2: 7.7 us per chunk step for scan_fwd at T=8192), so the pipelining depth and the warps
+# per program are what can matter, not the FLOP rate. The interpreter (CPU tests) runs the plain kernel at 4 warps.
+SCAN_CONFIGS = [
+    triton.Config({}, num_warps=w, num_stages=st) for w, st in ((4, 1), (4, 2), (4, 3), (8, 1), (8, 2), (8, 3))
+]
+
+
+def scan_autotuned(kernel):
+    """``kernel`` autotuned over :data:`SCAN_CONFIGS`; only for kernels that just store their outputs (a rerun
+    during the tuning gives the same result)."""
+    import inspect
+
+    cache = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    return triton.autotune(configs=SCAN_CONFIGS, key=["H", "D", "DV"], **cache)(kernel)
+
+
+def scan_launch(kernel, tuned, on_gpu: bool):
+    """(kernel to launch, launch options): the autotuned one on a GPU, else the plain one at 4 warps."""
+    return (tuned, {}) if on_gpu else (kernel, {"num_warps": 4})
 # "prep": a per-(chunk, head) launch writes the float16 solve operand H0/||H0||, ||H0|| and the norms, and the
 # solve kernels never hold the float32 state nor (forward) the query tile across the Chebyshev loop; "fused":
 # the session-1 kernels (norms and operands computed inside the solve kernels). bf16/fp16 only: fp32 inputs
@@ -87,6 +109,9 @@ def _scan_fwd_kernel(k, v, g, h0_kk, h0_kv, hs, us, ht_kk, ht_kv, seq_info,
     else:
         _scan_fwd_one(k, v, g, h0_kv, us, ht_kv, bos, eos, coff, i_n, i_h, rk, (i_w - NWH) * BW, H, D, DV, C, BK, BW,
                       HAS_H0, PREC)  # fmt: skip
+
+
+_scan_fwd_tuned = scan_autotuned(_scan_fwd_kernel)
 
 
 @triton.jit
@@ -217,9 +242,10 @@ def scan_fwd(k, v, g, h0, idx, *, BK=64, BW=64):
     grid = (triton.cdiv(D, BK), nwh + triton.cdiv(DV, BW), N * H)
     has_h0 = h0 is not None
     h0_kk, h0_kv = (h0[0].contiguous().float(), h0[1].contiguous().float()) if has_h0 else (ht_kk, ht_kv)
-    _scan_fwd_kernel[grid](
+    kernel, launch = scan_launch(_scan_fwd_kernel, _scan_fwd_tuned, k.is_cuda)
+    kernel[grid](
         k, v, g, h0_kk, h0_kv, hs, us, ht_kk, ht_kv, idx.seq_info,
-        H=H, D=D, DV=DV, C=CHUNK, BK=BK, BW=BW, NWH=nwh, HAS_H0=has_h0, PREC=prec, num_warps=4,
+        H=H, D=D, DV=DV, C=CHUNK, BK=BK, BW=BW, NWH=nwh, HAS_H0=has_h0, PREC=prec, **launch,
     )  # fmt: skip
     return hs, us, ht_kk, ht_kv
 
