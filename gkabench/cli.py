@@ -405,7 +405,7 @@ def mqar(
         task = progress.add_task(f"MQAR {sweep.name}", total=total)
 
         def on_run(run, row):
-            what = "skip (done)" if row is None else f"acc {row['accuracy']:.3f}"
+            what = "skip (done)" if row is None else (f"FAILED {row['error']}" if row.get("error") else f"acc {row['accuracy']:.3f}")
             progress.console.print(f"{run['mixer']:>16} d={run['dim']:<4} T={run['seq_len']:<5} P={run['num_pairs']:<4} lr={run['lr']:<7g} {what}")
             progress.advance(task)
 

@@ -560,9 +560,11 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     source = build_source(cfg, tokenizer)
     guard_lifted = False
     if cfg.lift_fla_guard:
+        from .layers import fla_guard
         from .layers.fla_guard import lift_fla_hopper_guard
 
-        guard_lifted = lift_fla_hopper_guard()
+        # the first lift in a process flips fla's flag, so later calls see no active guard: GUARD_LIFTED remembers
+        guard_lifted = lift_fla_hopper_guard() or fla_guard.GUARD_LIFTED
 
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
     ckpt = find_checkpoint(out) if cfg.resume else None

@@ -12,7 +12,7 @@ OUT="${OUT:-/tmp/gkabench_ddp_out}"; mkdir -p "$OUT"
 source scripts/device_prelude.sh
 nvidia-smi --query-gpu=index,name,memory.total --format=csv | tee "$OUT/env.log"
 ARGS=(--mixer gka,attention --data mqar --seq-len 256 --mqar-pairs 32 --hidden 256 --layers 2 --head-dim 128
-      --steps ${STEPS:-60} --batch-size 32 --lr 3e-3 --warmup 10 --eval-every ${STEPS:-60} --log-every 1 --save-every 0 --seed 0)
+      --steps ${STEPS:-60} --batch-size 32 --lr 3e-3 --warmup 10 --eval-every ${STEPS:-60} --log-every 1 --save-every 0 --seed 0 --no-resume)
 timeout 280 torchrun --standalone --nproc_per_node 2 -m gkabench.cli train --out /tmp/ddp2 "${ARGS[@]}" > "$OUT/ddp2.log" 2>&1
 echo "torchrun exit $?"
 timeout 200 python3 -m gkabench.cli train --out /tmp/ddp1 "${ARGS[@]}" > "$OUT/ddp1.log" 2>&1

@@ -35,19 +35,21 @@ if [ "$PHASE" = train ]; then
     python3 -m gkabench.cli train --out "$RUNS/$m" --mixer "$m" --hidden "${HIDDEN:-256}" --layers "${LAYERS:-4}" \
       --head-dim "${HEAD_DIM:-64}" --data facts --seq-len "${SEQ:-4096}" --batch-size "${BATCH:-16}" --steps "${STEPS:-3000}" \
       --lr 1e-3 --warmup 100 --eval-every 500 --save-every 200 --log-every 50 --max-minutes "$M" $GUARD \
-      > "$OUT/train_$m.log" 2>&1 &
+      > "$WORK/train_$m.log" 2>&1 &
   done
   wait
-  for m in ${MIXERS//,/ }; do echo "== $m"; grep -v "━" "$OUT/train_$m.log" | tail -14; cp "$RUNS/$m/log.jsonl" "$OUT/train_$m.jsonl" 2>/dev/null; done
+  for m in ${MIXERS//,/ }; do echo "== $m"; grep -v "━" "$WORK/train_$m.log" | tail -14; cp "$RUNS/$m/log.jsonl" "$WORK/train_$m.jsonl" 2>/dev/null; done
+  # at most 8 files come back: logs as one archive
+  (cd "$WORK" && tar czf "$OUT/longctx_train_logs.tgz" train_*.log train_*.jsonl guard_check* 2>/dev/null)
 else
   L=$(left_s)
   for m in ${MIXERS//,/ }; do
     timeout -s INT "$L" python3 -m gkabench.cli eval --task rag,longqa,niah --model "$RUNS/$m" \
       --lengths "${LENGTHS:-4k,8k,16k,32k,64k,128k}" --n "${N:-10}" --out "$WORK" --name "longctx_$m" \
-      --cache-dir "$WORK/task_cache" > "$OUT/eval_$m.log" 2>&1 &
+      --cache-dir "$WORK/task_cache" > "$WORK/eval_$m.log" 2>&1 &
   done
   wait
-  for m in ${MIXERS//,/ }; do echo "== $m"; grep -v "━" "$OUT/eval_$m.log" | tail -25; done
-  (cd "$WORK" && tar czf "$OUT/longctx_eval.tgz" longctx_*.jsonl longctx_*.md longctx_*.csv 2>/dev/null)
+  for m in ${MIXERS//,/ }; do echo "== $m"; grep -v "━" "$WORK/eval_$m.log" | tail -25; done
+  (cd "$WORK" && tar czf "$OUT/longctx_eval.tgz" longctx_*.jsonl longctx_*.md longctx_*.csv eval_*.log 2>/dev/null)
 fi
 source scripts/device_epilogue.sh

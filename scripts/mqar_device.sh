@@ -8,8 +8,8 @@
 # `gkabench mqar` with --jobs ${JOBS:-8} worker processes on the one GPU (2-layer models leave it mostly idle)
 # and head dim 64 for every mixer: that is a head dim `gkabench check` covers, which lifting fla's Hopper guard
 # requires. The guard is lifted only if the check of the guarded ops passes first, here, on this machine.
-# Rows accumulate in $WORK/mqar.jsonl (seeded from results/mqar/mqar.jsonl, which the lead copies back after each
-# call); no run starts after MINUTES - 2.5, so runs in flight can finish before the files are written.
+# Rows accumulate in $OUT/mqar.jsonl (seeded from the previous call's rows on a warm machine, else from
+# results/mqar/mqar.jsonl, which the lead copies back after each call); no run starts after MINUTES - 3.
 set -uo pipefail
 MINUTES="${1:-8}"
 shift || true
@@ -17,7 +17,9 @@ OUT="${OUT:-/tmp/gkabench_mqar_out}"
 WORK=/tmp/gkabench_mqar
 mkdir -p "$OUT" "$WORK"
 source scripts/device_prelude.sh
-[ -e results/mqar/mqar.jsonl ] && [ ! -e "$WORK/mqar.jsonl" ] && cp results/mqar/mqar.jsonl "$WORK/"
+# rows are appended straight into $OUT (what is there comes back even if the call overruns its limit), seeded from
+# the previous call on this machine if it is still warm, else from the copy the lead committed
+if [ -e "$WORK/mqar.jsonl" ]; then cp "$WORK/mqar.jsonl" "$OUT/"; elif [ -e results/mqar/mqar.jsonl ]; then cp results/mqar/mqar.jsonl "$OUT/"; fi
 touch /tmp/mqar_phase_start
 GUARD=""
 if [ "${NO_GUARD:-0}" != "1" ]; then
@@ -30,14 +32,19 @@ if [ "${NO_GUARD:-0}" != "1" ]; then
   grep -hE '^(pass|FAIL|error|refused)' "$WORK"/guard_check_*.log | cut -c1-160
   if [ $ok = 1 ]; then GUARD="--lift-fla-guard"; echo "fla guard: check passed (D 64 and 128, varlen), lifted for training"
   else echo "fla guard: check did not pass; kept (gated_deltanet / mamba2 runs will fail with fla's message)"; fi
-  cp "$WORK"/guard_check_*.json "$OUT"/ 2>/dev/null
 fi
-MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - 2.5 - $SECONDS / 60))")
-python3 -m gkabench.cli mqar --jobs "${JOBS:-8}" --head-dim 64 --out "$WORK" --name mqar --run-dir /tmp/mqar_runs \
-  --max-minutes "$MAXM" $GUARD "$@" 2>&1 | tee "$OUT/mqar.log" | grep -v "━" | tail -60
+MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - 3 - $SECONDS / 60))")
+# runs in flight when MAXM passes may outlast the call: a hard stop 45 s before MINUTES (INT, then KILL) keeps time
+# for the files; an interrupted run is simply redone by the next call
+HARD=$(python3 -c "print(max(30, int(60 * float('$MINUTES') - 45 - $SECONDS)))")
+timeout -k 15 -s INT "$HARD" python3 -m gkabench.cli mqar --jobs "${JOBS:-8}" --head-dim 64 --out "$OUT" --name mqar \
+  --run-dir /tmp/mqar_runs --max-minutes "$MAXM" $GUARD "$@" 2>&1 | tee "$WORK/mqar.log" | grep -v "━" | tail -60
 rc=${PIPESTATUS[0]}
+pkill -f "multiprocessing.spawn" 2>/dev/null  # workers orphaned by a hard stop
+cp "$OUT/mqar.jsonl" "$WORK/" 2>/dev/null; rm -f "$OUT/mqar.jsonl.lock"
 # autotune choices made by 8 processes sharing the GPU are noisy: keep the compiled kernels, drop the choices
 find "$TRITON_CACHE_DIR" -name '*.autotune.json' -newer /tmp/mqar_phase_start -delete
-cp "$WORK"/mqar.jsonl "$WORK"/mqar.md "$WORK"/mqar.png "$OUT"/ 2>/dev/null
+# at most 8 files come back (mqar.jsonl/.md/.png, this archive, cache parts): logs travel as one archive
+(cd "$WORK" && tar czf "$OUT/mqar_logs.tgz" guard_check_* mqar.log 2>/dev/null)
 source scripts/device_epilogue.sh
 exit "$rc"

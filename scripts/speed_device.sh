@@ -74,7 +74,6 @@ if [ "${NO_GUARD:-0}" != "1" ]; then
     echo "fla guard: check did not pass (see guard_check_*.log); keeping the guard"; tail -5 "$WORK"/guard_check_*.log
   fi
   grep -hE '^(pass|FAIL|error|refused)' "$WORK"/guard_check_*.log | cut -c1-160
-  cp "$WORK"/guard_check_*.json "$OUT"/ 2>/dev/null
 fi
 # what is left of MINUTES after the setup and the guard check, less ~1.5 minutes for writing the files
 MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - 1.5 - $SECONDS / 60))")
@@ -85,6 +84,8 @@ rc=${PIPESTATUS[0]}
 for f in "$WORK"/*-"$TAG".jsonl "$WORK"/*-"$TAG".csv "$WORK"/*-"$TAG".md "$WORK"/*-"$TAG".png; do
   [ -e "$f" ] && cp "$f" "$OUT/"
 done
+# the device tool returns at most 8 files: the guard checks and warm-up logs travel as one archive
+(cd "$WORK" && tar czf "$OUT/speed_checks_logs.tgz" guard_check_* warm_*.log 2>/dev/null)
 source scripts/device_epilogue.sh  # Triton cache parts into $OUT (carry .triton_cache next time)
 ls -la "$OUT"
 exit "$rc"

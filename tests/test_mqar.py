@@ -195,3 +195,25 @@ def test_max_minutes_starts_no_new_run(tmp_path):
     )  # fmt: skip
     assert run_mqar_sweep(sweep, max_minutes=0.0) == []
     assert run_mqar_sweep(sweep, jobs=2, max_minutes=0.0) == [] and read_rows(tmp_path / "res" / "m.jsonl") == []
+
+
+def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """A run that raises (here: diverges at an absurd lr) becomes an error row; the others run, the tables leave it
+    out and list it, and a rerun tries it again. A run listed twice is trained once."""
+    from gkabench.tasks.mqar import SweepConfig, read_rows, run_mqar_sweep
+
+    sweep = SweepConfig.defaults_for(
+        False, mixers=["attention"], dims=[16], lengths=[(24, 4)], lrs=[1e6, 1e-2, 1e-2], vocab_size=32, steps=4,
+        batch_size=8, eval_examples=16, head_dim=8, out_dir=str(tmp_path / "res"), run_dir=str(tmp_path / "runs"), name="f",
+    )  # fmt: skip
+    sweep.warmup_steps = 0
+    rows = run_mqar_sweep(sweep)
+    assert len(rows) == 2
+    failed = [r for r in rows if r.get("error")]
+    assert len(failed) == 1 and failed[0]["lr"] == 1e6 and "diverged" in failed[0]["error"]
+    md = (tmp_path / "res" / "f.md").read_text()
+    assert "Failed runs" in md and "lr=1e+06" in md and "| attention |" in md
+    seen = []
+    rows = run_mqar_sweep(sweep, on_run=lambda run, row: seen.append(row is None))
+    assert seen == [False, True]  # the failed run is tried again, the finished one skipped
+    assert len(read_rows(tmp_path / "res" / "f.jsonl")) == 3 and len(rows) == 2

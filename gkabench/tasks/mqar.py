@@ -279,11 +279,21 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
     }  # fmt: skip
 
 
+def current_rows(rows: list[dict], wanted: set) -> list[dict]:
+    """One row per wanted run: its latest success, else its latest error (a retried run leaves both in the file)."""
+    latest: dict = {}
+    for r in rows:
+        key = run_key(r)
+        if key in wanted and (not r.get("error") or key not in latest or latest[key].get("error")):
+            latest[key] = r
+    return list(latest.values())
+
+
 def best_per_cell(rows: list[dict]):
     """DataFrame of the best accuracy over learning rates per (mixer, seq_len, num_pairs, dim), with its lr."""
     import pandas as pd
 
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame([r for r in rows if not r.get("error")])
     if df.empty:
         return df
     idx = df.groupby(["mixer", "seq_len", "num_pairs", "dim"])["accuracy"].idxmax()
@@ -317,6 +327,11 @@ def write_markdown(rows: list[dict], path, title: str) -> None:
                 r = m[m["dim"] == dd]
                 cells.append(f"{r['accuracy'].iloc[0]:.3f} ({r['lr'].iloc[0]:g})" if len(r) else "-")
             lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
+        lines.append("")
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        lines += ["## Failed runs (left out above; a rerun tries them again)", ""]
+        lines += [f"- {r['mixer']} d={r['dim']} T={r['seq_len']} P={r['num_pairs']} lr={r['lr']:g}: {r['error']}" for r in failed]
         lines.append("")
     _atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -384,12 +399,28 @@ def _append_row_locked(jsonl, row: dict) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def train_or_error_row(run: dict, sweep: SweepConfig) -> dict:
+    """:func:`train_mqar_run`, or, when the run raises (OOM, divergence, a kernel refusing), an error row: the sweep
+    goes on, the tables leave the run out, and a rerun tries it again. Ctrl-C still stops the sweep."""
+    try:
+        return train_mqar_run(run, sweep)
+    except Exception as exc:  # noqa: BLE001 - recorded in the row, not swallowed
+        import torch
+
+        from ..env import environment
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # an OOM must not starve the runs after it
+        msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        return {**run, "accuracy": None, "error": f"{type(exc).__name__}: {msg}", "env": environment(None)}
+
+
 def _worker_run(run: dict, sweep: SweepConfig, jsonl, threads: int) -> dict:
     """One run in a worker process of ``--jobs``: train, append the row (locked), return it."""
     import torch
 
     torch.set_num_threads(threads)
-    row = train_mqar_run(run, sweep)
+    row = train_or_error_row(run, sweep)
     _append_row_locked(jsonl, row)
     return row
 
@@ -465,8 +496,10 @@ def run_mqar_sweep(
     out = Path(sweep.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / f"{sweep.name}.jsonl"
-    done = {run_key(r) for r in read_rows(jsonl)}
-    mine = [run for k, run in enumerate(sweep.runs()) if k % shard[1] == shard[0]]
+    done = {run_key(r) for r in read_rows(jsonl) if not r.get("error")}  # failed runs are tried again
+    # a run listed twice (e.g. --lrs 1e-2,1e-2) is one run
+    unique = list({run_key(run): run for run in sweep.runs()}.values())
+    mine = [run for k, run in enumerate(unique) if k % shard[1] == shard[0]]
     pending = [run for run in mine if run_key(run) not in done]
     if jobs == 1:
         for run in mine:
@@ -475,7 +508,7 @@ def run_mqar_sweep(
             elif not time_left():
                 break
             else:
-                row = train_mqar_run(run, sweep)
+                row = train_or_error_row(run, sweep)
                 # one line per finished run, fsynced: an interruption loses at most the run in flight
                 _append_row_locked(jsonl, row)
             if on_run:
@@ -487,8 +520,7 @@ def run_mqar_sweep(
                     on_run(run, None)
         if pending:
             _run_parallel(pending, sweep, jsonl, jobs, time_left, on_run)
-    wanted = {run_key(r) for r in sweep.runs()}
-    rows = [r for r in read_rows(jsonl) if run_key(r) in wanted]
+    rows = current_rows(read_rows(jsonl), {run_key(r) for r in sweep.runs()})
     title = f"MQAR ({sweep.name})"
     write_markdown(rows, out / f"{sweep.name}.md", title)
     write_plot(rows, out / f"{sweep.name}.png", title)
