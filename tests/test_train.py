@@ -275,3 +275,26 @@ def test_log_rows_after_a_torn_line_start_on_a_fresh_line(tmp_path):
     p.write_text('{"step": 1}\n{"step": 2, "lo')
     JsonlLog(p, True).write({"step": 3})
     assert p.read_text().splitlines()[-1] == '{"step": 3}'
+
+
+def test_guard_lift_is_recorded_for_every_run_in_a_process(tmp_path, monkeypatch):
+    """fla's flag is flipped by the first lift, so a second lift in the same process reports no active guard; the
+    record must still say the guard was lifted (MQAR sweeps train many runs per process)."""
+    from gkabench.layers import fla_guard
+
+    state = {"active": True}
+
+    def fake_lift():  # what lift_fla_hopper_guard does on a Hopper GPU with Triton < 3.7.1
+        was = state["active"]
+        state["active"] = False
+        if was:
+            fla_guard.GUARD_LIFTED = True
+        return was
+
+    monkeypatch.setattr(fla_guard, "lift_fla_hopper_guard", fake_lift)
+    monkeypatch.setattr(fla_guard, "GUARD_LIFTED", False)
+    for i in range(2):
+        s = train(small(tmp_path / f"r{i}", steps=2, eval_every=2, save=False, lift_fla_guard=True))
+        assert s.get("fla_guard_lifted") is True, i
+        start = next(r for r in read_log(tmp_path / f"r{i}" / "log.jsonl") if r.get("event") == "start")
+        assert start["fla_guard_lifted"] is True
