@@ -36,6 +36,7 @@ from .solve import (
     beta_suffix,
     chebyshev,
     chebyshev_lowp,
+    chunk_tokens,
     decay_lower,
     decay_upper,
     load_rows,
@@ -60,11 +61,7 @@ def _solve_bwd_kernel(q, k, v, g, alpha, hs, us, xo, no, do, dq, dalpha, yo, bet
     that the fused kernel held across the loop.
     """
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    ts = tl.load(chunk_info + 2 * i_c)
-    te = tl.load(chunk_info + 2 * i_c + 1)
-    t = ts + tl.arange(0, C)
-    tm = t < te
-    G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64), axis=0)
+    ts, te, t, tm, G = chunk_tokens(chunk_info, g, i_c, i_h, H, C)
     eG = tl.exp(G.to(tl.float32))
     M = decay_lower(G, C)
     base = (i_c * H + i_h).to(tl.int64)

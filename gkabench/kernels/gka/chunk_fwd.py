@@ -22,7 +22,16 @@ import triton
 import triton.language as tl
 
 from .common import NORM_FLOOR
-from .solve import chebyshev, chebyshev_lowp, chunk_norms, decay_lower, load_rows, load_tile, solve_operands
+from .solve import (
+    chebyshev,
+    chebyshev_lowp,
+    chunk_norms,
+    chunk_tokens,
+    decay_lower,
+    load_rows,
+    load_tile,
+    solve_operands,
+)
 
 CHUNK = 64
 
@@ -126,11 +135,7 @@ def _prep_kernel(k, g, hs, hn, n0o, no, chunk_info,
     the Chebyshev loop that follows (device run 2: the fused forward solve cost 1.96 ms at num_iter = 0).
     """
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    ts = tl.load(chunk_info + 2 * i_c)
-    te = tl.load(chunk_info + 2 * i_c + 1)
-    t = ts + tl.arange(0, C)
-    tm = t < te
-    G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64), axis=0)
+    ts, te, t, tm, G = chunk_tokens(chunk_info, g, i_c, i_h, H, C)
     base = (i_c * H + i_h).to(tl.int64)
     K = load_tile(k + i_h * D, ts, te, D, H * D, 1, C, BD, False).to(tl.float32)
     Hm = load_tile(hs + base * D * D, 0, D, D, D, 1, BD, BD, False)
@@ -156,11 +161,7 @@ def _solve_fwd_kernel(q, k, v, g, alpha, hs, us, hn, n0o, o, xo, no, chunk_info,
     launch) the kernel computes the norms and operands from the float32 ``hs`` itself and writes ``no``.
     """
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    ts = tl.load(chunk_info + 2 * i_c)
-    te = tl.load(chunk_info + 2 * i_c + 1)
-    t = ts + tl.arange(0, C)
-    tm = t < te
-    G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64), axis=0)
+    ts, te, t, tm, G = chunk_tokens(chunk_info, g, i_c, i_h, H, C)
     eG = tl.exp(G.to(tl.float32))
     base = (i_c * H + i_h).to(tl.int64)
     kp = k + i_h * D

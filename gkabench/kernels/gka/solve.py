@@ -28,6 +28,19 @@ import triton.language as tl
 
 
 @triton.jit
+def chunk_tokens(chunk_info, g, i_c, i_h, H: tl.constexpr, C: tl.constexpr):
+    """Tokens of chunk ``i_c`` for head ``i_h``: ``(ts, te, t [C], tm [C], G [C])`` — first and one-past-last token,
+    the token indices, their validity mask, and the float64 cumulative log decay since the chunk start (see the
+    module docstring for why float64)."""
+    ts = tl.load(chunk_info + 2 * i_c)
+    te = tl.load(chunk_info + 2 * i_c + 1)
+    t = ts + tl.arange(0, C)
+    tm = t < te
+    G = tl.cumsum(tl.load(g + t * H + i_h, mask=tm, other=0.0).to(tl.float64), axis=0)
+    return ts, te, t, tm, G
+
+
+@triton.jit
 def decay_lower(G, C: tl.constexpr):
     """``M[j, i] = exp(G_j - G_i)`` for ``i <= j`` else 0. The masked entries are set before ``exp`` so a
     strongly decaying chunk never produces ``inf * 0``."""
