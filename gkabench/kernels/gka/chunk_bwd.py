@@ -41,6 +41,7 @@ from .solve import (
     decay_upper,
     load_rows,
     load_tile,
+    scan_tile_start,
     solve_operands,
 )
 
@@ -137,14 +138,7 @@ def _scan_bwd_dh(k, xo, yo, g, tauo, sigmao, hs, dht, dhs, dh0, bos, eos, coff, 
                  HAS_DHT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     """Reverse scan of one [BK, BW] tile of dH_[c]:
     ``dH_[c] = e^{G_last} dH_[c+1] - (e^G y)^T X + (tau k)^T K + sigma H_[c]``."""
-    rkm = rk < D
-    rw = c0 + tl.arange(0, BW)
-    rwm = rw < D
-    st_off = rk[:, None] * D + rw[None, :]
-    m2 = rkm[:, None] & rwm[None, :]
-    h = tl.zeros([BK, BW], dtype=tl.float32)
-    if HAS_DHT:
-        h += tl.load(dht + (i_n * H + i_h).to(tl.int64) * D * D + st_off, mask=m2, other=0.0)
+    rkm, rw, rwm, st_off, m2, h = scan_tile_start(dht, HAS_DHT, i_n, i_h, rk, c0, H, D, D, BK, BW)
     nc = tl.cdiv(eos - bos, C)
     for cc in range(nc):
         c = nc - 1 - cc
@@ -175,14 +169,7 @@ def _scan_bwd_du(q, xo, alpha, g, do, dut, dus, du0, scale, bos, eos, coff, i_n,
                  H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
                  BW: tl.constexpr, c0, HAS_DHT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     """Reverse scan of one [BK, BW] tile of dU_[c]: ``dU_[c] = e^{G_last} dU_[c+1] + scale (e^G qt)^T dO``."""
-    rkm = rk < D
-    rw = c0 + tl.arange(0, BW)
-    rwm = rw < DV
-    st_off = rk[:, None] * DV + rw[None, :]
-    m2 = rkm[:, None] & rwm[None, :]
-    h = tl.zeros([BK, BW], dtype=tl.float32)
-    if HAS_DHT:
-        h += tl.load(dut + (i_n * H + i_h).to(tl.int64) * D * DV + st_off, mask=m2, other=0.0)
+    rkm, rw, rwm, st_off, m2, h = scan_tile_start(dut, HAS_DHT, i_n, i_h, rk, c0, H, D, DV, BK, BW)
     nc = tl.cdiv(eos - bos, C)
     for cc in range(nc):
         c = nc - 1 - cc

@@ -30,6 +30,7 @@ from .solve import (
     decay_lower,
     load_rows,
     load_tile,
+    scan_tile_start,
     solve_operands,
 )
 
@@ -77,14 +78,7 @@ def _scan_fwd_one(kp, wp, g, h0p, hsp, htp, bos, eos, coff, i_n, i_h, rk, c0,
                   BW: tl.constexpr,
                   HAS_H0: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     """Scan of one [BK, BW] tile of the state ``sum_i decay * k_i w_i^T`` (w = k for H, w = v for U)."""
-    rkm = rk < D
-    rw = c0 + tl.arange(0, BW)
-    rwm = rw < DW
-    st_off = rk[:, None] * DW + rw[None, :]
-    m2 = rkm[:, None] & rwm[None, :]
-    h = tl.zeros([BK, BW], dtype=tl.float32)
-    if HAS_H0:
-        h += tl.load(h0p + (i_n * H + i_h).to(tl.int64) * D * DW + st_off, mask=m2, other=0.0)
+    rkm, rw, rwm, st_off, m2, h = scan_tile_start(h0p, HAS_H0, i_n, i_h, rk, c0, H, D, DW, BK, BW)
     nc = tl.cdiv(eos - bos, C)
     for c in range(nc):
         tl.store(hsp + ((coff + c) * H + i_h).to(tl.int64) * D * DW + st_off, h.to(hsp.dtype.element_ty), mask=m2)

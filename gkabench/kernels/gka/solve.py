@@ -41,6 +41,23 @@ def chunk_tokens(chunk_info, g, i_c, i_h, H: tl.constexpr, C: tl.constexpr):
 
 
 @triton.jit
+def scan_tile_start(init, HAS_INIT: tl.constexpr, i_n, i_h, rk, c0, H: tl.constexpr, D: tl.constexpr,
+                    DW: tl.constexpr, BK: tl.constexpr, BW: tl.constexpr):  # fmt: skip
+    """Start of a state scan over one ``[BK, BW]`` tile (rows ``rk``, columns ``c0..``) of a ``[D, DW]`` per-(sequence,
+    head) state: ``(row mask, columns rw, column mask, offsets within a state, tile mask, initial tile)``; the tile
+    starts from ``init[i_n, i_h]`` when HAS_INIT, else from zeros (float32)."""
+    rkm = rk < D
+    rw = c0 + tl.arange(0, BW)
+    rwm = rw < DW
+    st_off = rk[:, None] * DW + rw[None, :]
+    m2 = rkm[:, None] & rwm[None, :]
+    h = tl.zeros([BK, BW], dtype=tl.float32)
+    if HAS_INIT:
+        h += tl.load(init + (i_n * H + i_h).to(tl.int64) * D * DW + st_off, mask=m2, other=0.0)
+    return rkm, rw, rwm, st_off, m2, h
+
+
+@triton.jit
 def decay_lower(G, C: tl.constexpr):
     """``M[j, i] = exp(G_j - G_i)`` for ``i <= j`` else 0. The masked entries are set before ``exp`` so a
     strongly decaying chunk never produces ``inf * 0``."""
