@@ -227,7 +227,7 @@ def speed(
     out: str = typer.Option("results/speed", "--out", help="output folder"),
     tag: str = typer.Option(None, "--tag", help="file name tag (default: the preset)"),
     resume: bool = typer.Option(False, "--resume", help="skip cells already in the newest matching JSONL"),
-    max_minutes: float = typer.Option(None, "--max-minutes", help="stop between cells after this long (rerun with --resume)"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="stop between cells after this long (rerun with --resume); 0 with --resume measures nothing and rewrites the tables from the JSONL (e.g. after shards on several GPUs)"),
     max_call_s: float = typer.Option(None, "--max-call-s", help="a call slower than this marks the cell slow and skips longer T"),
     rep_ms: float = typer.Option(None, "--rep-ms", help="timing budget per cell in ms"),
     lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="lift fla's Hopper guard for Triton < 3.7.1 (timing only); recorded in every row"),

@@ -4,6 +4,8 @@
 #
 #   run(command="bash scripts/longctx_device.sh train 8", carry=[".whl", ".triton_cache"])   # 8 min of training
 #   run(command="bash scripts/longctx_device.sh eval 8", ...)   # next call, while the machine is still warm
+#   MIXERS=gka TRAIN_MIN=4.5 bash scripts/longctx_device.sh all 9    # both in one call (one mixer per GPU under
+#                                                                    # scripts/device_multi.sh)
 #
 # The three models train at once (one process each: small models leave the GPU mostly idle) and are evaluated
 # at once. Checkpoints stay on the machine (/tmp/longctx_runs): too big to come back through the device tool,
@@ -29,8 +31,8 @@ if [ "${NO_GUARD:-0}" != "1" ] && [[ ",$MIXERS," == *",gated_deltanet,"* ]]; the
   [ -e "$WORK/guard_ok" ] && GUARD="--lift-fla-guard" && echo "fla guard: check passed for gated_deltanet, lifted (recorded in the training log)"
 fi
 left_s() { python3 -c "print(int(max(30, 60 * float('$MINUTES') - 75 - $SECONDS)))"; }
-if [ "$PHASE" = train ]; then
-  M=$(python3 -c "print(max(0.5, (left_s := 60 * float('$MINUTES') - 90 - $SECONDS) / 60))")
+if [ "$PHASE" = train ] || [ "$PHASE" = all ]; then
+  if [ "$PHASE" = all ]; then M=${TRAIN_MIN:-4}; else M=$(python3 -c "print(max(0.5, (60 * float('$MINUTES') - 90 - $SECONDS) / 60))"); fi
   for m in ${MIXERS//,/ }; do
     python3 -m gkabench.cli train --out "$RUNS/$m" --mixer "$m" --hidden "${HIDDEN:-256}" --layers "${LAYERS:-4}" \
       --head-dim "${HEAD_DIM:-64}" --data facts --seq-len "${SEQ:-4096}" --batch-size "${BATCH:-16}" --steps "${STEPS:-3000}" \
@@ -41,12 +43,13 @@ if [ "$PHASE" = train ]; then
   for m in ${MIXERS//,/ }; do echo "== $m"; grep -v "━" "$WORK/train_$m.log" | tail -14; cp "$RUNS/$m/log.jsonl" "$WORK/train_$m.jsonl" 2>/dev/null; done
   # at most 8 files come back: logs as one archive
   (cd "$WORK" && tar czf "$OUT/longctx_train_logs.tgz" train_*.log train_*.jsonl guard_check* 2>/dev/null)
-else
+fi
+if [ "$PHASE" = eval ] || [ "$PHASE" = all ]; then
   L=$(left_s)
   for m in ${MIXERS//,/ }; do
     timeout -s INT "$L" python3 -m gkabench.cli eval --task rag,longqa,niah --model "$RUNS/$m" \
       --lengths "${LENGTHS:-4k,8k,16k,32k,64k,128k}" --n "${N:-10}" --out "$WORK" --name "longctx_$m" \
-      --cache-dir "$WORK/task_cache" > "$WORK/eval_$m.log" 2>&1 &
+      --cache-dir "$WORK/task_cache_$m" > "$WORK/eval_$m.log" 2>&1 &
   done
   wait
   for m in ${MIXERS//,/ }; do echo "== $m"; grep -v "━" "$WORK/eval_$m.log" | tail -25; done

@@ -10,16 +10,20 @@
 # requires. The guard is lifted only if the check of the guarded ops passes first, here, on this machine.
 # Rows accumulate in $OUT/mqar.jsonl (seeded from the previous call's rows on a warm machine, else from
 # results/mqar/mqar.jsonl, which the lead copies back after each call); no run starts after MINUTES - 3.
+# Several GPUs (scripts/device_multi.sh): one copy of this script per GPU with SHARD=I/N and the same ROWS
+# folder; `gkabench mqar --shard` splits the runs and appends rows under a file lock.
 set -uo pipefail
 MINUTES="${1:-8}"
 shift || true
 OUT="${OUT:-/tmp/gkabench_mqar_out}"
-WORK=/tmp/gkabench_mqar
-mkdir -p "$OUT" "$WORK"
+ROWS="${ROWS:-$OUT}"
+WORK="${WORK:-/tmp/gkabench_mqar${SHARD:+_${SHARD%%/*}}}"
+mkdir -p "$OUT" "$WORK" "$ROWS"
 source scripts/device_prelude.sh
 # rows are appended straight into $OUT (what is there comes back even if the call overruns its limit), seeded from
 # the previous call on this machine if it is still warm, else from the copy the lead committed
-if [ -e "$WORK/mqar.jsonl" ]; then cp "$WORK/mqar.jsonl" "$OUT/"; elif [ -e results/mqar/mqar.jsonl ]; then cp results/mqar/mqar.jsonl "$OUT/"; fi
+# (cp -n: a shard never overwrites rows another shard has started appending)
+if [ -e "$WORK/mqar.jsonl" ]; then cp -n "$WORK/mqar.jsonl" "$ROWS/"; elif [ -e results/mqar/mqar.jsonl ]; then cp -n results/mqar/mqar.jsonl "$ROWS/"; fi
 touch /tmp/mqar_phase_start
 GUARD=""
 if [ "${NO_GUARD:-0}" != "1" ]; then
@@ -37,11 +41,11 @@ MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - 3 - $SECONDS / 60))")
 # runs in flight when MAXM passes may outlast the call: a hard stop 45 s before MINUTES (INT, then KILL) keeps time
 # for the files; an interrupted run is simply redone by the next call
 HARD=$(python3 -c "print(max(30, int(60 * float('$MINUTES') - 45 - $SECONDS)))")
-timeout -k 15 -s INT "$HARD" python3 -m gkabench.cli mqar --jobs "${JOBS:-8}" --head-dim 64 --out "$OUT" --name mqar \
-  --run-dir /tmp/mqar_runs --max-minutes "$MAXM" $GUARD "$@" 2>&1 | tee "$WORK/mqar.log" | grep -v "━" | tail -60
+timeout -k 15 -s INT "$HARD" python3 -m gkabench.cli mqar --jobs "${JOBS:-8}" --head-dim 64 --out "$ROWS" --name mqar \
+  --run-dir /tmp/mqar_runs ${SHARD:+--shard "$SHARD"} --max-minutes "$MAXM" $GUARD "$@" 2>&1 | tee "$WORK/mqar.log" | grep -v "━" | tail -60
 rc=${PIPESTATUS[0]}
-pkill -f "multiprocessing.spawn" 2>/dev/null  # workers orphaned by a hard stop
-cp "$OUT/mqar.jsonl" "$WORK/" 2>/dev/null; rm -f "$OUT/mqar.jsonl.lock"
+[ -z "${SHARD:-}" ] && pkill -f "multiprocessing.spawn" 2>/dev/null  # workers orphaned by a hard stop (with shards, the orchestrator does it)
+cp "$ROWS/mqar.jsonl" "$WORK/" 2>/dev/null; [ -z "${SHARD:-}" ] && rm -f "$ROWS/mqar.jsonl.lock"
 # autotune choices made by 8 processes sharing the GPU are noisy: keep the compiled kernels, drop the choices
 find "$TRITON_CACHE_DIR" -name '*.autotune.json' -newer /tmp/mqar_phase_start -delete
 # at most 8 files come back (mqar.jsonl/.md/.png, this archive, cache parts): logs travel as one archive

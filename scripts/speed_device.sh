@@ -17,7 +17,7 @@ set -uo pipefail
 MINUTES="${1:-8}"
 shift || true
 OUT="${OUT:-/tmp/gkabench_speed_out}"
-WORK=/tmp/gkabench_speed
+WORK="${WORK:-/tmp/gkabench_speed}"  # shared by shards on several GPUs (rows are appended line by line)
 mkdir -p "$OUT" "$WORK"
 
 source scripts/device_prelude.sh  # fla wheels, PYTHONPATH, a carried Triton compile cache
@@ -45,7 +45,9 @@ PY
 # sweep re-benchmarks the configs without recompiling them.
 touch /tmp/speed_phase_a
 MIXERS=$(python3 -c "import sys; a=sys.argv[1:]; print(a[a.index('--mixers')+1] if '--mixers' in a else 'gka,gated_deltanet,gla,mamba2,mesanet,attention')" "$@")
-for op in gated_deltanet mamba2; do
+# only the guarded ops this sweep times (a shard on another GPU checks its own)
+GUARDED=$(python3 -c "print(' '.join(m for m in ('gated_deltanet', 'mamba2') if m in '$MIXERS'.split(',')))")
+for op in $GUARDED; do
   [ "${NO_GUARD:-0}" = "1" ] && break
   (timeout 300 python3 -m gkabench.cli check --ops "$op" --lift-fla-guard --json "$WORK/guard_check_$op.json" > "$WORK/guard_check_$op.log" 2>&1; echo $? > "$WORK/guard_check_$op.rc") &
 done
@@ -67,13 +69,14 @@ find "${TRITON_CACHE_DIR}" -name '*.autotune.json' -newer /tmp/speed_phase_a -de
 # checked shape (D=128 and D=64 tiles, varlen) — the brief's rule; on any failure the sweep keeps the guard, and
 # those cells then record fla's refusal.
 GUARD=""
-if [ "${NO_GUARD:-0}" != "1" ]; then
-  if [ "$(cat "$WORK"/guard_check_gated_deltanet.rc 2>/dev/null)" = "0" ] && [ "$(cat "$WORK"/guard_check_mamba2.rc 2>/dev/null)" = "0" ]; then
-    GUARD="--lift-fla-guard"; echo "fla guard: check passed for gated_deltanet and mamba2, lifting it for timing"
+if [ "${NO_GUARD:-0}" != "1" ] && [ -n "$GUARDED" ]; then
+  ok=1; for op in $GUARDED; do [ "$(cat "$WORK/guard_check_$op.rc" 2>/dev/null)" = "0" ] || ok=0; done
+  if [ $ok = 1 ]; then
+    GUARD="--lift-fla-guard"; echo "fla guard: check passed for $GUARDED, lifting it for timing"
   else
-    echo "fla guard: check did not pass (see guard_check_*.log); keeping the guard"; tail -5 "$WORK"/guard_check_*.log
+    echo "fla guard: check did not pass (see guard_check_*.log); keeping the guard"; for op in $GUARDED; do tail -5 "$WORK/guard_check_$op.log"; done
   fi
-  grep -hE '^(pass|FAIL|error|refused)' "$WORK"/guard_check_*.log | cut -c1-160
+  for op in $GUARDED; do grep -hE '^(pass|FAIL|error|refused)' "$WORK/guard_check_$op.log" | cut -c1-160; done
 fi
 # what is left of MINUTES after the setup and the guard check, less ~1.5 minutes for writing the files
 MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - 1.5 - $SECONDS / 60))")

@@ -209,7 +209,7 @@ def run_sweep(
             if on_cell:
                 on_cell(cell, {"status": "resumed"})
             continue
-        if cfg.max_minutes is not None and time.monotonic() - t_start > cfg.max_minutes * 60:
+        if cfg.max_minutes is not None and time.monotonic() - t_start >= cfg.max_minutes * 60:  # 0: only rewrite tables
             if on_cell:
                 on_cell(cell, None)
             return

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Several device scripts at once on a multi-GPU kind, each pinned to its GPU(s), in one call of the device tool:
+#
+#   run(kind="nvidia-h200-x4", carry=[".whl", ".triton_cache"], command="bash scripts/device_multi.sh \
+#       '0:bash scripts/device_check.sh' '1:python3 scripts/gka_kernels_device.py' \
+#       '2:bash scripts/speed_device.sh 8 --mixers gka,gated_deltanet,attention' \
+#       '3:bash scripts/speed_device.sh 8 --mixers gla,mamba2,mesanet'")
+#
+# Each argument is GPUS:COMMAND (GPUS as for CUDA_VISIBLE_DEVICES, e.g. 0 or 2,3). Why: the session's device time
+# is counted per machine held, not per GPU, and every workload here (checks, kernel timing, a speed shard, MQAR
+# runs, a small model's training) fits one GPU; on a 4-GPU machine four of them run in the time of one, and each
+# times kernels on a GPU of its own.
+#
+# Each job gets its own OUT ($JOBS_ROOT/jobN, with command.txt and stdout.log) and its own copy of the Triton
+# cache (autotune choices are made on its own GPU, not while other jobs share it). The wheels are installed once.
+# At the end: POST (optional env, a command run after all jobs with every GPU visible), one archive of every
+# job's files ($OUT/multi_results.tgz: the device tool returns at most 8 files), and the union of the jobs'
+# compile caches packed as tcache-part-* for the next machine (autotune results from job caches, kernels from all).
+# DEADLINE_S (default 540) ends jobs still running (INT, then KILL 20 s later) so the archive always gets written.
+set -uo pipefail
+FINAL="${OUT:-/tmp/gkabench_multi_out}"
+JOBS_ROOT=/tmp/multi_jobs
+rm -rf "$JOBS_ROOT"; mkdir -p "$FINAL" "$JOBS_ROOT"
+source scripts/device_prelude.sh   # wheels into /tmp/site, /tmp/triton_cache seeded from .triton_cache
+export GKABENCH_PRELUDE_DONE=1
+nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$JOBS_ROOT/env.log"
+python3 -c "import torch, triton, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'fla', fla.__version__, 'gpus', torch.cuda.device_count())" 2>&1 | tee -a "$JOBS_ROOT/env.log"
+git rev-parse HEAD 2>/dev/null | tee -a "$JOBS_ROOT/env.log"
+i=0; PIDS=()
+for job in "$@"; do
+  gpus=${job%%:*}; cmd=${job#*:}; dir="$JOBS_ROOT/job$i"; cache="/tmp/tc_job$i"
+  mkdir -p "$dir" "$cache"
+  [ -n "$(ls -A "$cache")" ] || cp -a "$TRITON_CACHE_DIR/." "$cache/"
+  printf 'GPUS=%s\n%s\n' "$gpus" "$cmd" > "$dir/command.txt"
+  ( export CUDA_VISIBLE_DEVICES="$gpus" OUT="$dir" TRITON_CACHE_DIR="$cache" NO_PACK=1
+    bash -c "$cmd" > "$dir/stdout.log" 2>&1; echo "exit $?" >> "$dir/stdout.log" ) &
+  PIDS+=($!); i=$((i + 1))
+done
+DEADLINE=${DEADLINE_S:-540}
+while [ $SECONDS -lt "$DEADLINE" ] && [ -n "$(jobs -rp)" ]; do sleep 5; done
+if [ -n "$(jobs -rp)" ]; then
+  echo "deadline ${DEADLINE}s: stopping jobs still running"
+  pkill -INT -f "gkabench.cli|gka_kernels_device|cuda_mixers_smoke" 2>/dev/null; sleep 20
+  pkill -KILL -f "gkabench.cli|gka_kernels_device|cuda_mixers_smoke|multiprocessing.spawn" 2>/dev/null; sleep 2
+fi
+pkill -KILL -f "multiprocessing.spawn" 2>/dev/null  # MQAR workers a hard stop orphaned
+if [ -n "${POST:-}" ]; then
+  echo "== POST: $POST"; timeout 60 bash -c "$POST" > "$JOBS_ROOT/post.log" 2>&1; tail -30 "$JOBS_ROOT/post.log"
+fi
+for ((j = 0; j < i; j++)); do
+  echo "==== job$j: $(tail -n +2 "$JOBS_ROOT/job$j/command.txt" | cut -c1-150) [GPUs $(head -1 "$JOBS_ROOT/job$j/command.txt" | cut -d= -f2)]"
+  grep -v "━" "$JOBS_ROOT/job$j/stdout.log" | tail -n "${TAIL_LINES:-25}" | cut -c1-220
+done
+(cd "$JOBS_ROOT" && tar czf "$FINAL/multi_results.tgz" --exclude='tcache-part-*' .)
+ls -la "$FINAL"
+# union of the jobs' caches, then one pack (kernels compiled by any job; autotune results as the jobs left them)
+mkdir -p /tmp/tc_merged
+for ((j = 0; j < i; j++)); do cp -an "/tmp/tc_job$j/." /tmp/tc_merged/ 2>/dev/null; done
+OUT="$FINAL" TRITON_CACHE_DIR=/tmp/tc_merged NO_PACK=0 MAX_PARTS=${MAX_PARTS:-5} source scripts/device_epilogue.sh
