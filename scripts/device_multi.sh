@@ -30,7 +30,7 @@ i=0; PIDS=()
 for job in "$@"; do
   gpus=${job%%:*}; cmd=${job#*:}; dir="$JOBS_ROOT/job$i"; cache="/tmp/tc_job$i"
   mkdir -p "$dir" "$cache"
-  [ -n "$(ls -A "$cache")" ] || cp -a "$TRITON_CACHE_DIR/." "$cache/"
+  [ -n "$(ls -A "$cache")" ] || { cp -a "$TRITON_CACHE_DIR/." "$cache/"; python3 scripts/pack_triton_cache.py --fix-groups "$cache" > /dev/null; }
   printf 'GPUS=%s\n%s\n' "$gpus" "$cmd" > "$dir/command.txt"
   ( export CUDA_VISIBLE_DEVICES="$gpus" OUT="$dir" TRITON_CACHE_DIR="$cache" NO_PACK=1
     bash -c "$cmd" > "$dir/stdout.log" 2>&1; echo "exit $?" >> "$dir/stdout.log" ) &
@@ -56,4 +56,5 @@ ls -la "$FINAL"
 # union of the jobs' caches, then one pack (kernels compiled by any job; autotune results as the jobs left them)
 mkdir -p /tmp/tc_merged
 for ((j = 0; j < i; j++)); do cp -an "/tmp/tc_job$j/." /tmp/tc_merged/ 2>/dev/null; done
+python3 scripts/pack_triton_cache.py --fix-groups /tmp/tc_merged > /dev/null
 OUT="$FINAL" TRITON_CACHE_DIR=/tmp/tc_merged NO_PACK=0 MAX_PARTS=${MAX_PARTS:-5} source scripts/device_epilogue.sh

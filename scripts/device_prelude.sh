@@ -17,6 +17,7 @@ if [ "${GKABENCH_PRELUDE_DONE:-0}" != "1" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   fi
   if ls .triton_cache/tcache-part-* >/dev/null 2>&1 && [ -z "$(ls -A "$TRITON_CACHE_DIR")" ]; then
-    cat .triton_cache/tcache-part-* | tar xzf - -C "$TRITON_CACHE_DIR" && echo "triton cache: seeded with $(find "$TRITON_CACHE_DIR" -type f | wc -l) files"
+    cat .triton_cache/tcache-part-* | tar xzf - -C "$TRITON_CACHE_DIR"; echo "triton cache: seeded with $(find "$TRITON_CACHE_DIR" -type f | wc -l) files"
+    python3 scripts/pack_triton_cache.py --fix-groups "$TRITON_CACHE_DIR"
   fi
 fi

@@ -10,6 +10,12 @@ list just those two, since Triton treats a group with a missing child as a miss)
 The IR text (ttir, ttgir, llir, ptx, source: ~80% of the bytes) is dropped.
 
     python3 scripts/pack_triton_cache.py CACHE_DIR OUT_DIR [--max-parts 4] [--part-mb 15]
+    python3 scripts/pack_triton_cache.py --fix-groups CACHE_DIR   # after restoring or copying a cache
+
+Triton's group files list their children by absolute path, so a cache restored or copied to another directory
+(device_multi.sh gives each job its own copy) misses on every kernel whose group points at the old place:
+`--fix-groups` rewrites those paths to the directory the group file is in (device_prelude.sh and
+device_multi.sh run it), and packing looks for the children there too.
 
 Writes OUT_DIR/tcache-part-00, -01, ... (a split tar.gz; `cat tcache-part-* | tar xzf - -C CACHE_DIR` restores).
 If the pruned cache is still too big, only the autotune results and the newest kernels that fit are kept.
@@ -35,7 +41,8 @@ def kernel_groups(cache: Path) -> list[tuple[float, Path, dict]]:
             children = json.loads(grp.read_text())["child_paths"]
         except (OSError, ValueError, KeyError):
             continue
-        kept = {name: path for name, path in children.items() if name.endswith(KEEP_SUFFIXES)}
+        # the children sit beside the group file; its absolute paths may name another (copied-from) directory
+        kept = {name: str(grp.parent / Path(path).name) for name, path in children.items() if name.endswith(KEEP_SUFFIXES)}
         if not any(name.endswith(".cubin") for name in kept):
             continue
         groups.append((grp.stat().st_mtime, grp, kept))
@@ -74,13 +81,37 @@ def pack(cache: Path, out: Path, max_bytes: int, part_bytes: int) -> tuple[int, 
     return packed, skipped, len(data)
 
 
+def fix_groups(cache: Path) -> int:
+    """Point every group file's children at the group's own directory. Returns the number of groups rewritten."""
+    fixed = 0
+    for grp in cache.glob("*/__grp__*"):
+        try:
+            data = json.loads(grp.read_text())
+            children = data["child_paths"]
+        except (OSError, ValueError, KeyError):
+            continue
+        local = {name: str(grp.parent.resolve() / Path(path).name) for name, path in children.items()}
+        if local != children:
+            data["child_paths"] = local
+            grp.write_text(json.dumps(data))
+            fixed += 1
+    return fixed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("cache_dir", type=Path)
-    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("out_dir", type=Path, nargs="?")
+    ap.add_argument("--fix-groups", action="store_true", help="only rewrite group files' child paths in CACHE_DIR")
     ap.add_argument("--max-parts", type=int, default=4)
     ap.add_argument("--part-mb", type=int, default=15)
     a = ap.parse_args()
+    if a.fix_groups:
+        if a.cache_dir.is_dir():
+            print(f"triton cache: {fix_groups(a.cache_dir)} group files pointed at {a.cache_dir}")
+        return
+    if a.out_dir is None:
+        ap.error("OUT_DIR is required unless --fix-groups")
     if not a.cache_dir.is_dir():
         print(f"triton cache: {a.cache_dir} does not exist; nothing packed")
         return
