@@ -12,7 +12,9 @@ signature and one cache protocol (:mod:`gkabench.layers.base`); the model only r
     out = model(ids[None], cu_seqlens=cu)             # packed documents: ids [1, total], cu [N + 1]
     model.generate(input_ids, max_new_tokens=16)      # recurrent caches; one new token per step
 
-Generation: transformers 5.x calls the cache ``cache`` (``past_key_values`` is accepted too). The model makes
+Generation: recent transformers 5.x call the cache ``cache``, earlier 5.x ``past_key_values``; the model accepts
+both, and its output puts the cache in the field the installed version defines (``.cache`` reads it in both), so
+``generate`` works with either (tested with 5.17 and 5.24). The model makes
 its own :class:`GKABenchCache` on the first call with ``use_cache``, and ``generate`` then feeds only the new
 token together with that cache; the cache of a call is a new object (mixers never mutate their input cache).
 """
@@ -23,11 +25,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from dataclasses import dataclass, fields
+
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..layers import MixerCache, build_mixer
 from ..layers.blocks import RMSNorm, RotaryEmbedding
 from .configuration import GKABenchConfig
+
+
+# transformers renamed CausalLMOutputWithPast's cache field from ``past_key_values`` (<= 5.17, what the H200 image
+# has) to ``cache`` (5.24 rejects the old name); ``generate`` reads whichever its version defines.
+_CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+
+if _CACHE_FIELD == "cache":
+    GKABenchLMOutput = CausalLMOutputWithPast
+else:
+
+    @dataclass
+    class GKABenchLMOutput(CausalLMOutputWithPast):
+        """``CausalLMOutputWithPast`` of an older transformers, with ``.cache`` naming its ``past_key_values``."""
+
+        @property
+        def cache(self):
+            return self.past_key_values
 
 
 class GKABenchCache:
@@ -221,7 +242,7 @@ class GKABenchForCausalLM(GKABenchPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> GKABenchLMOutput:
         """Logits ``[B, T, V]`` (float32 when training with labels; the last ``logits_to_keep`` positions when > 0).
 
         - ``attention_mask [B, T']`` (1 = real token, left or right padding); with a cache it covers the cached
@@ -248,7 +269,7 @@ class GKABenchForCausalLM(GKABenchPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=new_cache)
+        return GKABenchLMOutput(loss=loss, logits=logits, **{_CACHE_FIELD: new_cache})
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
