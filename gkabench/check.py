@@ -325,11 +325,13 @@ def _is_fla_guard(exc: BaseException) -> bool:
 
 
 def run_checks(
-    device: torch.device, ops: list[str] | None = None, lift_guard: bool = False, progress=None, quick: bool = False
+    device: torch.device, ops: list[str] | None = None, lift_guard: bool = False, progress=None, quick: bool = False,
+    shapes: list[str] | None = None,
 ) -> list[CheckRow]:
-    """Run every case for ``device``; ``ops`` filters by op-name prefix; ``quick`` keeps the first shape of each
-    op (fewer Triton compilations: fla autotunes every new shape). ``progress(case, rows)`` is called after each
-    case with that case's rows. Never raises for a failing case."""
+    """Run every case for ``device``; ``ops`` filters by op-name prefix; ``shapes`` keeps the cases whose shape
+    label contains one of its strings (e.g. ``["D64"]``); ``quick`` keeps the first shape of each op (fewer
+    Triton compilations: fla autotunes every new shape). ``progress(case, rows)`` is called after each case with
+    that case's rows. Never raises for a failing case; raises ValueError when the filters select nothing."""
     guard_lifted = False
     if lift_guard and device.type == "cuda":
         from .layers.fla_guard import lift_fla_hopper_guard
@@ -341,6 +343,12 @@ def run_checks(
         cases = [c for c in cases if any(c.op.startswith(o) for o in ops)]
         if not cases:
             raise ValueError(f"--ops {','.join(ops)} selects no check on {device.type}; valid here: {', '.join(valid)}")
+    if shapes:
+        picked = [c for c in cases if any(s in c.case for s in shapes)]
+        if not picked:
+            labels = sorted({c.case for c in cases})
+            raise ValueError(f"--shapes {','.join(shapes)} matches no case; shape labels here: {'; '.join(labels)}")
+        cases = picked
     if quick:
         first_shape: dict[str, str] = {}
         for c in cases:

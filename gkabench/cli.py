@@ -159,6 +159,7 @@ def check(
     lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="run fla's gated backward despite its Hopper/Triton<3.7.1 guard, to test it"),
     json_out: str = typer.Option(None, "--json", help="also write the rows to this JSON file"),
     quick: bool = typer.Option(False, "--quick", help="one shape per op (fewer Triton compilations)"),
+    shapes: str = typer.Option(None, "--shapes", help="only cases whose shape label contains one of these comma-separated strings, e.g. D64 or D128 (the shapes a run will use; each new fla shape costs minutes of autotuning on a fresh GPU)"),
 ):
     """Every fast kernel here against its float64 reference (fresh random data, forward and gradients).
 
@@ -186,7 +187,12 @@ def check(
         tail = f"worst err/tol {worst:.2f}" if worst is not None else (case_rows[0].note if case_rows else "")
         console.print(f"[{colors.get(status, 'white')}]{status:7s}[/] {case.op} | {case.case} | {str(case.dtype).replace('torch.', '')} | {tail}", highlight=False)
 
-    rows = run_checks(dev, op_list, lift_guard=lift_fla_guard, progress=report, quick=quick)
+    shape_list = [x.strip() for x in shapes.split(",") if x.strip()] if shapes else None
+    try:
+        rows = run_checks(dev, op_list, lift_guard=lift_fla_guard, progress=report, quick=quick, shapes=shape_list)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
     table = Table(title=f"gkabench check on {device_name(dev)}")
     for col in ("op", "case", "dtype", "quantity", "rel err", "tol", "status", "note"):
         table.add_column(col, justify="right" if col in ("rel err", "tol") else "left", overflow="fold")

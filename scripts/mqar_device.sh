@@ -29,7 +29,7 @@ GUARD=""
 if [ "${NO_GUARD:-0}" != "1" ]; then
   ok=1
   for op in gated_deltanet mamba2; do
-    (timeout 240 python3 -m gkabench.cli check --ops "$op" --lift-fla-guard --json "$WORK/guard_check_$op.json" > "$WORK/guard_check_$op.log" 2>&1; echo $? > "$WORK/guard_check_$op.rc") &
+    (timeout 360 python3 -m gkabench.cli check --ops "$op" --shapes D64 --lift-fla-guard --json "$WORK/guard_check_$op.json" > "$WORK/guard_check_$op.log" 2>&1; echo $? > "$WORK/guard_check_$op.rc") &
   done
   wait
   for op in gated_deltanet mamba2; do [ "$(cat "$WORK/guard_check_$op.rc")" = "0" ] || ok=0; done

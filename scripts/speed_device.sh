@@ -49,7 +49,7 @@ MIXERS=$(python3 -c "import sys; a=sys.argv[1:]; print(a[a.index('--mixers')+1] 
 GUARDED=$(python3 -c "print(' '.join(m for m in ('gated_deltanet', 'mamba2') if m in '$MIXERS'.split(',')))")
 for op in $GUARDED; do
   [ "${NO_GUARD:-0}" = "1" ] && break
-  (timeout 300 python3 -m gkabench.cli check --ops "$op" --lift-fla-guard --json "$WORK/guard_check_$op.json" > "$WORK/guard_check_$op.log" 2>&1; echo $? > "$WORK/guard_check_$op.rc") &
+  (timeout 420 python3 -m gkabench.cli check --ops "$op" --quick --lift-fla-guard --json "$WORK/guard_check_$op.json" > "$WORK/guard_check_$op.log" 2>&1; echo $? > "$WORK/guard_check_$op.rc") &
 done
 # the sweep's own options minus those the warm-up sets (typer keeps the last of a repeated option)
 WARM_ARGS=(); skip=0

@@ -34,3 +34,11 @@ def test_baseline_and_mesanet_cases_run_on_cpu_with_references():
 def test_empty_op_selection_is_a_user_error():
     with pytest.raises(ValueError, match="selects no check"):
         run_checks(CPU, ["glaa"])
+
+
+def test_shapes_filter_keeps_only_matching_cases_and_rejects_no_match():
+    rows = run_checks(torch.device("cpu"), ["gka"], shapes=["varlen"])
+    assert rows and all("varlen" in r.case for r in rows)
+    assert all(r.status == "pass" for r in rows)
+    with pytest.raises(ValueError, match="matches no case"):
+        run_checks(torch.device("cpu"), ["gka"], shapes=["D999"])
