@@ -179,12 +179,23 @@ def check(
     op_list = [o.strip() for o in ops.split(",")] if ops else None
     colors = {"pass": "green", "FAIL": "red", "error": "red", "refused": "yellow", "skip": "dim"}
 
+    done_rows: list = []
+    env = environment(dev) if json_out else None
+
+    def write_json(rows):
+        write_text_atomic(json_out, json.dumps({"environment": env, "rows": [r.as_dict() for r in rows]}, indent=1))
+
     def report(case, case_rows):  # one line per case as it finishes, so a killed run still shows its progress
-        worst = max((r.rel_err / r.tol for r in case_rows if r.rel_err is not None and r.tol), default=None)
+        done_rows.extend(case_rows)
+        if json_out:  # rewritten after every case: a run cut by a time limit keeps the cases it finished
+            write_json(done_rows)
+        scored = [r for r in case_rows if r.rel_err is not None and r.tol]
+        worst_row = max(scored, key=lambda r: r.rel_err / r.tol, default=None)
+        worst = worst_row.rel_err / worst_row.tol if worst_row is not None else None
         status = "pass" if case_rows and all(r.status == "pass" for r in case_rows) else (case_rows[0].status if case_rows else "-")
         if any(r.status == "FAIL" for r in case_rows):
             status = "FAIL"
-        tail = f"worst err/tol {worst:.2f}" if worst is not None else (case_rows[0].note if case_rows else "")
+        tail = f"worst err/tol {worst:.2f} ({worst_row.quantity})" if worst is not None else (case_rows[0].note if case_rows else "")
         console.print(f"[{colors.get(status, 'white')}]{status:7s}[/] {case.op} | {case.case} | {str(case.dtype).replace('torch.', '')} | {tail}", highlight=False)
 
     shape_list = [x.strip() for x in shapes.split(",") if x.strip()] if shapes else None
@@ -206,7 +217,7 @@ def check(
     counts = {s: sum(r.status == s for r in rows) for s in ("pass", "FAIL", "error", "refused")}
     console.print(", ".join(f"{v} {k}" for k, v in counts.items()))
     if json_out:
-        write_text_atomic(json_out, json.dumps({"environment": environment(dev), "rows": [r.as_dict() for r in rows]}, indent=1))
+        write_json(rows)
     if any_failure(rows):
         raise typer.Exit(code=1)
 
