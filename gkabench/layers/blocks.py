@@ -81,33 +81,36 @@ class ShortConv(nn.Module):
         self.bias = nn.Parameter(torch.empty(channels).uniform_(-kernel_size**-0.5, kernel_size**-0.5)) if bias else None
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None, state: torch.Tensor | None = None):
+        # A sum of W shifted copies in the [B, T, C] layout, accumulated in float32: a few memory-bound passes.
+        # Not F.conv1d: a depthwise conv1d over [B, C, T] (a transposed copy) is a slow cuDNN path in bf16, and on
+        # the H200 every recurrent layer's forward ran at ~2 M tokens/s against 8 for attention, which has no conv
+        # (session 3 sweep). One code path serves fixed-length and packed (cu_seqlens) inputs.
         B, T, C = x.shape
         W = self.kernel_size
-        xt = x.transpose(1, 2)  # [B, C, T]
         if state is None:
             state = x.new_zeros(B, C, W - 1)
-        padded = torch.cat([state.to(x.dtype), xt], dim=-1)  # [B, C, W-1+T]
+        padded = torch.cat([state.to(x.dtype).transpose(1, 2), x], dim=1)  # [B, W-1+T, C]
+        acc = torch.promote_types(x.dtype, torch.float32)  # float32 accumulation for bf16/fp16 inputs
+        w = self.weight[:, 0].to(acc)  # [C, W]; tap W-1 multiplies the current token
+        keep = token_positions(cu_seqlens, T) if cu_seqlens is not None else None  # [T] position in its sequence
+        y = x.to(acc) * w[:, W - 1]
+        for j in range(1, W):  # tap reading the input j steps back; masked where that is the previous sequence
+            shifted = padded[:, W - 1 - j : W - 1 - j + T].to(acc)
+            if keep is not None:
+                shifted = shifted * (keep >= j)[None, :, None].to(acc)
+            y = torch.addcmul(y, shifted, w[:, W - 1 - j])
+        if self.bias is not None:
+            y = y + self.bias.to(acc)
+        if self.activation:
+            y = F.silu(y)
         if cu_seqlens is None:
-            bias = self.bias.to(x.dtype) if self.bias is not None else None
-            y = F.conv1d(padded, self.weight.to(x.dtype), bias, groups=C)
-            new_state = padded[..., -(W - 1):] if W > 1 else padded[..., :0]
-        else:
-            # Sum of shifted copies, each tap masked where it would read the previous sequence.
-            pos = token_positions(cu_seqlens, T)  # [T]
-            w = self.weight.to(x.dtype)[:, 0]  # [C, W]
-            y = torch.zeros_like(xt)
-            for j in range(W):  # tap j reads the input j steps back
-                shifted = padded[..., W - 1 - j : W - 1 - j + T]
-                y = y + w[:, W - 1 - j, None] * shifted * (pos >= j).to(x.dtype)
-            if self.bias is not None:
-                y = y + self.bias.to(x.dtype)[:, None]
+            new_state = padded[:, T:].transpose(1, 2)  # the last W-1 inputs: [B, C, W-1]
+        else:  # each packed sequence's last W-1 inputs, zeros where it is shorter: [N, C, W-1]
             ends = cu_seqlens[1:].to(torch.long)
             idx = ends[:, None] - (W - 1) + torch.arange(W - 1, device=x.device)[None]  # [N, W-1]
             valid = idx >= cu_seqlens[:-1].to(torch.long)[:, None]
-            new_state = xt[0][:, idx.clamp_min(0)].permute(1, 0, 2) * valid[:, None].to(x.dtype)  # [N, C, W-1]
-        if self.activation:
-            y = F.silu(y)
-        return y.transpose(1, 2), new_state
+            new_state = (x[0][idx.clamp_min(0)] * valid[..., None].to(x.dtype)).transpose(1, 2)
+        return y.to(x.dtype), new_state.contiguous()
 
 
 class RotaryEmbedding(nn.Module):
