@@ -291,3 +291,17 @@ def test_gpu_zero_keys_finite():
 
 if __name__ == "__main__" and "--interpret-worker" in sys.argv:
     _worker()
+
+
+def test_reverse_cumsum_per_sequence_stops_at_each_sequence_end():
+    from gkabench.kernels.gka.chunk import prepare_indices, reverse_cumsum_per_sequence
+
+    bounds = [0, 3, 3, 10, 16]  # an empty sequence included
+    e = torch.randn(16, 4, dtype=torch.float32)
+    out = reverse_cumsum_per_sequence(e, prepare_indices(bounds, torch.device("cpu")))
+    expect = torch.zeros(16, 4, dtype=torch.float64)
+    for bos, eos in zip(bounds[:-1], bounds[1:]):
+        for t in range(bos, eos):
+            expect[t] = e[t:eos].double().sum(0)
+    assert out.shape == (16, 4) and out.dtype == torch.float64 and out.is_contiguous()
+    torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)

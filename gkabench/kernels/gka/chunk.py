@@ -79,10 +79,13 @@ def prepare_indices(bounds: list[int], device: torch.device, chunk: int = CHUNK)
 
 
 def reverse_cumsum_per_sequence(e: torch.Tensor, idx: ChunkIndices) -> torch.Tensor:
-    """``out[t] = sum_{t <= s < eos(t)} e[s]`` for e ``[TT, H]``, in float64 (the sums cancel across a sequence)."""
-    e64 = e.double()
-    rev = torch.cat([e64.flip(0).cumsum(0).flip(0), e64.new_zeros(1, e64.shape[1])], 0)  # rev[TT] = 0
-    return rev[:-1] - rev[idx.seq_end]
+    """``out[t] = sum_{t <= s < eos(t)} e[s]`` for e ``[TT, H]``, in float64 (the sums cancel across a sequence).
+
+    The scan runs along the last dim of ``[H, TT]``: a cumsum along dim 0 of ``[TT, H]`` is CUDA's serial
+    outer-dim scan, which took 5.8 ms of a 22.8 ms fwd+bwd at 32k tokens x 16 heads on the H200 (run 3 profile)."""
+    e64 = e.double().t()  # [H, TT]
+    rev = torch.cat([e64.flip(-1).cumsum(-1).flip(-1), e64.new_zeros(e64.shape[0], 1)], -1)  # rev[:, TT] = 0
+    return (rev[:, :-1] - rev[:, idx.seq_end]).t().contiguous()
 
 
 class ChunkGKAFunction(torch.autograd.Function):
