@@ -64,7 +64,10 @@ for m in ${MIXERS//,/ }; do
      --decode-batches 1 --rep-ms 5 --out "/tmp/speed_warm_$m" --tag warm --lift-fla-guard "${WARM_ARGS[@]}" > "$WORK/warm_$m.log" 2>&1) &
 done
 wait
-find "${TRITON_CACHE_DIR}" -name '*.autotune.json' -newer /tmp/speed_phase_a -delete
+# every autotune result goes, also the carried ones: fla keys many kernels by head dim and block sizes only, so a
+# choice made by `gkabench check` (20 processes on one GPU) would be reused here; the sweep re-benchmarks the
+# compiled configs on its own GPU (seconds, before each new shape's timing)
+find "${TRITON_CACHE_DIR}" -name '*.autotune.json' -delete
 # The guard is lifted only where `gkabench check` has just shown fla's gated backward correct here, at every
 # checked shape (D=128 and D=64 tiles, varlen) — the brief's rule; on any failure the sweep keeps the guard, and
 # those cells then record fla's refusal.

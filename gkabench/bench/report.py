@@ -175,8 +175,13 @@ def markdown(rows: list[dict], header: dict, env: dict, *, incomplete: str | Non
               else "each mixer at its registry defaults (shapes below)")  # fmt: skip
     budget = (f"{header['tokens']} tokens per call (B = tokens / T, at least 1)" if header.get("tokens")
               else f"fixed batch {header.get('batch')}")  # fmt: skip
-    guard = "yes" if header.get("fla_guard_lifted") else "no"
-    if header.get("lift_fla_guard") and not header.get("fla_guard_lifted"):
+    # from the rows (a resumed or merged sweep mixes runs with and without the guard), else the header
+    lifted_in = sorted({r.get("mixer") for r in rows if r.get("fla_guard_lifted")})
+    if any("fla_guard_lifted" in r for r in rows):
+        guard = f"yes, in the runs of {', '.join(lifted_in)}" if lifted_in else "no"
+    else:
+        guard = "yes" if header.get("fla_guard_lifted") else "no"
+    if header.get("lift_fla_guard") and not header.get("fla_guard_lifted") and not lifted_in:
         guard += " (asked for; it was not active here)"
     timer = "CUDA events (do_bench)" if not cpu else "perf_counter"
     lines += [
