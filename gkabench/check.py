@@ -71,10 +71,14 @@ def compare_fwd_bwd(
     tol_fwd: float,
     tol_bwd: float,
     seed: int,
+    symmetric: tuple[str, ...] = (),
 ) -> list[tuple[str, float, float]]:
     """Run ``fast(**inputs)`` and ``ref(**float64 copies)``; compare outputs and gradients of a random projection.
 
-    ``fast`` / ``ref`` return a tuple of tensors named by ``out_names`` (None entries are skipped)."""
+    ``fast`` / ``ref`` return a tuple of tensors named by ``out_names`` (None entries are skipped). Gradients of the
+    inputs named in ``symmetric`` (symmetric matrices in the last two dims, e.g. a ``k k^T`` state) are compared by
+    their symmetric part: only that part acts on a symmetric perturbation, and implementations legitimately return
+    ``G`` or ``G^T`` (session 3: fla's MesaNet and our reference differ so, a relative 1.4 apart before this)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     fast_in = {k: (v.detach().clone().requires_grad_(k in grad_names) if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in inputs.items()}
     ref_in = {k: (v.detach().to(F64).requires_grad_(k in grad_names) if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in inputs.items()}
@@ -96,6 +100,8 @@ def compare_fwd_bwd(
             if a is None or b is None:
                 results.append((f"d{name}", float("inf") if b is not None else 0.0, tol_bwd))
             else:
+                if name in symmetric:
+                    a, b = (a + a.transpose(-1, -2)) / 2, (b + b.transpose(-1, -2)) / 2
                 results.append((f"d{name}", rel_err(a, b), tol_bwd))
     return results
 
@@ -311,7 +317,8 @@ def mesanet_cases(device, fast_fn, ref_fn, shapes) -> list[Case]:
                     return f
 
                 grads = ["q", "k", "v", "g", "beta", "lamb", "h_kk_init", "h_kv_init"]
-                return compare_fwd_bwd(wrap(fast_fn), wrap(ref_fn), inputs, grads, ["o", "h_kk_final", "h_kv_final"], tol_f, tol_b, 13)
+                return compare_fwd_bwd(wrap(fast_fn), wrap(ref_fn), inputs, grads, ["o", "h_kk_final", "h_kv_final"], tol_f, tol_b, 13,
+                                       symmetric=("h_kk_init",))
 
             cases.append(Case("mesanet", label, dtype, run, tags=["fla"]))
     return cases

@@ -42,3 +42,27 @@ def test_shapes_filter_keeps_only_matching_cases_and_rejects_no_match():
     assert all(r.status == "pass" for r in rows)
     with pytest.raises(ValueError, match="matches no case"):
         run_checks(torch.device("cpu"), ["gka"], shapes=["D999"])
+
+
+def test_mesanet_reference_gradients_are_implicit_and_match_the_exact_solve():
+    """The CG reference differentiates implicitly (fla's backward): its gradients agree with those of the exact
+    float64 solve to CG accuracy, h_kk_init's by its symmetric part (G and G^T are both valid there)."""
+    import torch.nn.functional as F
+
+    from gkabench.check import compare_fwd_bwd, random_psd_state, recurrent_inputs
+
+    B, T, H, D = 1, 20, 2, 16
+    q, k, v, g, gen = recurrent_inputs(B, T, H, D, D, CPU, 13)
+    h_kk, h_kv = random_psd_state(B, H, D, D, CPU, gen)
+    inputs = dict(q=q, k=k, v=v, g=g, beta=torch.rand(B, T, H, generator=gen).sigmoid(),
+                  lamb=F.softplus(torch.rand(H, D, generator=gen)) + 0.25, h_kk_init=h_kk, h_kv_init=h_kv)
+    inputs = {n: x.double() for n, x in inputs.items()}
+
+    def wrap(fn):
+        return lambda **kw: fn(**kw, output_final_state=True, max_CG_iteration=30)
+
+    grads = ["q", "k", "v", "g", "beta", "lamb", "h_kk_init", "h_kv_init"]
+    rows = compare_fwd_bwd(wrap(R.chunk_mesa_net), wrap(R.mesa_net_exact), inputs, grads, ["o", "kk", "kv"], 1e-3, 1e-3, 13,
+                           symmetric=("h_kk_init",))
+    bad = [(n, e) for n, e, t in rows if e > t]
+    assert not bad, bad

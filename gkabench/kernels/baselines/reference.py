@@ -227,10 +227,8 @@ def chunk_simple_gla(
                              scale, initial_state, output_final_state, cu_seqlens, g)  # fmt: skip
 
 
-def mesa_cg_solve(h_kk: torch.Tensor, lamb: torch.Tensor, rhs: torch.Tensor, num_iter: int, eps: float = MESA_CG_EPS):
-    """``(H + diag(lamb))^{-1} rhs`` by ``num_iter`` conjugate-gradient steps from ``x = 0``, with fla's
-    ``eps`` added to both denominators (as its chunk kernel does). h_kk ``[n, H, K, K]``, lamb ``[H, K]``,
-    rhs ``[n, H, K]`` -> ``[n, H, K]``."""
+def _cg_steps(h_kk: torch.Tensor, lamb: torch.Tensor, rhs: torch.Tensor, num_iter: int, eps: float) -> torch.Tensor:
+    """``num_iter`` CG steps from ``x = 0`` on ``(H + diag(lamb)) x = rhs``, ``eps`` added to both denominators."""
 
     def apply_a(p):
         return (p.unsqueeze(-1) * h_kk).sum(-2) + lamb * p  # H is symmetric: p^T H = (H p)^T
@@ -248,6 +246,36 @@ def mesa_cg_solve(h_kk: torch.Tensor, lamb: torch.Tensor, rhs: torch.Tensor, num
         p = r + (delta_new / (delta + eps)).unsqueeze(-1) * p
         delta = delta_new
     return x
+
+
+class _MesaCGSolve(torch.autograd.Function):
+    """CG solve whose backward is implicit differentiation with the same CG, as fla's chunk_mesa_net backward:
+    ``drhs = CG(A, dx)``, ``dH = -x drhs^T``, ``dlamb = -sum(x * drhs)``. Differentiating through the truncated
+    iterations instead gives another gradient when CG has not converged (session 3: lamb's gradient 33% apart in
+    a layer), so parity with fla needs this form."""
+
+    @staticmethod
+    def forward(ctx, h_kk, lamb, rhs, num_iter, eps):
+        x = _cg_steps(h_kk, lamb, rhs, num_iter, eps)
+        ctx.save_for_backward(h_kk, lamb, x)
+        ctx.num_iter, ctx.eps = num_iter, eps
+        return x
+
+    @staticmethod
+    def backward(ctx, dx):
+        h_kk, lamb, x = ctx.saved_tensors
+        drhs = _cg_steps(h_kk, lamb, dx, ctx.num_iter, ctx.eps)
+        dh = -x.unsqueeze(-1) * drhs.unsqueeze(-2)  # [n, H, K, K]
+        dlamb = -(x * drhs).reshape(-1, *lamb.shape).sum(0)
+        return dh, dlamb, drhs, None, None
+
+
+def mesa_cg_solve(h_kk: torch.Tensor, lamb: torch.Tensor, rhs: torch.Tensor, num_iter: int, eps: float = MESA_CG_EPS):
+    """``(H + diag(lamb))^{-1} rhs`` by ``num_iter`` conjugate-gradient steps from ``x = 0``, with fla's
+    ``eps`` added to both denominators (as its chunk kernel does). h_kk ``[n, H, K, K]``, lamb ``[H, K]``,
+    rhs ``[n, H, K]`` -> ``[n, H, K]``. Gradients by implicit differentiation with the same CG (fla's backward);
+    gradients w.r.t. the symmetric ``h_kk`` are meaningful up to their symmetric part."""
+    return _MesaCGSolve.apply(h_kk, lamb, rhs, num_iter, eps)
 
 
 def mesa_exact_solve(h_kk: torch.Tensor, lamb: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
