@@ -224,6 +224,8 @@ def bench(args):
         hs, us, _, _ = scan_fwd(k, v, g, None, idx)
         stages["scan_fwd"] = do_bench(lambda: scan_fwd(k, v, g, None, idx), return_mode="median")
         for variant in sorted(VARIANTS, key=lambda x: x != DEFAULT_VARIANT):
+            if variant == "prep_fwd":  # its launches are prep's forward and fused's adjoint solve, timed below
+                continue
             sfx = "" if variant == DEFAULT_VARIANT else "@" + variant
             if left(args.budget_s) < 60:
                 log("stages: budget, skipped variant", variant)
@@ -257,6 +259,21 @@ def bench(args):
                     return_mode="median",
                 )
             torch.cuda.empty_cache()
+        # the whole op, forward + backward, per variant (what a user gets from chunk_gka(..., variant=...))
+        from gkabench.kernels.gka.chunk import chunk_gka
+
+        q4, k4, v4, g4, a4 = (t.detach().requires_grad_() for t in make(B, T, H, D, D, torch.bfloat16, gen))
+        do4 = torch.randn_like(v4)
+        for variant in VARIANTS:
+            if left(args.budget_s) < 45:
+                log("fwdbwd per variant: budget, skipped", variant)
+                break
+
+            def fb(variant=variant):
+                o = chunk_gka(q4, k4, v4, g4, a4, num_iter=R, variant=variant)[0]
+                torch.autograd.grad(o, (q4, k4, v4, g4, a4), do4)
+
+            stages["fwdbwd@" + variant] = do_bench(fb, return_mode="median")
         log("stages_ms_T8192", json.dumps(stages))
         from gkabench.kernels.gka import chunk_bwd as _cb
         from gkabench.kernels.gka import chunk_fwd as _cf
@@ -437,7 +454,7 @@ def main():
     # both kernel layouts of the bf16 path on the same inputs (the default is "prep" since session 2; run 2 measured
     # only "fused"): if "prep" misses the 1e-2 goal where "fused" meets it, the default goes back to "fused"
     for seed, (name, kw) in enumerate([lowp_cases[0], lowp_cases[3]], start=100):
-        for variant in ("prep", "fused"):
+        for variant in ("prep", "fused", "prep_fwd"):
             lowp_cases.append((f"{name}_seed{seed}@{variant}", dict(kw, variant=variant, seed=seed)))
     if not args.skip_check:
         for name, kw in lowp_cases:

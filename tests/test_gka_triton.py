@@ -140,7 +140,7 @@ CPU_CASES = {
 }
 # kernel layouts of the bf16/fp16 path (chunk_fwd.VARIANTS); fp32 inputs run the same kernels under either name,
 # so every case runs under both to check that the name is accepted and nothing else changes
-VARIANTS = ["prep", "fused"]
+VARIANTS = ["prep", "fused", "prep_fwd"]
 
 
 def _worker():
@@ -211,10 +211,12 @@ def test_interpreter_lowp_path(interp, case, variant):
 def test_interpreter_variants_agree_on_lowp(interp):
     # prep and fused are the same math; they differ only in float16 rounding (where the decay mask is applied)
     # and the order of fp32 sums, so their errors vs exact must be of the same size
+    # (prep_fwd: prep's forward, fused's adjoint solve)
     for case in ["fp16_r30", "fp16_r30_varlen_state"]:
-        a, b = interp[f"{case}@prep"], interp[f"{case}@fused"]
-        for key in ["o", *GRADS]:
-            assert a[key] < 2 * b[key] + 1e-4, (case, key, a[key], b[key])
+        for other in ("prep", "prep_fwd"):
+            a, b = interp[f"{case}@{other}"], interp[f"{case}@fused"]
+            for key in ["o", *GRADS]:
+                assert a[key] < 2 * b[key] + 1e-4, (case, other, key, a[key], b[key])
 
 
 def test_interpreter_decode(interp):

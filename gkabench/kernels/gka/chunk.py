@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .chunk_bwd import grads_bwd, scan_bwd, solve_bwd
-from .chunk_fwd import CHUNK, DEFAULT_VARIANT, prep_fwd, scan_fwd, solve_fwd, use_prep
+from .chunk_fwd import CHUNK, DEFAULT_VARIANT, backward_uses_prep, prep_fwd, scan_fwd, solve_fwd, use_prep
 from .common import DEFAULT_NUM_ITER, DEFAULT_RIDGE, GKAState, default_scale, validate_inputs
 from .reference import gka_reference
 
@@ -98,9 +98,10 @@ class ChunkGKAFunction(torch.autograd.Function):
         hs, us, ht_kk, ht_kv = scan_fwd(k, v, g, h0, idx)
         prep = prep_fwd(k, g, hs, idx) if use_prep(variant, q.dtype) else None
         o, x, n = solve_fwd(q, k, v, g, alpha, hs, us, idx, num_iter=num_iter, ridge=ridge, scale=scale, prep=prep)
-        # prep: the float16 operands (NT*H*D*D*2 bytes) are kept for the backward's adjoint solve
-        ctx.prep = prep is not None
-        extra = prep[:2] if prep is not None else ()
+        # prep: the float16 operands (NT*H*D*D*2 bytes) are kept for the backward's adjoint solve; prep_fwd's
+        # backward runs the fused adjoint solve on the float32 states instead
+        ctx.prep = prep is not None and backward_uses_prep(variant)
+        extra = prep[:2] if ctx.prep else ()
         ctx.save_for_backward(q, k, v, g, alpha, hs, us, x, n, ht_kk, ht_kv, *extra)
         ctx.idx, ctx.num_iter, ctx.ridge, ctx.scale = idx, num_iter, ridge, scale
         ctx.has_h0 = h0 is not None
@@ -158,8 +159,9 @@ def chunk_gka(
         g: ``[B, T, H]`` natural-log decay (<= 0); alpha: ``[B, T, H]`` in [0, 1]; any float dtype.
         initial_state: ``(h_kk [N, H, D, D], h_kv [N, H, D, Dv])``; h_kk symmetric (every state this op produces is).
         cu_seqlens: ``[N + 1]`` offsets of packed sequences (B must be 1).
-        variant: ``"prep"`` (default) or ``"fused"``: kernel layout of the bf16/fp16 path (same math; see
-            ``chunk_fwd.VARIANTS``); fp32 inputs run the fused kernels either way.
+        variant: ``"prep"`` (default), ``"fused"`` or ``"prep_fwd"`` (prep's forward, fused's backward): kernel
+            layout of the bf16/fp16 path (same math; see ``chunk_fwd.VARIANTS``); fp32 inputs run the fused
+            kernels either way.
 
     Returns:
         ``o [B, T, H, Dv]`` in v's dtype; the final state ``(h_kk, h_kv)`` float32 when ``output_final_state``.

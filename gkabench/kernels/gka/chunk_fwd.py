@@ -61,8 +61,10 @@ def scan_launch(kernel, tuned, on_gpu: bool):
 # solve kernels never hold the float32 state nor (forward) the query tile across the Chebyshev loop; "fused":
 # the session-1 kernels (norms and operands computed inside the solve kernels). bf16/fp16 only: fp32 inputs
 # always run the fused code (its 'ieee' dots need the float32 state anyway). Kept selectable for one release so
-# that one device run can time both.
-VARIANTS = ("prep", "fused")
+# that one device run can time both. "prep_fwd": prep's forward with fused's adjoint solve (device run 3: the
+# prep forward saved 1.5 ms, its adjoint solve cost 0.7 ms more than fused's, 4.42 vs 3.74 ms at T = 8192); the
+# float16 operands then need not be kept for the backward. Not measured on the GPU yet.
+VARIANTS = ("prep", "fused", "prep_fwd")
 DEFAULT_VARIANT = "prep"
 # the prep kernel has no chained dots, so 8 warps split its tiles (sm_90 build: 235 registers, no spills; 4 warps
 # spilled 560 bytes of stack)
@@ -249,7 +251,12 @@ def use_prep(variant: str, dtype: torch.dtype) -> bool:
     """Whether ``variant`` runs the prep path for inputs of ``dtype`` (bf16/fp16 only; see VARIANTS)."""
     if variant not in VARIANTS:
         raise ValueError(f"gka: variant must be one of {VARIANTS}, got {variant!r}")
-    return variant == "prep" and dot_precision(dtype)[0]
+    return variant in ("prep", "prep_fwd") and dot_precision(dtype)[0]
+
+
+def backward_uses_prep(variant: str) -> bool:
+    """Whether the adjoint solve of ``variant`` reads the forward's float16 operands (only ``prep`` does)."""
+    return variant == "prep"
 
 
 def prep_fwd(k, g, hs, idx):
