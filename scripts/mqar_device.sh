@@ -10,7 +10,7 @@
 # requires. The guard is lifted only if the check of the guarded ops passes first, here, on this machine.
 # Rows accumulate in $OUT/mqar.jsonl (seeded from the previous call's rows on a warm machine, else from
 # results/mqar/mqar.jsonl, which the lead copies back after each call); no run starts after MINUTES - 3.
-# Several GPUs (scripts/device_multi.sh): one copy of this script per GPU with SHARD=I/N and the same ROWS
+# Several GPUs (scripts/device_multi.sh): one copy of this script per GPU with SHARD=I/N (I from 1 to N) and the same ROWS
 # folder; `gkabench mqar --shard` splits the runs and appends rows under a file lock.
 set -uo pipefail
 MINUTES="${1:-8}"
