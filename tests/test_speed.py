@@ -335,3 +335,20 @@ def test_cuda_branch_of_ops_under_triton_interpreter():
     assert set(errors) == {"gated_deltanet", "gla", "mamba2", "mesanet"}
     for name, err in errors.items():  # MesaNet's kernels round q, k to fp16 and start decode CG from a Jacobi guess
         assert err < (5e-3 if name == "mesanet" else 1e-4), (name, err)
+
+
+def test_decode_table_shows_graph_replay_next_to_eager_and_why_not():
+    """Report formatting of the CUDA-graph decode figure (rows as a GPU sweep writes them; no GPU needed)."""
+    from gkabench.bench.report import tables
+
+    base = {"level": "layer", "mode": "decode", "T": 2048, "status": "ok", "state_bytes": 1, "peak_bytes": 1}
+    rows = [
+        {**base, "mixer": "gka", "decode_batch": 1, "us_per_step": 1148.0, "tokens_per_s": 871.0, "graph_us_per_step": 212.4},
+        {**base, "mixer": "attention", "decode_batch": 1, "us_per_step": 850.0, "tokens_per_s": 1176.0,
+         "graph_status": "RuntimeError: operation not permitted when stream is capturing"},
+    ]
+    (tab,) = tables(rows)
+    assert "CUDA graph" in tab["unit"]
+    cells = {r[0]: r[2] for r in tab["rows"]}
+    assert cells == {"gka": "1148 / 212", "attention": "850 / -"}
+    assert any("attention 2k b1: RuntimeError" in n for n in tab["notes"])

@@ -17,7 +17,7 @@ MODE_TITLES = {"fwd": "forward", "fwdbwd": "forward + backward", "prefill": "pre
                "decode": "decode (one token per sequence, after a prefill of length T)"}  # fmt: skip
 LEVEL_TITLES = {"op": "core op only", "layer": "full layer (projections, convs, norms)"}
 CSV_COLUMNS = ["level", "mode", "mixer", "T", "decode_batch", "batch", "tokens", "status", "median_ms", "p20_ms",
-               "p80_ms", "reps", "tokens_per_s", "us_per_step", "peak_bytes", "state_bytes", "tflops", "flops",
+               "p80_ms", "reps", "tokens_per_s", "us_per_step", "graph_us_per_step", "graph_status", "peak_bytes", "state_bytes", "tflops", "flops",
                "heads", "key_dim", "value_dim", "params", "prefill_batch", "op", "preset", "dtype", "sizes", "hidden",
                "num_iter", "token_budget", "fixed_batch", "lift_fla_guard", "fla_guard_lifted", "fla_guard_active", "tag", "time_utc"]  # fmt: skip
 ENV_COLUMNS = ["device", "driver", "cuda", "torch", "triton", "fla", "git_sha", "command"]
@@ -103,6 +103,10 @@ def _status_cell(r: dict) -> str:
     return {"oom": "OOM", "slow": "slow", "skipped": "skip", "crash": "crash"}.get(head, "err")
 
 
+def _us(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
 def tables(rows: list[dict]) -> list[dict]:
     """Paper tables: one per (level, mode), rows mixers (x decode batch), columns lengths.
     Each is ``{"title", "unit", "columns", "rows": [[...]], "notes"}``; cells are strings."""
@@ -118,8 +122,12 @@ def tables(rows: list[dict]) -> list[dict]:
             mixers = list(dict.fromkeys(r["mixer"] for r in sel))
             decode = mode == "decode"
             ok_vals = [r["tokens_per_s"] for r in sel if r.get("status") == "ok" and r.get("tokens_per_s")]
+            graphed = decode and any(r.get("graph_us_per_step") for r in sel)
             if decode:
                 unit, scale = "us per step (one token per sequence); lower is better", None
+                if graphed:
+                    unit = ("us per step (one token per sequence), eager / replayed as a CUDA graph (no launch cost); "
+                            "lower is better")  # fmt: skip
             elif ok_vals and sorted(ok_vals)[len(ok_vals) // 2] >= 1e6:
                 unit, scale = "M tokens/s; higher is better", 1e6
             else:
@@ -140,7 +148,10 @@ def tables(rows: list[dict]) -> list[dict]:
                         cells.append(_status_cell(r))
                         continue
                     if decode:
-                        cells.append(f"{r['us_per_step']:.0f}" if r["us_per_step"] >= 100 else f"{r['us_per_step']:.1f}")
+                        cell = _us(r["us_per_step"])
+                        if graphed:
+                            cell += " / " + (_us(r["graph_us_per_step"]) if r.get("graph_us_per_step") else "-")
+                        cells.append(cell)
                     else:
                         v = r["tokens_per_s"] / scale
                         cells.append(f"{v:.3g}" if v < 100 else f"{v:.0f}")
@@ -157,6 +168,11 @@ def tables(rows: list[dict]) -> list[dict]:
                    f"{r['status']}" for r in sel if r.get("status") != "ok"]  # fmt: skip
             if bad:
                 notes.append("Not measured: " + "; ".join(bad))
+            no_graph = [f"{r['mixer']} {fmt_len(r['T'])} b{r.get('decode_batch')}: {r['graph_status']}"
+                        for r in sel if r.get("graph_status")]  # fmt: skip
+            if no_graph:
+                notes.append("Not replayed as a CUDA graph (eager figure only): " + "; ".join(no_graph[:6])
+                             + (f"; and {len(no_graph) - 6} more" if len(no_graph) > 6 else ""))  # fmt: skip
             out.append({"title": f"{MODE_TITLES[mode]}, {LEVEL_TITLES[level]}", "level": level, "mode": mode,
                         "unit": unit, "columns": cols, "rows": body, "notes": notes})  # fmt: skip
     return out

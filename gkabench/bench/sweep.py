@@ -149,6 +149,8 @@ def measure(cfg: SpeedConfig, cell: Cell, device) -> dict:
         out["tokens_per_s"] = case.tokens / (t.median_ms / 1e3)
         if cell.mode == "decode":
             out["us_per_step"] = t.median_ms * 1e3
+            if device.type == "cuda":  # also without launch overhead; a capture failure only loses this figure
+                out.update(_graphed_decode(case.fn, device, cfg))
         if case.flops is not None:
             out["flops"] = case.flops
             out["tflops"] = case.flops / (t.median_ms / 1e3) / 1e12
@@ -164,6 +166,21 @@ def measure(cfg: SpeedConfig, cell: Cell, device) -> dict:
         if device.type == "cuda" and not out["status"].startswith("crash"):
             torch.cuda.empty_cache()
     return out
+
+
+def _graphed_decode(fn, device, cfg: SpeedConfig) -> dict:
+    """``graph_us_per_step`` of a decode step replayed as a CUDA graph, or ``graph_status`` saying why not."""
+    from .timing import time_cuda_graph
+
+    try:
+        t = time_cuda_graph(fn, device, warmup_ms=cfg.warmup_ms, rep_ms=cfg.rep_ms)
+        return {"graph_us_per_step": t.median_ms * 1e3}
+    except Exception as exc:  # noqa: BLE001 - e.g. a host sync inside the step; the eager figure stands
+        try:
+            torch.cuda.synchronize(device)
+        except Exception:  # noqa: BLE001
+            pass
+        return {"graph_status": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}"}
 
 
 def append_row(path: Path, row: dict) -> None:
