@@ -120,8 +120,29 @@ class AttentionMixer(Mixer):
                 return y, None
             return y, self._packed_cache(k, v, bounds)
 
+        if attention_mask is None and (cache is None or cache.get("mask") is None):
+            # No padding anywhere (no mask now, none kept in the cache): positions follow from the cache length and
+            # no host synchronisation is needed, so a decode step can be captured as a CUDA graph.
+            P = cache["k"].shape[1] if cache is not None else 0
+            positions = torch.arange(P, P + T, device=x.device).expand(B, T)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+            if cache is not None:
+                k = torch.cat([cache["k"].to(k.dtype), k], dim=1)
+                v = torch.cat([cache["v"].to(v.dtype), v], dim=1)
+            if cache is None or T == 1:
+                o = self._sdpa(q, k, v, is_causal=cache is None and T > 1)
+            else:  # a chunk after cached keys: causal with an offset
+                o = self._sdpa(q, k, v, mask=self._causal_offset_mask(T, k.shape[1], x.device)[None, None])
+            y = self.o_proj(o.reshape(B, T, H * D))
+            if not use_cache:
+                return y, None
+            return y, MixerCache({"k": k, "v": v}, (cache.seen_tokens if cache is not None else 0) + T)
+
         cur = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=x.device)
-        past = cache["mask"].bool() if cache is not None else cur.new_zeros(B, 0)
+        if cache is None:
+            past = cur.new_zeros(B, 0)
+        else:  # a cache without a mask holds only real tokens
+            past = cache["mask"].bool() if cache.get("mask") is not None else cur.new_ones(B, cache["k"].shape[1])
         if cache is not None and past.shape[0] != B:
             raise ValueError(f"attention: cache holds {past.shape[0]} sequences but x has B={B}")
         # Positions count real tokens only, so left padding does not shift RoPE.
@@ -137,8 +158,7 @@ class AttentionMixer(Mixer):
             # No padding: the fast paths (flash attention on CUDA) need no explicit mask.
             o = self._sdpa(q, k, v, is_causal=cache is None and T > 1)
         else:
-            i = torch.arange(T, device=x.device)[:, None] + (S - T)
-            allowed = (torch.arange(S, device=x.device)[None, :] <= i)[None] & keys[:, None, :]  # [B, T, S]
+            allowed = self._causal_offset_mask(T, S, x.device)[None] & keys[:, None, :]  # [B, T, S]
             # A padded query before the first real token sees no key: let it attend to all (finite), zero it below.
             allowed = allowed | ~allowed.any(-1, keepdim=True)
             o = self._sdpa(q, k, v, mask=allowed[:, None])
@@ -148,6 +168,12 @@ class AttentionMixer(Mixer):
             return y, None
         seen = (cache.seen_tokens if cache is not None else 0) + T
         return y, MixerCache({"k": k, "v": v, "mask": keys}, seen)
+
+    @staticmethod
+    def _causal_offset_mask(T: int, S: int, device) -> torch.Tensor:
+        """``[T, S]`` bool: query i (the last T of S positions) may see keys 0 .. S - T + i."""
+        i = torch.arange(T, device=device)[:, None] + (S - T)
+        return torch.arange(S, device=device)[None, :] <= i
 
     def _packed_cache(self, k, v, bounds) -> MixerCache:
         """Per-sequence KV caches of a packed batch, left-padded to the longest sequence (mask marks real keys)."""
