@@ -66,16 +66,18 @@ def _kernel_specs():
         specs.append(("prep", "prep", F._prep_kernel,
                       dict(k=bf, g=f32, hs=f32, hn="*fp16", n0o=f32, no=f32, chunk_info=i32),
                       dict(H=16, D=D, BD=D, C=C, FLOOR=FLOOR, PREC="tf32"), getattr(F, "PREP_WARPS", 4), 1))  # fmt: skip
-    # the scans are autotuned on the GPU over chunk_fwd.SCAN_CONFIGS: compile every config (label wNsM)
-    scan_cfgs = [(c.num_warps, c.num_stages) for c in getattr(F, "SCAN_CONFIGS", [])] or [(4, 3)]
-    for w, st in scan_cfgs:
-        specs.append(("scan_fwd", f"w{w}s{st}", F._scan_fwd_kernel,
+    # the scans are autotuned on the GPU over chunk_fwd.SCAN_CONFIGS: compile every config (label bTwNsM: tile T x T)
+    scan_cfgs = [(c.kwargs.get("BK", 64), c.kwargs.get("BW", 64), c.num_warps, c.num_stages)
+                 for c in getattr(F, "SCAN_CONFIGS", [])] or [(64, 64, 4, 3)]  # fmt: skip
+    for bk, bw, w, st in scan_cfgs:
+        tiles = dict(BK=bk, BW=bw, NWH=-(-D // bw))
+        specs.append(("scan_fwd", f"b{bk}w{w}s{st}", F._scan_fwd_kernel,
                       dict(k=bf, v=bf, g=f32, h0_kk=f32, h0_kv=f32, hs=f32, us=bf, ht_kk=f32, ht_kv=f32, seq_info=i32),
-                      dict(H=16, D=D, DV=DV, C=C, BK=64, BW=64, NWH=2, HAS_H0=False, PREC="tf32"), w, st))  # fmt: skip
-        specs.append(("scan_bwd", f"w{w}s{st}", B._scan_bwd_kernel,
+                      dict(H=16, D=D, DV=DV, C=C, **tiles, HAS_H0=False, PREC="tf32"), w, st))  # fmt: skip
+        specs.append(("scan_bwd", f"b{bk}w{w}s{st}", B._scan_bwd_kernel,
                       dict(q=bf, k=bf, xo=f32, yo=f32, alpha=f32, g=f32, tauo=f32, sigmao=f32, hs=f32, do=bf, dht=f32,
                            dut=f32, dhs=f32, dus=f32, dh0=f32, du0=f32, seq_info=i32, scale="fp32"),
-                      dict(H=16, D=D, DV=DV, C=C, BK=64, BW=64, NWH=2, HAS_DHT=False, PREC="tf32"), w, st))  # fmt: skip
+                      dict(H=16, D=D, DV=DV, C=C, **tiles, HAS_DHT=False, PREC="tf32"), w, st))  # fmt: skip
     specs.append(("grads_u", "-", B._grads_u_kernel,
                   dict(q=bf, k=bf, v=bf, g=f32, alpha=f32, xo=f32, do=bf, dus=f32, eo=f32, dk32=f32, dv=bf,
                        chunk_info=i32, scale="fp32"),

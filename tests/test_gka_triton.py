@@ -120,6 +120,36 @@ def zero_keys(device="cpu", dtype=torch.float32, variant="prep"):
     return {"finite": bool(torch.isfinite(o).all() and all(torch.isfinite(x).all() for x in grads))}
 
 
+def scan_tiles_compare(device="cpu"):
+    """The state scans with 32 x 32 tiles (one of the GPU autotune choices) vs the default 64 x 64: forward states
+    and every gradient of a full fwd+bwd, D = Dv = 64 (two row and two column tiles each), varlen with initial
+    states."""
+    from gkabench.kernels.gka import chunk_bwd as cb
+    from gkabench.kernels.gka import chunk_fwd as cf
+    from gkabench.kernels.gka.chunk import chunk_gka
+
+    ins = _data(1, 150, 2, 64, 64, torch.float32, device, 3)
+    h0 = list(_state(2, 2, 64, 64, device))
+    cu = torch.tensor([0, 70, 150], dtype=torch.int32, device=device)
+
+    def run():
+        leaves = [x.clone().requires_grad_() for x in ins + h0]
+        o, st = chunk_gka(*leaves[:5], initial_state=tuple(leaves[5:]), output_final_state=True, cu_seqlens=cu)
+        loss = o.sum() + st[0].sum() * 0.1 + st[1].sum() * 0.1
+        return [o.detach(), *(s.detach() for s in st), *torch.autograd.grad(loss, leaves)]
+
+    base = run()
+    saved = dict(cf.scan_fwd.__kwdefaults__), dict(cb.scan_bwd.__kwdefaults__)
+    try:
+        for fn in (cf.scan_fwd, cb.scan_bwd):
+            fn.__kwdefaults__.update(BK=32, BW=32)
+        small = run()
+    finally:
+        cf.scan_fwd.__kwdefaults__.update(saved[0])
+        cb.scan_bwd.__kwdefaults__.update(saved[1])
+    return max(_rel(a, b) for a, b in zip(small, base))
+
+
 # ---- the interpreter worker: every CPU case in one process -------------------------------------------------
 
 CPU_CASES = {
@@ -152,6 +182,7 @@ def _worker():
             kw["dtype"] = getattr(torch, kw["dtype"])
             out[f"{name}@{variant}"] = compare(**kw, variant=variant)
         out[f"zero_keys@{variant}"] = zero_keys(variant=variant)
+    out["scan_tiles_32_vs_64"] = scan_tiles_compare()
     out["decode_fp32_r80"] = decode_compare(B=3, T0=20, T1=3, H=2, D=32, DV=16, dtype=torch.float32, num_iter=80)
     print("RESULT " + json.dumps(out))
 
@@ -217,6 +248,11 @@ def test_interpreter_variants_agree_on_lowp(interp):
             a, b = interp[f"{case}@{other}"], interp[f"{case}@fused"]
             for key in ["o", *GRADS]:
                 assert a[key] < 2 * b[key] + 1e-4, (case, other, key, a[key], b[key])
+
+
+def test_interpreter_scan_tiles_agree(interp):
+    # 32 x 32 state tiles (a GPU autotune choice) compute the same sums as 64 x 64 tiles
+    assert interp["scan_tiles_32_vs_64"] < 1e-6, interp["scan_tiles_32_vs_64"]
 
 
 def test_interpreter_decode(interp):

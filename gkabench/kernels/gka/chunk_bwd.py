@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_fwd import CHUNK, SOLVE_STAGES, dot_precision, num_warps_for, scan_autotuned, scan_launch
+from .chunk_fwd import CHUNK, SOLVE_STAGES, dot_precision, num_warps_for, scan_autotuned, scan_grid, scan_launch
 from .common import NORM_FLOOR
 from .solve import (
     apply_h,
@@ -336,9 +336,10 @@ def solve_bwd(q, k, v, g, alpha, hs, us, x, n, do, idx, *, num_iter, ridge, scal
     return dq, da, y, beta, e, tau, sigma
 
 
-def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64, BW=64):
+def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64, BW=64, force_tiles=False):
     """Launch 2. Returns ``(dhs, dus, dh0, du0)``: gradients w.r.t. each chunk's final state (= the next chunk's
-    initial state) ``[NT, H, D, D]`` / ``[NT, H, D, Dv]`` and w.r.t. the initial states ``[N, H, ...]``."""
+    initial state) ``[NT, H, D, D]`` / ``[NT, H, D, Dv]`` and w.r.t. the initial states ``[N, H, ...]``. Tiles as
+    :func:`scan_fwd` (autotuned on a GPU unless ``force_tiles``)."""
     _, H, D = q.shape
     DV = do.shape[-1]
     N, NT = idx.num_seqs, idx.num_chunks
@@ -347,16 +348,13 @@ def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64
     dus = q.new_empty(NT, H, D, DV, dtype=torch.float32)
     dh0 = q.new_empty(N, H, D, D, dtype=torch.float32)
     du0 = q.new_empty(N, H, D, DV, dtype=torch.float32)
-    BK = min(BK, triton.next_power_of_2(D))
-    BW = min(BW, triton.next_power_of_2(min(D, DV)))
-    nwh = triton.cdiv(D, BW)
     has_dht = dht is not None
     dht_kk, dht_kv = (dht[0].contiguous().float(), dht[1].contiguous().float()) if has_dht else (dh0, du0)
-    grid = (triton.cdiv(D, BK), nwh + triton.cdiv(DV, BW), N * H)
-    kernel, launch = scan_launch(_scan_bwd_kernel, _scan_bwd_tuned, q.is_cuda)
+    kernel, launch = scan_launch(_scan_bwd_kernel, _scan_bwd_tuned, q.is_cuda and not force_tiles)
+    grid, tiles = scan_grid(D, DV, N * H, q.is_cuda and not force_tiles, BK, BW)
     kernel[grid](
         q, k, x, y, alpha, g, tau, sigma, hs, do, dht_kk, dht_kv, dhs, dus, dh0, du0, idx.seq_info, float(scale),
-        H=H, D=D, DV=DV, C=CHUNK, BK=BK, BW=BW, NWH=nwh, HAS_DHT=has_dht, PREC=prec, **launch,
+        H=H, D=D, DV=DV, C=CHUNK, HAS_DHT=has_dht, PREC=prec, **tiles, **launch,
     )  # fmt: skip
     return dhs, dus, dh0, du0
 

@@ -38,20 +38,49 @@ CHUNK = 64
 
 # Launch configs tried for the two sequential state scans on a GPU (autotuned once per (H, D, Dv); with Triton's
 # result cache the choice survives the process). The scans are chains of per-chunk steps whose time is the latency
-# of one step (device run 2: 7.7 us per chunk step for scan_fwd at T=8192), so the pipelining depth and the warps
-# per program are what can matter, not the FLOP rate. The interpreter (CPU tests) runs the plain kernel at 4 warps.
+# of one step (device run 2: 7.7 us per chunk step for scan_fwd at T=8192; run 3: scan_fwd 0.98 ms, scan_bwd 1.81
+# ms), so what can matter is the pipelining depth, the warps per program and how many programs share the chain:
+# 32 x 32 state tiles give four times the programs of 64 x 64 (T=8192, 4 x 16 heads, D=128: 2048 instead of 512
+# on 132 SMs), each step a quarter of the work. The interpreter (CPU tests) runs the plain kernel, 64 x 64 tiles
+# at 4 warps.
 SCAN_CONFIGS = [
-    triton.Config({}, num_warps=w, num_stages=st) for w, st in ((4, 1), (4, 2), (4, 3), (8, 1), (8, 2), (8, 3))
+    triton.Config({"BK": b, "BW": b}, num_warps=w, num_stages=st)
+    for b, warps in ((64, (4, 8)), (32, (2, 4)))
+    for w in warps
+    for st in (1, 2, 3)
 ]
 
 
+def _fit_scan_configs(configs, named_args, **kwargs):
+    """Drop tiles larger than the state (D = 16 or 32): the plain launch caps them the same way."""
+    D = kwargs.get("D", named_args.get("D"))
+    DV = kwargs.get("DV", named_args.get("DV"))
+    bk_max, bw_max = triton.next_power_of_2(D), triton.next_power_of_2(min(D, DV))
+    fit = [c for c in configs if c.kwargs["BK"] <= bk_max and c.kwargs["BW"] <= bw_max]
+    return fit or [triton.Config({"BK": bk_max, "BW": bw_max}, num_warps=4, num_stages=2)]
+
+
 def scan_autotuned(kernel):
-    """``kernel`` autotuned over :data:`SCAN_CONFIGS`; only for kernels that just store their outputs (a rerun
-    during the tuning gives the same result)."""
+    """``kernel`` autotuned over :data:`SCAN_CONFIGS` (tile sizes, warps, stages; NWH, the number of H column
+    tiles, follows from D and BW); only for kernels that just store their outputs (a rerun during the tuning
+    gives the same result)."""
     import inspect
 
     cache = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
-    return triton.autotune(configs=SCAN_CONFIGS, key=["H", "D", "DV"], **cache)(kernel)
+    with_nwh = triton.heuristics({"NWH": lambda a: triton.cdiv(a["D"], a["BW"])})(kernel)
+    return triton.autotune(configs=SCAN_CONFIGS, key=["H", "D", "DV"], prune_configs_by={"early_config_prune": _fit_scan_configs},
+                           **cache)(with_nwh)  # fmt: skip
+
+
+def scan_grid(D: int, DV: int, programs: int, on_gpu: bool, BK: int = 64, BW: int = 64):
+    """(grid, tile kwargs) of a state scan over ``programs`` = sequences x heads: on a GPU the autotuner picks the
+    tiles (the grid follows them); elsewhere ``BK`` x ``BW`` tiles capped at the state's size."""
+    if on_gpu:
+        return (lambda meta: (triton.cdiv(D, meta["BK"]), triton.cdiv(D, meta["BW"]) + triton.cdiv(DV, meta["BW"]), programs)), {}
+    BK = min(BK, triton.next_power_of_2(D))
+    BW = min(BW, triton.next_power_of_2(min(D, DV)))
+    nwh = triton.cdiv(D, BW)
+    return (triton.cdiv(D, BK), nwh + triton.cdiv(DV, BW), programs), {"BK": BK, "BW": BW, "NWH": nwh}
 
 
 def scan_launch(kernel, tuned, on_gpu: bool):
@@ -220,9 +249,10 @@ def num_warps_for(bd: int, lowp: bool) -> int:
     return 8 if (bd >= 128 and not lowp) else 4
 
 
-def scan_fwd(k, v, g, h0, idx, *, BK=64, BW=64):
+def scan_fwd(k, v, g, h0, idx, *, BK=64, BW=64, force_tiles=False):
     """Chunk-initial states (H float32; U in the input dtype for bf16/fp16 inputs, else float32) and final states
-    (float32). Returns ``(hs [NT,H,D,D], us [NT,H,D,Dv], ht_kk, ht_kv)``."""
+    (float32). Returns ``(hs [NT,H,D,D], us [NT,H,D,Dv], ht_kk, ht_kv)``. On a GPU the tiles are autotuned;
+    ``force_tiles`` launches the plain kernel with ``BK`` x ``BW`` tiles instead (tests)."""
     _, H, D = k.shape
     DV = v.shape[-1]
     N, NT = idx.num_seqs, idx.num_chunks
@@ -233,16 +263,13 @@ def scan_fwd(k, v, g, h0, idx, *, BK=64, BW=64):
     us = k.new_empty(NT, H, D, DV, dtype=k.dtype if lowp else torch.float32)
     ht_kk = k.new_empty(N, H, D, D, dtype=torch.float32)
     ht_kv = k.new_empty(N, H, D, DV, dtype=torch.float32)
-    BK = min(BK, triton.next_power_of_2(D))
-    BW = min(BW, triton.next_power_of_2(min(D, DV)))
-    nwh = triton.cdiv(D, BW)
-    grid = (triton.cdiv(D, BK), nwh + triton.cdiv(DV, BW), N * H)
     has_h0 = h0 is not None
     h0_kk, h0_kv = (h0[0].contiguous().float(), h0[1].contiguous().float()) if has_h0 else (ht_kk, ht_kv)
-    kernel, launch = scan_launch(_scan_fwd_kernel, _scan_fwd_tuned, k.is_cuda)
+    kernel, launch = scan_launch(_scan_fwd_kernel, _scan_fwd_tuned, k.is_cuda and not force_tiles)
+    grid, tiles = scan_grid(D, DV, N * H, k.is_cuda and not force_tiles, BK, BW)
     kernel[grid](
         k, v, g, h0_kk, h0_kv, hs, us, ht_kk, ht_kv, idx.seq_info,
-        H=H, D=D, DV=DV, C=CHUNK, BK=BK, BW=BW, NWH=nwh, HAS_H0=has_h0, PREC=prec, **launch,
+        H=H, D=D, DV=DV, C=CHUNK, HAS_H0=has_h0, PREC=prec, **tiles, **launch,
     )  # fmt: skip
     return hs, us, ht_kk, ht_kv
 
