@@ -78,14 +78,17 @@ def _kernel_specs():
                       dict(q=bf, k=bf, xo=f32, yo=f32, alpha=f32, g=f32, tauo=f32, sigmao=f32, hs=f32, do=bf, dht=f32,
                            dut=f32, dhs=f32, dus=f32, dh0=f32, du0=f32, seq_info=i32, scale="fp32"),
                       dict(H=16, D=D, DV=DV, C=C, **tiles, HAS_DHT=False, PREC="tf32"), w, st))  # fmt: skip
-    specs.append(("grads_u", "-", B._grads_u_kernel,
-                  dict(q=bf, k=bf, v=bf, g=f32, alpha=f32, xo=f32, do=bf, dus=f32, eo=f32, dk32=f32, dv=bf,
-                       chunk_info=i32, scale="fp32"),
-                  dict(per_chunk, PREC="tf32"), 4, 3))  # fmt: skip
-    specs.append(("grads_h", "-", B._grads_h_kernel,
-                  dict(k=bf, g=f32, hs=f32, xo=f32, yo=f32, betao=f32, dhs=f32, eo=f32, dk32=f32, dk=bf,
-                       chunk_info=i32),
-                  dict(H=16, D=D, BD=D, C=C, LOWP=True, PREC="tf32"), 4, 3))  # fmt: skip
+    # the grads kernels at the warps / stages they may be launched with (label wNsM)
+    grads_cfgs = [(c.num_warps, c.num_stages) for c in getattr(B, "GRADS_CONFIGS", [])] or [(4, 3)]
+    for w, st in grads_cfgs:
+        specs.append(("grads_u", f"w{w}s{st}", B._grads_u_kernel,
+                      dict(q=bf, k=bf, v=bf, g=f32, alpha=f32, xo=f32, do=bf, dus=f32, eo=f32, dk32=f32, dv=bf,
+                           chunk_info=i32, scale="fp32"),
+                      dict(per_chunk, PREC="tf32"), w, st))  # fmt: skip
+        specs.append(("grads_h", f"w{w}s{st}", B._grads_h_kernel,
+                      dict(k=bf, g=f32, hs=f32, xo=f32, yo=f32, betao=f32, dhs=f32, eo=f32, dk32=f32, dk=bf,
+                           chunk_info=i32),
+                      dict(H=16, D=D, BD=D, C=C, LOWP=True, PREC="tf32"), w, st))  # fmt: skip
     return specs
 
 

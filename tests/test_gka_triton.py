@@ -150,6 +150,27 @@ def scan_tiles_compare(device="cpu"):
     return max(_rel(a, b) for a, b in zip(small, base))
 
 
+def grads_tuned_compare():
+    """grads_bwd's GPU launch path (the warps autotuner, ``eo`` restored between its runs) vs the plain launch:
+    every output and gradient must be identical (a missing restore would subtract the e terms once per tuning
+    run and change dg). The benchmarker is stubbed: under the interpreter there is nothing to time."""
+    from triton.runtime import autotuner
+
+    from gkabench.kernels.gka import chunk_bwd as cb
+
+    kw = dict(B=1, T=150, H=2, D=32, DV=32, dtype=torch.float32, num_iter=80, cu=[0, 70, 150], state=True)
+    base = compare(**kw)
+    bench = autotuner.Autotuner.do_bench
+    autotuner.Autotuner.do_bench = property(lambda self: (lambda fn, quantiles=None: (fn(), [1.0, 1.0, 1.0])[1]))
+    cb.GRADS_TUNED_ON_CPU = True
+    try:
+        tuned = compare(**kw)
+    finally:
+        cb.GRADS_TUNED_ON_CPU = False
+        autotuner.Autotuner.do_bench = bench
+    return max(abs(tuned[key] - base[key]) / max(base[key], 1e-30) for key in base)
+
+
 # ---- the interpreter worker: every CPU case in one process -------------------------------------------------
 
 CPU_CASES = {
@@ -183,6 +204,7 @@ def _worker():
             out[f"{name}@{variant}"] = compare(**kw, variant=variant)
         out[f"zero_keys@{variant}"] = zero_keys(variant=variant)
     out["scan_tiles_32_vs_64"] = scan_tiles_compare()
+    out["grads_tuned_vs_plain"] = grads_tuned_compare()
     out["decode_fp32_r80"] = decode_compare(B=3, T0=20, T1=3, H=2, D=32, DV=16, dtype=torch.float32, num_iter=80)
     print("RESULT " + json.dumps(out))
 
@@ -253,6 +275,10 @@ def test_interpreter_variants_agree_on_lowp(interp):
 def test_interpreter_scan_tiles_agree(interp):
     # 32 x 32 state tiles (a GPU autotune choice) compute the same sums as 64 x 64 tiles
     assert interp["scan_tiles_32_vs_64"] < 1e-6, interp["scan_tiles_32_vs_64"]
+
+
+def test_interpreter_grads_autotuned_path_restores_e(interp):
+    assert interp["grads_tuned_vs_plain"] < 1e-9, interp["grads_tuned_vs_plain"]
 
 
 def test_interpreter_decode(interp):

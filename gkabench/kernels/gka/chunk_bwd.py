@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_fwd import CHUNK, SOLVE_STAGES, dot_precision, num_warps_for, scan_autotuned, scan_grid, scan_launch
+from .chunk_fwd import CHUNK, SOLVE_STAGES, autotuned, dot_precision, num_warps_for, scan_autotuned, scan_grid, scan_launch
 from .common import NORM_FLOOR
 from .solve import (
     apply_h,
@@ -359,6 +359,20 @@ def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64
     return dhs, dus, dh0, du0
 
 
+# Warps tried for the two grads kernels on a GPU (one chunk per program, no loop: pipelining stages do not
+# matter). Offline sm_90 build (scripts/compile_stats_sm90.py), bf16, D = Dv = 128: at 4 warps both sit at 255
+# registers with 404 B (grads_u) and 1356 B (grads_h) of spill stores and 192 KB of shared memory; at 8 warps
+# grads_u spills 4 B and grads_h 648 B (their chained dots give each warpgroup the same 64 rows, so 8 warps also
+# duplicate some work: only a measurement can say which wins); 16 warps cap registers at 128 and spill more.
+# Device run 3: grads_h 2.62 ms, grads_u 1.48 ms at T = 8192. ``eo`` is updated in place, so it is restored
+# between the tuning runs.
+GRADS_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (4, 8)]
+_grads_u_tuned = autotuned(_grads_u_kernel, GRADS_CONFIGS, ["H", "D", "DV", "PREC"], restore_value=["eo"])
+_grads_h_tuned = autotuned(_grads_h_kernel, GRADS_CONFIGS, ["H", "D", "LOWP", "PREC"], restore_value=["eo"])
+# tests only: take the GPU launch path (the autotuned kernels) for CPU tensors too, under the interpreter
+GRADS_TUNED_ON_CPU = False
+
+
 def grads_bwd(q, k, v, g, alpha, hs, x, y, beta, do, dhs, dus, e, idx, *, scale):
     """Launch 3 (two kernels). Returns ``(dk, dv)``; completes ``e`` in place."""
     _, H, D = q.shape
@@ -368,13 +382,15 @@ def grads_bwd(q, k, v, g, alpha, hs, x, y, beta, do, dhs, dus, e, idx, *, scale)
     dv = torch.empty_like(v)
     dk32 = torch.empty_like(x)
     BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
-    nw = num_warps_for(max(BD, BDV), lowp)
-    _grads_u_kernel[(idx.num_chunks, H)](
+    # autotuned warps on a GPU; the interpreter (CPU tests) runs the plain kernels
+    gpu = q.is_cuda or GRADS_TUNED_ON_CPU
+    launch = {} if gpu else {"num_warps": num_warps_for(max(BD, BDV), lowp)}
+    (_grads_u_tuned if gpu else _grads_u_kernel)[(idx.num_chunks, H)](
         q, k, v, g, alpha, x, do, dus, e, dk32, dv, idx.chunk_info, float(scale),
-        H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, PREC=prec, num_warps=nw,
+        H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, PREC=prec, **launch,
     )  # fmt: skip
-    _grads_h_kernel[(idx.num_chunks, H)](
+    (_grads_h_tuned if gpu else _grads_h_kernel)[(idx.num_chunks, H)](
         k, g, hs, x, y, beta, dhs, e, dk32, dk, idx.chunk_info,
-        H=H, D=D, BD=BD, C=CHUNK, LOWP=lowp, PREC=prec, num_warps=nw,
+        H=H, D=D, BD=BD, C=CHUNK, LOWP=lowp, PREC=prec, **launch,
     )  # fmt: skip
     return dk, dv

@@ -60,16 +60,22 @@ def _fit_scan_configs(configs, named_args, **kwargs):
     return fit or [triton.Config({"BK": bk_max, "BW": bw_max}, num_warps=4, num_stages=2)]
 
 
-def scan_autotuned(kernel):
-    """``kernel`` autotuned over :data:`SCAN_CONFIGS` (tile sizes, warps, stages; NWH, the number of H column
-    tiles, follows from D and BW); only for kernels that just store their outputs (a rerun during the tuning
-    gives the same result)."""
+def autotuned(kernel, configs, key, **options):
+    """``triton.autotune`` with Triton's on-disk result cache where this Triton has it (so a choice survives the
+    process and travels in the packed cache). Only for kernels that store their outputs, or with
+    ``restore_value`` naming what they update in place: the tuning reruns them."""
     import inspect
 
-    cache = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        options["cache_results"] = True
+    return triton.autotune(configs=configs, key=key, **options)(kernel)
+
+
+def scan_autotuned(kernel):
+    """``kernel`` autotuned over :data:`SCAN_CONFIGS` (tile sizes, warps, stages; NWH, the number of H column
+    tiles, follows from D and BW); the scans only store their outputs."""
     with_nwh = triton.heuristics({"NWH": lambda a: triton.cdiv(a["D"], a["BW"])})(kernel)
-    return triton.autotune(configs=SCAN_CONFIGS, key=["H", "D", "DV"], prune_configs_by={"early_config_prune": _fit_scan_configs},
-                           **cache)(with_nwh)  # fmt: skip
+    return autotuned(with_nwh, SCAN_CONFIGS, ["H", "D", "DV"], prune_configs_by={"early_config_prune": _fit_scan_configs})
 
 
 def scan_grid(D: int, DV: int, programs: int, on_gpu: bool, BK: int = 64, BW: int = 64):
