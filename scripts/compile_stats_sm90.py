@@ -62,10 +62,12 @@ def _kernel_specs():
                         num_iter="i32", hn="*fp16", n0o=f32, rbuf="*fp16")  # fmt: skip
         specs.append(("solve_bwd", variant, B._solve_bwd_kernel, bwd_args,
                       dict(per_chunk, FLOOR=FLOOR, LOWP=True, PREC="tf32", PREP=prep), 4, solve_stages))  # fmt: skip
-    if hasattr(F, "_prep_kernel"):
-        specs.append(("prep", "prep", F._prep_kernel,
-                      dict(k=bf, g=f32, hs=f32, hn="*fp16", n0o=f32, no=f32, chunk_info=i32),
-                      dict(H=16, D=D, BD=D, C=C, FLOOR=FLOOR, PREC="tf32"), getattr(F, "PREP_WARPS", 4), 1))  # fmt: skip
+    if hasattr(F, "_prep_kernel"):  # at every warps count the GPU autotuner tries (label wN)
+        prep_warps = [c.num_warps for c in getattr(F, "PREP_CONFIGS", [])] or [getattr(F, "PREP_WARPS", 4)]
+        for w in prep_warps:
+            specs.append(("prep", f"w{w}", F._prep_kernel,
+                          dict(k=bf, g=f32, hs=f32, hn="*fp16", n0o=f32, no=f32, chunk_info=i32),
+                          dict(H=16, D=D, BD=D, C=C, FLOOR=FLOOR, PREC="tf32"), w, 1))  # fmt: skip
     # the scans are autotuned on the GPU over chunk_fwd.SCAN_CONFIGS: compile every config (label bTwNsM: tile T x T)
     scan_cfgs = [(c.kwargs.get("BK", 64), c.kwargs.get("BW", 64), c.num_warps, c.num_stages)
                  for c in getattr(F, "SCAN_CONFIGS", [])] or [(64, 64, 4, 3)]  # fmt: skip
