@@ -278,8 +278,10 @@ def bench(args):
         from gkabench.kernels.gka import chunk_bwd as _cb
         from gkabench.kernels.gka import chunk_fwd as _cf
 
-        log("scan configs chosen by the autotuner:", str(getattr(_cf._scan_fwd_tuned, "best_config", None)),
-            "|", str(getattr(_cb._scan_bwd_tuned, "best_config", None)))  # fmt: skip
+        chosen = {name: str(getattr(getattr(mod, attr, None), "best_config", None)) for name, mod, attr in (
+            ("scan_fwd", _cf, "_scan_fwd_tuned"), ("scan_bwd", _cb, "_scan_bwd_tuned"), ("prep", _cf, "_prep_tuned"),
+            ("grads_u", _cb, "_grads_u_tuned"), ("grads_h", _cb, "_grads_h_tuned"))}  # fmt: skip
+        log("configs chosen by the autotuner (tiles / warps / stages):", json.dumps(chosen))
     except Exception:  # noqa: BLE001
         log(traceback.format_exc())
     # Where the whole fwd+bwd goes, kernel by kernel (run 2: fwd+bwd 22.8 ms at T=8192 but the launches timed one
