@@ -150,25 +150,30 @@ def scan_tiles_compare(device="cpu"):
     return max(_rel(a, b) for a, b in zip(small, base))
 
 
-def grads_tuned_compare():
-    """grads_bwd's GPU launch path (the warps autotuner, ``eo`` restored between its runs) vs the plain launch:
-    every output and gradient must be identical (a missing restore would subtract the e terms once per tuning
-    run and change dg). The benchmarker is stubbed: under the interpreter there is nothing to time."""
+def tuned_paths_compare():
+    """The GPU launch paths (the autotuned scans with their tiles, prep, grads with ``eo`` restored between tuning
+    runs, decode) vs the plain launches: every error vs exact must come out identical (a missing restore would
+    subtract the e terms once per tuning run and change dg). The benchmarker is stubbed: under the interpreter
+    there is nothing to time."""
     from triton.runtime import autotuner
 
-    from gkabench.kernels.gka import chunk_bwd as cb
+    from gkabench.kernels.gka import chunk_fwd as cf
 
-    kw = dict(B=1, T=150, H=2, D=32, DV=32, dtype=torch.float32, num_iter=80, cu=[0, 70, 150], state=True)
-    base = compare(**kw)
+    cases = {
+        "fp32_varlen_state": dict(B=1, T=150, H=2, D=32, DV=32, dtype=torch.float32, num_iter=80, cu=[0, 70, 150], state=True),
+        "fp16_varlen_state": dict(B=1, T=150, H=2, D=32, DV=16, dtype=torch.float16, num_iter=30, cu=[0, 70, 150], state=True),
+    }
+    dec = dict(B=3, T0=20, T1=3, H=2, D=32, DV=16, dtype=torch.float32, num_iter=80)
+    base = {n: compare(**kw) for n, kw in cases.items()} | {"decode": decode_compare(**dec)}
     bench = autotuner.Autotuner.do_bench
     autotuner.Autotuner.do_bench = property(lambda self: (lambda fn, quantiles=None: (fn(), [1.0, 1.0, 1.0])[1]))
-    cb.GRADS_TUNED_ON_CPU = True
+    cf.AUTOTUNE_ON_CPU = True
     try:
-        tuned = compare(**kw)
+        tuned = {n: compare(**kw) for n, kw in cases.items()} | {"decode": decode_compare(**dec)}
     finally:
-        cb.GRADS_TUNED_ON_CPU = False
+        cf.AUTOTUNE_ON_CPU = False
         autotuner.Autotuner.do_bench = bench
-    return max(abs(tuned[key] - base[key]) / max(base[key], 1e-30) for key in base)
+    return max(abs(tuned[n][k] - base[n][k]) / max(base[n][k], 1e-30) for n in base for k in base[n])
 
 
 # ---- the interpreter worker: every CPU case in one process -------------------------------------------------
@@ -204,7 +209,7 @@ def _worker():
             out[f"{name}@{variant}"] = compare(**kw, variant=variant)
         out[f"zero_keys@{variant}"] = zero_keys(variant=variant)
     out["scan_tiles_32_vs_64"] = scan_tiles_compare()
-    out["grads_tuned_vs_plain"] = grads_tuned_compare()
+    out["tuned_vs_plain"] = tuned_paths_compare()
     out["decode_fp32_r80"] = decode_compare(B=3, T0=20, T1=3, H=2, D=32, DV=16, dtype=torch.float32, num_iter=80)
     print("RESULT " + json.dumps(out))
 
@@ -277,8 +282,9 @@ def test_interpreter_scan_tiles_agree(interp):
     assert interp["scan_tiles_32_vs_64"] < 1e-6, interp["scan_tiles_32_vs_64"]
 
 
-def test_interpreter_grads_autotuned_path_restores_e(interp):
-    assert interp["grads_tuned_vs_plain"] < 1e-9, interp["grads_tuned_vs_plain"]
+def test_interpreter_autotuned_launch_paths_match_plain(interp):
+    # scans (tiles), prep, grads (eo restored), decode: the GPU launch paths give the plain launches' results
+    assert interp["tuned_vs_plain"] < 1e-9, interp["tuned_vs_plain"]
 
 
 def test_interpreter_decode(interp):

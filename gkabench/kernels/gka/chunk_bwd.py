@@ -29,7 +29,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_fwd import CHUNK, SOLVE_STAGES, autotuned, dot_precision, num_warps_for, scan_autotuned, scan_grid, scan_launch
+from .chunk_fwd import (
+    CHUNK,
+    SOLVE_STAGES,
+    autotuned,
+    dot_precision,
+    num_warps_for,
+    scan_autotuned,
+    scan_grid,
+    scan_launch,
+    use_tuned,
+)
 from .common import NORM_FLOOR
 from .solve import (
     apply_h,
@@ -350,8 +360,9 @@ def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64
     du0 = q.new_empty(N, H, D, DV, dtype=torch.float32)
     has_dht = dht is not None
     dht_kk, dht_kv = (dht[0].contiguous().float(), dht[1].contiguous().float()) if has_dht else (dh0, du0)
-    kernel, launch = scan_launch(_scan_bwd_kernel, _scan_bwd_tuned, q.is_cuda and not force_tiles)
-    grid, tiles = scan_grid(D, DV, N * H, q.is_cuda and not force_tiles, BK, BW)
+    tuned = use_tuned(q) and not force_tiles
+    kernel, launch = scan_launch(_scan_bwd_kernel, _scan_bwd_tuned, tuned)
+    grid, tiles = scan_grid(D, DV, N * H, tuned, BK, BW)
     kernel[grid](
         q, k, x, y, alpha, g, tau, sigma, hs, do, dht_kk, dht_kv, dhs, dus, dh0, du0, idx.seq_info, float(scale),
         H=H, D=D, DV=DV, C=CHUNK, HAS_DHT=has_dht, PREC=prec, **tiles, **launch,
@@ -369,8 +380,6 @@ def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64
 GRADS_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (4, 8)]
 _grads_u_tuned = autotuned(_grads_u_kernel, GRADS_CONFIGS, ["H", "D", "DV", "PREC"], restore_value=["eo"])
 _grads_h_tuned = autotuned(_grads_h_kernel, GRADS_CONFIGS, ["H", "D", "LOWP", "PREC"], restore_value=["eo"])
-# tests only: take the GPU launch path (the autotuned kernels) for CPU tensors too, under the interpreter
-GRADS_TUNED_ON_CPU = False
 
 
 def grads_bwd(q, k, v, g, alpha, hs, x, y, beta, do, dhs, dus, e, idx, *, scale):
@@ -383,7 +392,7 @@ def grads_bwd(q, k, v, g, alpha, hs, x, y, beta, do, dhs, dus, e, idx, *, scale)
     dk32 = torch.empty_like(x)
     BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
     # autotuned warps on a GPU; the interpreter (CPU tests) runs the plain kernels
-    gpu = q.is_cuda or GRADS_TUNED_ON_CPU
+    gpu = use_tuned(q)
     launch = {} if gpu else {"num_warps": num_warps_for(max(BD, BDV), lowp)}
     (_grads_u_tuned if gpu else _grads_u_kernel)[(idx.num_chunks, H)](
         q, k, v, g, alpha, x, do, dus, e, dk32, dv, idx.chunk_info, float(scale),

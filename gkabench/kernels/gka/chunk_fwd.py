@@ -60,6 +60,16 @@ def _fit_scan_configs(configs, named_args, **kwargs):
     return fit or [triton.Config({"BK": bk_max, "BW": bw_max}, num_warps=4, num_stages=2)]
 
 
+# Tests only: take the GPU launch paths (the autotuned kernels) for CPU tensors too, under Triton's interpreter
+# with a stubbed benchmarker, so that those paths are exercised without a GPU.
+AUTOTUNE_ON_CPU = False
+
+
+def use_tuned(x: torch.Tensor) -> bool:
+    """Whether launches for ``x`` go through the autotuned kernels (CUDA tensors, or AUTOTUNE_ON_CPU)."""
+    return x.is_cuda or AUTOTUNE_ON_CPU
+
+
 def autotuned(kernel, configs, key, **options):
     """``triton.autotune`` with Triton's on-disk result cache where this Triton has it (so a choice survives the
     process and travels in the packed cache). Only for kernels that store their outputs, or with
@@ -278,8 +288,9 @@ def scan_fwd(k, v, g, h0, idx, *, BK=64, BW=64, force_tiles=False):
     ht_kv = k.new_empty(N, H, D, DV, dtype=torch.float32)
     has_h0 = h0 is not None
     h0_kk, h0_kv = (h0[0].contiguous().float(), h0[1].contiguous().float()) if has_h0 else (ht_kk, ht_kv)
-    kernel, launch = scan_launch(_scan_fwd_kernel, _scan_fwd_tuned, k.is_cuda and not force_tiles)
-    grid, tiles = scan_grid(D, DV, N * H, k.is_cuda and not force_tiles, BK, BW)
+    tuned = use_tuned(k) and not force_tiles
+    kernel, launch = scan_launch(_scan_fwd_kernel, _scan_fwd_tuned, tuned)
+    grid, tiles = scan_grid(D, DV, N * H, tuned, BK, BW)
     kernel[grid](
         k, v, g, h0_kk, h0_kv, hs, us, ht_kk, ht_kv, idx.seq_info,
         H=H, D=D, DV=DV, C=CHUNK, HAS_H0=has_h0, PREC=prec, **tiles, **launch,
@@ -307,7 +318,7 @@ def prep_fwd(k, g, hs, idx):
     n0 = k.new_empty(idx.num_chunks, H, dtype=torch.float32)
     n = k.new_empty(TT, H, dtype=torch.float32)
     BD = max(16, triton.next_power_of_2(D))
-    kernel, launch = (_prep_tuned, {}) if k.is_cuda else (_prep_kernel, {"num_warps": PREP_WARPS})
+    kernel, launch = (_prep_tuned, {}) if use_tuned(k) else (_prep_kernel, {"num_warps": PREP_WARPS})
     kernel[(idx.num_chunks, H)](
         k, g, hs, hn, n0, n, idx.chunk_info, H=H, D=D, BD=BD, C=CHUNK, FLOOR=NORM_FLOOR, PREC=prec, **launch,
     )  # fmt: skip

@@ -13,12 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .chunk_fwd import autotuned, use_tuned
 from .common import DEFAULT_NUM_ITER, DEFAULT_RIDGE, NORM_FLOOR, GKAState, default_scale, validate_inputs
 from .reference import gka_reference
 
 
 @triton.jit(do_not_specialize=["T", "num_iter"])
-def _decode_kernel(q, k, v, g, alpha, h_kk, h_kv, o, nh_kk, nh_kv, T, scale, ridge, num_iter,
+def _decode_kernel(q, k, v, g, alpha, h_kk, h_kv, o, nh_kk, nh_kv, T, scale, ridge, num_iter, NPROG,
                    H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                    FLOOR: tl.constexpr):  # fmt: skip
     i_nh = tl.program_id(0)
@@ -63,6 +64,14 @@ def _decode_kernel(q, k, v, g, alpha, h_kk, h_kv, o, nh_kk, nh_kv, T, scale, rid
     tl.store(nh_kv + sv, U, mask=mde)
 
 
+# Warps tried on a GPU, per (H, D, Dv) and number of programs NPROG = B x H (the best differs between one sequence,
+# where the latency of one program's 30 reductions is everything, and batch 64, where 1024 programs of 16 warps
+# run in ~8 waves: device run 3 measured 63.9 us at batch 1 and 248.8 us at batch 64 with 16 warps). The kernel
+# only stores its outputs (the new state is written apart from the old), so tuning reruns are harmless.
+DECODE_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (4, 8, 16)]
+_decode_tuned = autotuned(_decode_kernel, DECODE_CONFIGS, ["H", "D", "DV", "NPROG"])
+
+
 def gka_decode(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -104,9 +113,12 @@ def gka_decode(
     new_kk, new_kv = torch.empty_like(h_kk), torch.empty_like(h_kv)
     o = torch.empty(B, T, H, DV, dtype=v.dtype, device=v.device)
     BD, BDV = triton.next_power_of_2(D), triton.next_power_of_2(DV)
-    _decode_kernel[(B * H,)](
+    tuned = use_tuned(q)
+    kernel = _decode_tuned if tuned else _decode_kernel
+    launch = {} if tuned else {"num_warps": 16 if BD * max(BD, BDV) >= 128 * 128 else 4}
+    kernel[(B * H,)](
         q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), alpha.contiguous(), h_kk, h_kv, o,
-        new_kk, new_kv, T, float(default_scale(D, scale)), float(ridge), int(num_iter),
-        H=H, D=D, DV=DV, BD=BD, BDV=BDV, FLOOR=NORM_FLOOR, num_warps=16 if BD * max(BD, BDV) >= 128 * 128 else 4,
+        new_kk, new_kv, T, float(default_scale(D, scale)), float(ridge), int(num_iter), B * H,
+        H=H, D=D, DV=DV, BD=BD, BDV=BDV, FLOOR=NORM_FLOOR, **launch,
     )  # fmt: skip
     return o, (new_kk, new_kv)
