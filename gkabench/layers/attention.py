@@ -121,53 +121,45 @@ class AttentionMixer(Mixer):
             return y, self._packed_cache(k, v, bounds)
 
         if attention_mask is None and (cache is None or cache.get("mask") is None):
-            # No padding anywhere (no mask now, none kept in the cache): positions follow from the cache length and
-            # no host synchronisation is needed, so a decode step can be captured as a CUDA graph.
+            # No padding anywhere (no mask now, none kept in the cache): positions follow from the cache length, no
+            # mask is carried and no host synchronisation is needed, so a decode step can be captured as a CUDA graph.
             P = cache["k"].shape[1] if cache is not None else 0
             positions = torch.arange(P, P + T, device=x.device).expand(B, T)
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
-            if cache is not None:
-                k = torch.cat([cache["k"].to(k.dtype), k], dim=1)
-                v = torch.cat([cache["v"].to(v.dtype), v], dim=1)
-            if cache is None or T == 1:
-                o = self._sdpa(q, k, v, is_causal=cache is None and T > 1)
-            else:  # a chunk after cached keys: causal with an offset
-                o = self._sdpa(q, k, v, mask=self._causal_offset_mask(T, k.shape[1], x.device)[None, None])
-            y = self.o_proj(o.reshape(B, T, H * D))
-            if not use_cache:
-                return y, None
-            return y, MixerCache({"k": k, "v": v}, (cache.seen_tokens if cache is not None else 0) + T)
-
-        cur = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=x.device)
-        if cache is None:
-            past = cur.new_zeros(B, 0)
-        else:  # a cache without a mask holds only real tokens
-            past = cache["mask"].bool() if cache.get("mask") is not None else cur.new_ones(B, cache["k"].shape[1])
-        if cache is not None and past.shape[0] != B:
-            raise ValueError(f"attention: cache holds {past.shape[0]} sequences but x has B={B}")
-        # Positions count real tokens only, so left padding does not shift RoPE.
-        positions = (past.sum(1, keepdim=True) + cur.long().cumsum(1) - 1).clamp_min(0)
+            keys = None
+        else:
+            cur = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=x.device)
+            if cache is None:
+                past = cur.new_zeros(B, 0)
+            else:  # a cache without a mask holds only real tokens
+                past = cache["mask"].bool() if cache.get("mask") is not None else cur.new_ones(B, cache["k"].shape[1])
+            if cache is not None and past.shape[0] != B:
+                raise ValueError(f"attention: cache holds {past.shape[0]} sequences but x has B={B}")
+            # Positions count real tokens only, so left padding does not shift RoPE.
+            positions = (past.sum(1, keepdim=True) + cur.long().cumsum(1) - 1).clamp_min(0)
+            keys = torch.cat([past, cur], dim=1)  # [B, S]
         q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:
             k = torch.cat([cache["k"].to(k.dtype), k], dim=1)
             v = torch.cat([cache["v"].to(v.dtype), v], dim=1)
-        keys = torch.cat([past, cur], dim=1)  # [B, S]
-        S = keys.shape[1]
+        S = k.shape[1]
 
-        if bool(keys.all()) and (cache is None or T == 1):
+        if (keys is None or bool(keys.all())) and (cache is None or T == 1):
             # No padding: the fast paths (flash attention on CUDA) need no explicit mask.
             o = self._sdpa(q, k, v, is_causal=cache is None and T > 1)
         else:
-            allowed = self._causal_offset_mask(T, S, x.device)[None] & keys[:, None, :]  # [B, T, S]
-            # A padded query before the first real token sees no key: let it attend to all (finite), zero it below.
-            allowed = allowed | ~allowed.any(-1, keepdim=True)
+            allowed = self._causal_offset_mask(T, S, x.device)[None]  # [1, T, S]: a chunk after cached keys
+            if keys is not None:
+                allowed = allowed & keys[:, None, :]  # [B, T, S]
+                # A padded query before the first real token sees no key: let it attend to all (finite), zero it below.
+                allowed = allowed | ~allowed.any(-1, keepdim=True)
             o = self._sdpa(q, k, v, mask=allowed[:, None])
         o = mask_tokens(o, attention_mask)
         y = self.o_proj(o.reshape(B, T, H * D))
         if not use_cache:
             return y, None
         seen = (cache.seen_tokens if cache is not None else 0) + T
-        return y, MixerCache({"k": k, "v": v, "mask": keys}, seen)
+        kept = {"k": k, "v": v} if keys is None else {"k": k, "v": v, "mask": keys}
+        return y, MixerCache(kept, seen)
 
     @staticmethod
     def _causal_offset_mask(T: int, S: int, device) -> torch.Tensor:

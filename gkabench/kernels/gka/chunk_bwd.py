@@ -36,9 +36,9 @@ from .chunk_fwd import (
     dot_precision,
     num_warps_for,
     scan_autotuned,
-    scan_grid,
+    pick_launch,
     scan_launch,
-    use_tuned,
+    warp_configs,
 )
 from .common import NORM_FLOOR
 from .solve import (
@@ -360,12 +360,10 @@ def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64
     du0 = q.new_empty(N, H, D, DV, dtype=torch.float32)
     has_dht = dht is not None
     dht_kk, dht_kv = (dht[0].contiguous().float(), dht[1].contiguous().float()) if has_dht else (dh0, du0)
-    tuned = use_tuned(q) and not force_tiles
-    kernel, launch = scan_launch(_scan_bwd_kernel, _scan_bwd_tuned, tuned)
-    grid, tiles = scan_grid(D, DV, N * H, tuned, BK, BW)
+    kernel, grid, launch = scan_launch(_scan_bwd_kernel, _scan_bwd_tuned, q, D, DV, N * H, BK, BW, force_tiles)
     kernel[grid](
         q, k, x, y, alpha, g, tau, sigma, hs, do, dht_kk, dht_kv, dhs, dus, dh0, du0, idx.seq_info, float(scale),
-        H=H, D=D, DV=DV, C=CHUNK, HAS_DHT=has_dht, PREC=prec, **tiles, **launch,
+        H=H, D=D, DV=DV, C=CHUNK, HAS_DHT=has_dht, PREC=prec, **launch,
     )  # fmt: skip
     return dhs, dus, dh0, du0
 
@@ -377,7 +375,7 @@ def scan_bwd(q, k, x, y, alpha, g, tau, sigma, hs, do, dht, idx, *, scale, BK=64
 # duplicate some work: only a measurement can say which wins); 16 warps cap registers at 128 and spill more.
 # Device run 3: grads_h 2.62 ms, grads_u 1.48 ms at T = 8192. ``eo`` is updated in place, so it is restored
 # between the tuning runs.
-GRADS_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (4, 8)]
+GRADS_CONFIGS = warp_configs(4, 8)
 _grads_u_tuned = autotuned(_grads_u_kernel, GRADS_CONFIGS, ["H", "D", "DV", "PREC"], restore_value=["eo"])
 _grads_h_tuned = autotuned(_grads_h_kernel, GRADS_CONFIGS, ["H", "D", "LOWP", "PREC"], restore_value=["eo"])
 
@@ -391,14 +389,14 @@ def grads_bwd(q, k, v, g, alpha, hs, x, y, beta, do, dhs, dus, e, idx, *, scale)
     dv = torch.empty_like(v)
     dk32 = torch.empty_like(x)
     BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
-    # autotuned warps on a GPU; the interpreter (CPU tests) runs the plain kernels
-    gpu = use_tuned(q)
-    launch = {} if gpu else {"num_warps": num_warps_for(max(BD, BDV), lowp)}
-    (_grads_u_tuned if gpu else _grads_u_kernel)[(idx.num_chunks, H)](
+    nw = num_warps_for(max(BD, BDV), lowp)  # the plain kernels' warps (interpreter); a GPU autotunes them
+    kernel, launch = pick_launch(_grads_u_kernel, _grads_u_tuned, q, nw)
+    kernel[(idx.num_chunks, H)](
         q, k, v, g, alpha, x, do, dus, e, dk32, dv, idx.chunk_info, float(scale),
         H=H, D=D, DV=DV, BD=BD, BDV=BDV, C=CHUNK, PREC=prec, **launch,
     )  # fmt: skip
-    (_grads_h_tuned if gpu else _grads_h_kernel)[(idx.num_chunks, H)](
+    kernel, launch = pick_launch(_grads_h_kernel, _grads_h_tuned, q, nw)
+    kernel[(idx.num_chunks, H)](
         k, g, hs, x, y, beta, dhs, e, dk32, dk, idx.chunk_info,
         H=H, D=D, BD=BD, C=CHUNK, LOWP=lowp, PREC=prec, **launch,
     )  # fmt: skip

@@ -65,9 +65,17 @@ def _fit_scan_configs(configs, named_args, **kwargs):
 AUTOTUNE_ON_CPU = False
 
 
-def use_tuned(x: torch.Tensor) -> bool:
-    """Whether launches for ``x`` go through the autotuned kernels (CUDA tensors, or AUTOTUNE_ON_CPU)."""
-    return x.is_cuda or AUTOTUNE_ON_CPU
+def pick_launch(plain, tuned, x: torch.Tensor, num_warps: int, force_plain: bool = False):
+    """(kernel, launch options) for a launch on ``x``'s device: the autotuned kernel (its configs set warps and
+    stages) for CUDA tensors or under AUTOTUNE_ON_CPU, else the plain kernel at ``num_warps`` (the interpreter)."""
+    if (x.is_cuda or AUTOTUNE_ON_CPU) and not force_plain:
+        return tuned, {}
+    return plain, {"num_warps": num_warps}
+
+
+def warp_configs(*warps: int) -> list:
+    """Autotune configs that differ only in warps (kernels without a pipelined loop: one stage)."""
+    return [triton.Config({}, num_warps=w, num_stages=1) for w in warps]
 
 
 def autotuned(kernel, configs, key, **options):
@@ -88,20 +96,19 @@ def scan_autotuned(kernel):
     return autotuned(with_nwh, SCAN_CONFIGS, ["H", "D", "DV"], prune_configs_by={"early_config_prune": _fit_scan_configs})
 
 
-def scan_grid(D: int, DV: int, programs: int, on_gpu: bool, BK: int = 64, BW: int = 64):
-    """(grid, tile kwargs) of a state scan over ``programs`` = sequences x heads: on a GPU the autotuner picks the
-    tiles (the grid follows them); elsewhere ``BK`` x ``BW`` tiles capped at the state's size."""
-    if on_gpu:
-        return (lambda meta: (triton.cdiv(D, meta["BK"]), triton.cdiv(D, meta["BW"]) + triton.cdiv(DV, meta["BW"]), programs)), {}
+def scan_launch(plain, tuned, x: torch.Tensor, D: int, DV: int, programs: int, BK: int, BW: int, force_tiles: bool):
+    """(kernel, grid, launch kwargs) of a state scan over ``programs`` = sequences x heads: the autotuned kernel
+    picks its tiles and the grid follows them; the plain kernel (interpreter, or ``force_tiles``) runs ``BK`` x
+    ``BW`` tiles capped at the state's size, at 4 warps."""
+    kernel, launch = pick_launch(plain, tuned, x, 4, force_plain=force_tiles)
+    if kernel is tuned:
+        return kernel, (lambda meta: (triton.cdiv(D, meta["BK"]), triton.cdiv(D, meta["BW"]) + triton.cdiv(DV, meta["BW"]), programs)), launch
     BK = min(BK, triton.next_power_of_2(D))
     BW = min(BW, triton.next_power_of_2(min(D, DV)))
     nwh = triton.cdiv(D, BW)
-    return (triton.cdiv(D, BK), nwh + triton.cdiv(DV, BW), programs), {"BK": BK, "BW": BW, "NWH": nwh}
+    return kernel, (triton.cdiv(D, BK), nwh + triton.cdiv(DV, BW), programs), {**launch, "BK": BK, "BW": BW, "NWH": nwh}
 
 
-def scan_launch(kernel, tuned, on_gpu: bool):
-    """(kernel to launch, launch options): the autotuned one on a GPU, else the plain one at 4 warps."""
-    return (tuned, {}) if on_gpu else (kernel, {"num_warps": 4})
 # "prep": a per-(chunk, head) launch writes the float16 solve operand H0/||H0||, ||H0|| and the norms, and the
 # solve kernels never hold the float32 state nor (forward) the query tile across the Chebyshev loop; "fused":
 # the session-1 kernels (norms and operands computed inside the solve kernels). bf16/fp16 only: fp32 inputs
@@ -192,7 +199,7 @@ def _prep_kernel(k, g, hs, hn, n0o, no, chunk_info,
 # Warps tried for the prep kernel on a GPU (pure stores; one (chunk, head) per program, no loop). Device run 3:
 # 0.91 ms at T = 8192 for ~0.8 GB of traffic (~0.9 TB/s of the ~4 TB/s the H200 moves). Offline sm_90 build, bf16
 # D = 128: 8 warps 235 registers, no spills; 16 warps 128 registers, 68 B spilled; 4 warps spills 624 B (not tried).
-PREP_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (8, 16)]
+PREP_CONFIGS = warp_configs(8, 16)
 _prep_tuned = autotuned(_prep_kernel, PREP_CONFIGS, ["H", "D", "PREC"])
 
 
@@ -288,12 +295,10 @@ def scan_fwd(k, v, g, h0, idx, *, BK=64, BW=64, force_tiles=False):
     ht_kv = k.new_empty(N, H, D, DV, dtype=torch.float32)
     has_h0 = h0 is not None
     h0_kk, h0_kv = (h0[0].contiguous().float(), h0[1].contiguous().float()) if has_h0 else (ht_kk, ht_kv)
-    tuned = use_tuned(k) and not force_tiles
-    kernel, launch = scan_launch(_scan_fwd_kernel, _scan_fwd_tuned, tuned)
-    grid, tiles = scan_grid(D, DV, N * H, tuned, BK, BW)
+    kernel, grid, launch = scan_launch(_scan_fwd_kernel, _scan_fwd_tuned, k, D, DV, N * H, BK, BW, force_tiles)
     kernel[grid](
         k, v, g, h0_kk, h0_kv, hs, us, ht_kk, ht_kv, idx.seq_info,
-        H=H, D=D, DV=DV, C=CHUNK, HAS_H0=has_h0, PREC=prec, **tiles, **launch,
+        H=H, D=D, DV=DV, C=CHUNK, HAS_H0=has_h0, PREC=prec, **launch,
     )  # fmt: skip
     return hs, us, ht_kk, ht_kv
 
@@ -318,7 +323,7 @@ def prep_fwd(k, g, hs, idx):
     n0 = k.new_empty(idx.num_chunks, H, dtype=torch.float32)
     n = k.new_empty(TT, H, dtype=torch.float32)
     BD = max(16, triton.next_power_of_2(D))
-    kernel, launch = (_prep_tuned, {}) if use_tuned(k) else (_prep_kernel, {"num_warps": PREP_WARPS})
+    kernel, launch = pick_launch(_prep_kernel, _prep_tuned, k, PREP_WARPS)
     kernel[(idx.num_chunks, H)](
         k, g, hs, hn, n0, n, idx.chunk_info, H=H, D=D, BD=BD, C=CHUNK, FLOOR=NORM_FLOOR, PREC=prec, **launch,
     )  # fmt: skip

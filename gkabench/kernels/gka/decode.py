@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_fwd import autotuned, use_tuned
+from .chunk_fwd import autotuned, pick_launch, warp_configs
 from .common import DEFAULT_NUM_ITER, DEFAULT_RIDGE, NORM_FLOOR, GKAState, default_scale, validate_inputs
 from .reference import gka_reference
 
@@ -68,7 +68,7 @@ def _decode_kernel(q, k, v, g, alpha, h_kk, h_kv, o, nh_kk, nh_kv, T, scale, rid
 # where the latency of one program's 30 reductions is everything, and batch 64, where 1024 programs of 16 warps
 # run in ~8 waves: device run 3 measured 63.9 us at batch 1 and 248.8 us at batch 64 with 16 warps). The kernel
 # only stores its outputs (the new state is written apart from the old), so tuning reruns are harmless.
-DECODE_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (4, 8, 16)]
+DECODE_CONFIGS = warp_configs(4, 8, 16)
 _decode_tuned = autotuned(_decode_kernel, DECODE_CONFIGS, ["H", "D", "DV", "NPROG"])
 
 
@@ -113,9 +113,7 @@ def gka_decode(
     new_kk, new_kv = torch.empty_like(h_kk), torch.empty_like(h_kv)
     o = torch.empty(B, T, H, DV, dtype=v.dtype, device=v.device)
     BD, BDV = triton.next_power_of_2(D), triton.next_power_of_2(DV)
-    tuned = use_tuned(q)
-    kernel = _decode_tuned if tuned else _decode_kernel
-    launch = {} if tuned else {"num_warps": 16 if BD * max(BD, BDV) >= 128 * 128 else 4}
+    kernel, launch = pick_launch(_decode_kernel, _decode_tuned, q, 16 if BD * max(BD, BDV) >= 128 * 128 else 4)
     kernel[(B * H,)](
         q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), alpha.contiguous(), h_kk, h_kv, o,
         new_kk, new_kv, T, float(default_scale(D, scale)), float(ridge), int(num_iter), B * H,
