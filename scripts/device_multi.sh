@@ -32,18 +32,21 @@ for job in "$@"; do
   mkdir -p "$dir" "$cache"
   [ -n "$(ls -A "$cache")" ] || { cp -a "$TRITON_CACHE_DIR/." "$cache/"; python3 scripts/pack_triton_cache.py --fix-groups "$cache" > /dev/null; }
   printf 'GPUS=%s\n%s\n' "$gpus" "$cmd" > "$dir/command.txt"
-  ( export CUDA_VISIBLE_DEVICES="$gpus" OUT="$dir" TRITON_CACHE_DIR="$cache" NO_PACK=1
-    bash -c "$cmd" > "$dir/stdout.log" 2>&1; echo "exit $?" >> "$dir/stdout.log" ) &
+  # Each job leads its own process group (setsid), so the deadline can signal exactly that job's processes. (A
+  # `pkill -f PATTERN` here once matched this script's own command line, which names the jobs, and killed it.)
+  ( export CUDA_VISIBLE_DEVICES="$gpus" OUT="$dir" TRITON_CACHE_DIR="$cache" NO_PACK=1 JOB_CMD="$cmd" PGID_FILE="$dir/pgid"
+    setsid bash -c 'echo $$ > "$PGID_FILE"; exec bash -c "$JOB_CMD"' > "$dir/stdout.log" 2>&1
+    echo "exit $?" >> "$dir/stdout.log" ) &
   PIDS+=($!); i=$((i + 1))
 done
 DEADLINE=${DEADLINE_S:-540}
 while [ $SECONDS -lt "$DEADLINE" ] && [ -n "$(jobs -rp)" ]; do sleep 5; done
 if [ -n "$(jobs -rp)" ]; then
   echo "deadline ${DEADLINE}s: stopping jobs still running"
-  pkill -INT -f "gkabench.cli|gka_kernels_device|cuda_mixers_smoke" 2>/dev/null; sleep 20
-  pkill -KILL -f "gkabench.cli|gka_kernels_device|cuda_mixers_smoke|multiprocessing.spawn" 2>/dev/null; sleep 2
+  signal_jobs() { for ((j = 0; j < i; j++)); do
+      [ -s "$JOBS_ROOT/job$j/pgid" ] && kill "-$1" -- "-$(cat "$JOBS_ROOT/job$j/pgid")" 2>/dev/null; done; }
+  signal_jobs INT; sleep 20; signal_jobs KILL; sleep 2
 fi
-pkill -KILL -f "multiprocessing.spawn" 2>/dev/null  # MQAR workers a hard stop orphaned
 if [ -n "${POST:-}" ]; then
   echo "== POST: $POST"; timeout 60 bash -c "$POST" > "$JOBS_ROOT/post.log" 2>&1; tail -30 "$JOBS_ROOT/post.log"
 fi
