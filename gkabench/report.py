@@ -88,7 +88,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _jsonl_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    """Every JSONL under ``folder``, subfolders included (one folder per run keeps results/ walkable)."""
+    return sorted(folder.rglob("*.jsonl")) if folder.is_dir() else []
 
 
 def parse_length(v) -> int | None:

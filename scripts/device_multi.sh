@@ -60,4 +60,4 @@ ls -la "$FINAL"
 mkdir -p /tmp/tc_merged
 for ((j = 0; j < i; j++)); do cp -an "/tmp/tc_job$j/." /tmp/tc_merged/ 2>/dev/null; done
 python3 scripts/pack_triton_cache.py --fix-groups /tmp/tc_merged > /dev/null
-OUT="$FINAL" TRITON_CACHE_DIR=/tmp/tc_merged NO_PACK=0 MAX_PARTS=${MAX_PARTS:-5} source scripts/device_epilogue.sh
+OUT="$FINAL" TRITON_CACHE_DIR=/tmp/tc_merged NO_PACK=0 MAX_PARTS=${MAX_PARTS:-3} source scripts/device_epilogue.sh

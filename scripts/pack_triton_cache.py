@@ -18,7 +18,8 @@ Triton's group files list their children by absolute path, so a cache restored o
 device_multi.sh run it), and packing looks for the children there too.
 
 Writes OUT_DIR/tcache-part-00, -01, ... (a split tar.gz; `cat tcache-part-* | tar xzf - -C CACHE_DIR` restores).
-If the pruned cache is still too big, only the autotune results and the newest kernels that fit are kept.
+If the pruned cache is still too big, the autotune results are kept, then the kernels a warm start loads (those
+not autotuned and the winning configs of the autotuned ones), then the other configs, newest first, while they fit.
 """
 
 from __future__ import annotations
@@ -28,13 +29,41 @@ import io
 import json
 import os
 import tarfile
+import time
 from pathlib import Path
 
 KEEP_SUFFIXES = (".json", ".cubin")
 
 
+def best_configs(cache: Path) -> dict[str, set[tuple[int, int]]]:
+    """Kernel name -> the (num_warps, num_stages) of the fastest config in each of its autotune results.
+
+    A cache hit for an autotuned kernel whose result is on disk compiles (or loads) only that config, so these
+    binaries are worth carrying before the others the tuning compiled. The binary's metadata names its warps and
+    stages but not its tile constexprs, so this keeps every tile size of a winning (warps, stages): a superset."""
+    best: dict[str, set[tuple[int, int]]] = {}
+    for f in cache.glob("*/*.autotune.json"):
+        try:
+            timed = json.loads(f.read_text())["configs_timings"]
+        except (OSError, ValueError, KeyError):
+            continue
+
+        def ms(entry) -> float:
+            t = entry[1]
+            t = t[0] if isinstance(t, list) else t
+            return float(t) if t is not None else float("inf")
+
+        if timed:
+            cfg = min(timed, key=ms)[0]
+            best.setdefault(f.name[: -len(".autotune.json")], set()).add((cfg.get("num_warps"), cfg.get("num_stages")))
+    return best
+
+
 def kernel_groups(cache: Path) -> list[tuple[float, Path, dict]]:
-    """(mtime, group file, child paths kept) for every compiled kernel in the cache, newest first."""
+    """(mtime, group file, child paths kept) for every compiled kernel in the cache: first the kernels a warm
+    start loads (not autotuned, or an autotuned kernel's winning config), then the other configs; newest first
+    within each."""
+    best = best_configs(cache)
     groups = []
     for grp in cache.glob("*/__grp__*"):
         try:
@@ -45,13 +74,27 @@ def kernel_groups(cache: Path) -> list[tuple[float, Path, dict]]:
         kept = {name: str(grp.parent / Path(path).name) for name, path in children.items() if name.endswith(KEEP_SUFFIXES)}
         if not any(name.endswith(".cubin") for name in kept):
             continue
-        groups.append((grp.stat().st_mtime, grp, kept))
-    return sorted(groups, key=lambda g: -g[0])
+        # age from the binaries: a group file restored from a pack has no meaningful mtime of its own
+        mtime = max((Path(p).stat().st_mtime for p in kept.values() if Path(p).exists()), default=0.0)
+        groups.append((0 if wanted(best, kept) else 1, mtime, grp, kept))
+    return [(mtime, grp, kept) for _, mtime, grp, kept in sorted(groups, key=lambda g: (g[0], -g[1]))]
+
+
+def wanted(best: dict[str, set[tuple[int, int]]], kept: dict) -> bool:
+    """Whether a compiled kernel is one a warm start loads (see :func:`best_configs`)."""
+    meta = next((Path(p) for name, p in kept.items() if name.endswith(".json")), None)
+    try:
+        m = json.loads(meta.read_text()) if meta is not None else {}
+    except (OSError, ValueError):
+        return True
+    name = m.get("name")
+    return name not in best or (m.get("num_warps"), m.get("num_stages")) in best[name]
 
 
 def add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes) -> None:
     info = tarfile.TarInfo(arcname)
     info.size = len(data)
+    info.mtime = int(time.time())
     tar.addfile(info, io.BytesIO(data))
 
 
@@ -119,7 +162,7 @@ def main() -> None:
     packed, skipped, size = pack(a.cache_dir.resolve(), a.out_dir, a.max_parts * part, part)
     print(
         f"triton cache: {packed} kernels (cubin + metadata) and the autotune results packed, {size / 2**20:.1f} MiB"
-        + (f"; {skipped} older kernels left out (over {a.max_parts} parts)" if skipped else "")
+        + (f"; {skipped} kernels left out (over {a.max_parts} parts; losing configs of autotuned kernels first, then the oldest)" if skipped else "")
         + f"; restore with: cat {a.out_dir}/tcache-part-* | tar xzf - -C {os.environ.get('TRITON_CACHE_DIR', 'CACHE')}"
     )
 
