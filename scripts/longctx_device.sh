@@ -18,10 +18,12 @@ PHASE="${1:-train}"
 MINUTES="${2:-8}"
 OUT="${OUT:-/tmp/gkabench_longctx_out}"
 RUNS=/tmp/longctx_runs
-WORK=/tmp/gkabench_longctx
+MIXERS="${MIXERS:-gka,gated_deltanet,attention}"
+# one work folder per mixer set: under scripts/device_multi.sh one copy of this script runs per mixer, and a shared
+# folder mixed their guard checks, logs and archives (session 4)
+WORK="${WORK:-/tmp/gkabench_longctx_${MIXERS//,/_}}"
 mkdir -p "$OUT" "$RUNS" "$WORK"
 source scripts/device_prelude.sh
-MIXERS="${MIXERS:-gka,gated_deltanet,attention}"
 # fla's guard: Gated DeltaNet cannot train on the H200 without lifting it, and lifting it is allowed only where
 # `gkabench check` shows the kernels correct at the shapes used (head dim 128, fixed-length and varlen: --shapes
 # D128). The check takes minutes on a fresh machine, so it runs *while* the model trains with the guard lifted;

@@ -125,6 +125,39 @@ def test_resume_skips_done_cells_and_retries_errors(tmp_path, monkeypatch):
     assert seen == [(rows[0]["mixer"], rows[0]["T"])]
 
 
+def test_resume_measures_again_when_the_code_changed(tmp_path, monkeypatch):
+    # Rows record which code they measured (a hash of our kernels' sources for GKA, fla's version for fla ops,
+    # plus the layer code for --level layer). After a kernel change, resume measures the cell again and the table
+    # shows the new row; rows without the field (older files) count as stale.
+    from gkabench.bench import fingerprint
+
+    res = run_speed(tiny(mixers="gka,gla", modes="fwd", lengths="4"), CPU, tmp_path)
+    rows = jsonl_rows(res)
+    codes = {r["mixer"]: r["code"] for r in rows}
+    assert codes["gka"].startswith("gkabench.kernels.gka@") and codes["gla"].startswith("fla-")
+    seen = []
+    real = cases.build_case
+
+    def count(cfg, level, mode, mixer, T, b, device):
+        seen.append(mixer)
+        return real(cfg, level, mode, mixer, T, b, device)
+
+    monkeypatch.setattr(sweep, "build_case", count)
+    run_speed(tiny(mixers="gka,gla", modes="fwd", lengths="4"), CPU, tmp_path, resume=True)
+    assert seen == []  # same code: done
+    monkeypatch.setattr(fingerprint, "op_fingerprint", lambda m: "edited" if m == "gka" else codes[m])
+    fingerprint.code_fingerprint.cache_clear()
+    run_speed(tiny(mixers="gka,gla", modes="fwd", lengths="4"), CPU, tmp_path, resume=True)
+    assert seen == ["gka"]  # only the mixer whose code changed
+    assert jsonl_rows(res)[-1]["code"] == "edited"
+    path = res.stem.with_suffix(".jsonl")
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "code"}) + "\n" for r in rows))
+    seen.clear()
+    run_speed(tiny(mixers="gka,gla", modes="fwd", lengths="4"), CPU, tmp_path, resume=True)
+    assert sorted(seen) == ["gka", "gla"]  # rows without a code field are stale
+    fingerprint.code_fingerprint.cache_clear()
+
+
 def test_resume_only_skips_cells_of_the_same_sizes(tmp_path, monkeypatch):
     # A resume with other heads / head dim / hidden / token budget / num_iter measures its cells anew instead of
     # reusing rows of other sizes; the md states the sizes of the rows it shows, and only those.

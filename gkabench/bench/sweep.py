@@ -89,8 +89,22 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def same_code(row: dict) -> bool:
+    """Whether ``row`` measured the code a cell would run now (see :mod:`gkabench.bench.fingerprint`); rows
+    without a ``code`` field (written before rows carried it) count as stale."""
+    from .fingerprint import code_fingerprint
+
+    try:
+        return row.get("code") == code_fingerprint(row.get("mixer"), row.get("level"))
+    except Exception:  # noqa: BLE001 - a mixer no longer registered: nothing to match
+        return False
+
+
 def done_keys(rows: list[dict], cfg: SpeedConfig) -> set[tuple]:
-    return {row_key(r) for r in rows if same_sweep(r, cfg) and str(r.get("status", "")).split(":")[0] in DONE_STATUSES}
+    return {
+        row_key(r) for r in rows
+        if same_sweep(r, cfg) and same_code(r) and str(r.get("status", "")).split(":")[0] in DONE_STATUSES
+    }  # fmt: skip
 
 
 def _status_of(exc: BaseException) -> str:
@@ -208,6 +222,8 @@ def run_sweep(
     """Measure every planned cell not yet done; yield and append each row. Stops between cells once
     ``cfg.max_minutes`` have passed (a row with status ``budget`` is not written; the caller is told via
     ``on_cell(cell, None)``)."""
+    from .fingerprint import code_fingerprint
+
     prior = [r for r in read_rows(jsonl) if same_sweep(r, cfg)] if resume else []
     done = done_keys(prior, cfg)
     t_start = time.monotonic()
@@ -231,7 +247,7 @@ def run_sweep(
                 on_cell(cell, None)
             return
         row = {**base, "level": cell.level, "mode": cell.mode, "mixer": cell.mixer, "T": cell.T,
-               "decode_batch": cell.decode_batch}  # fmt: skip
+               "decode_batch": cell.decode_batch, "code": code_fingerprint(cell.mixer, cell.level)}  # fmt: skip
         if cell.series in too_slow and cell.T > too_slow[cell.series][0]:
             t0, why = too_slow[cell.series]
             row["status"] = f"skipped: {why} at T={t0}"
