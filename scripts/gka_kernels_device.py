@@ -155,6 +155,34 @@ def flops_per_token_head(D, num_iter, C=64):
     return num_iter * (2 * D * D + 4 * C * D)
 
 
+def time_gdn(row, T, B, q, k, v, g, do, gen, H):
+    """fla's chunk_gated_delta_rule on the same q, k, v, g (beta random) into ``row``: gdn_fwd_ms, gdn_fb_ms,
+    gdn_peak_gib. fla's Hopper guard is lifted by the caller (timing only; `gkabench check` covers correctness)."""
+    from triton.testing import do_bench
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    beta = torch.rand(B, T, H, device="cuda", generator=gen).sigmoid().to(torch.bfloat16)
+    gl = [x.clone().requires_grad_() for x in (q, k, v)]
+
+    def gdn_fwd():
+        return chunk_gated_delta_rule(q, k, v, g, beta)
+
+    def gdn_fb():
+        o, _ = chunk_gated_delta_rule(gl[0], gl[1], gl[2], g, beta)
+        o.backward(do)
+
+    try:
+        row["gdn_fwd_ms"] = do_bench(gdn_fwd, warmup=50, rep=300, return_mode="median")
+        row["gdn_fb_ms"] = do_bench(gdn_fb, warmup=50, rep=300, grad_to_none=gl, return_mode="median")
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        gdn_fb()
+        torch.cuda.synchronize()
+        row["gdn_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    except Exception:  # noqa: BLE001
+        log(traceback.format_exc())
+
+
 def bench(args):
     from triton.testing import do_bench
 
@@ -181,7 +209,9 @@ def bench(args):
         q, k, v, g, a = make(B, T, H, D, D, torch.bfloat16, gen)
         return B, q, k, v, g, a, torch.randn_like(v)
 
-    for T in args.T:
+    # T = 8192 first (the issue's headline ratios), and fla's GDN right after GKA at each T: the side-by-side
+    # numbers come before the per-launch study (run 4 ran out of budget before GDN when it came last)
+    for T in sorted(args.T, key=lambda t: t != 8192):
         B, q, k, v, g, a, do = inputs(T)
         row = {"T": T, "B": B}
         leaves = [x.clone().requires_grad_() for x in (q, k, v, g, a)]
@@ -203,8 +233,14 @@ def bench(args):
             row["gka_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         except Exception:  # noqa: BLE001
             log(traceback.format_exc())
-        log(json.dumps(row))
         rows.append(row)
+        del leaves
+        torch.cuda.empty_cache()
+        if have_fla and left(args.budget_s) >= 60:
+            time_gdn(row, T, B, q, k, v, g, do, gen, H)
+        else:
+            log("GDN skipped at T", T)
+        log(json.dumps(row))
         torch.cuda.empty_cache()
     # per-launch times at T=8192 (where the time goes), for both kernel variants of the bf16 path (chunk_fwd.VARIANTS):
     # keys without a suffix are the default variant's, "<key>@fused" / "<key>@prep" the other's
@@ -223,10 +259,10 @@ def bench(args):
         sc = D**-0.5
         hs, us, _, _ = scan_fwd(k, v, g, None, idx)
         stages["scan_fwd"] = do_bench(lambda: scan_fwd(k, v, g, None, idx), return_mode="median")
-        for variant in sorted(VARIANTS, key=lambda x: x != DEFAULT_VARIANT):
-            if variant == "prep_fwd":  # its launches are prep's forward and fused's adjoint solve, timed below
-                continue
-            sfx = "" if variant == DEFAULT_VARIANT else "@" + variant
+        # per-launch times of the two kernel layouts ("prep_fwd" is prep's forward launches plus fused's adjoint
+        # solve); keys without a suffix are prep's, "@fused" the fused layout's
+        for variant in ("prep", "fused"):
+            sfx = "" if variant == "prep" else "@" + variant
             if left(args.budget_s) < 60:
                 log("stages: budget, skipped variant", variant)
                 continue
@@ -249,7 +285,7 @@ def bench(args):
                 lambda: solve_bwd(q, k, v, g, a, hs, us, x, n, do, idx, num_iter=R, ridge=0.02, scale=sc, prep=pb),
                 return_mode="median",
             )
-            if variant == DEFAULT_VARIANT:  # these two launches are the same for both variants
+            if variant == "prep":  # these two launches are the same for both layouts
                 dhs, dus, _, _ = scan_bwd(q, k, x, y, a, g, tau, sigma, hs, do, None, idx, scale=sc)
                 stages["scan_bwd"] = do_bench(
                     lambda: scan_bwd(q, k, x, y, a, g, tau, sigma, hs, do, None, idx, scale=sc), return_mode="median"
@@ -327,34 +363,6 @@ def bench(args):
         except Exception:  # noqa: BLE001
             log(traceback.format_exc())
     log("decode", json.dumps(dec))
-    # GDN side by side (fla autotunes on first use: after the GKA numbers, while the budget lasts; T=8192 first)
-    for T in sorted(args.T, key=lambda t: t != 8192):
-        if not have_fla or left(args.budget_s) < 90:
-            log("GDN skipped at T", T)
-            continue
-        row = next(r for r in rows if r["T"] == T)
-        B, q, k, v, g, a, do = inputs(T)
-        beta = torch.rand(B, T, H, device="cuda", generator=gen).sigmoid().to(torch.bfloat16)
-        gl = [x.clone().requires_grad_() for x in (q, k, v)]
-
-        def gdn_fwd():
-            return chunk_gated_delta_rule(q, k, v, g, beta)
-
-        def gdn_fb():
-            o, _ = chunk_gated_delta_rule(gl[0], gl[1], gl[2], g, beta)
-            o.backward(do)
-
-        try:
-            row["gdn_fwd_ms"] = do_bench(gdn_fwd, warmup=50, rep=300, return_mode="median")
-            row["gdn_fb_ms"] = do_bench(gdn_fb, warmup=50, rep=300, grad_to_none=gl, return_mode="median")
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            gdn_fb()
-            torch.cuda.synchronize()
-            row["gdn_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        except Exception:  # noqa: BLE001
-            log(traceback.format_exc())
-        torch.cuda.empty_cache()
     for row in rows:
         fl = flops_per_token_head(D, R) * H * TOK
         for key in ("gka_fwd", "gka_fb", "gdn_fwd", "gdn_fb"):

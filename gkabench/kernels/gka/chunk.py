@@ -159,7 +159,7 @@ def chunk_gka(
         g: ``[B, T, H]`` natural-log decay (<= 0); alpha: ``[B, T, H]`` in [0, 1]; any float dtype.
         initial_state: ``(h_kk [N, H, D, D], h_kv [N, H, D, Dv])``; h_kk symmetric (every state this op produces is).
         cu_seqlens: ``[N + 1]`` offsets of packed sequences (B must be 1).
-        variant: ``"prep"`` (default), ``"fused"`` or ``"prep_fwd"`` (prep's forward, fused's backward): kernel
+        variant: ``"prep_fwd"`` (default: prep's forward, fused's backward), ``"prep"`` or ``"fused"``: kernel
             layout of the bf16/fp16 path (same math; see ``chunk_fwd.VARIANTS``); fp32 inputs run the fused
             kernels either way.
 
