@@ -378,6 +378,7 @@ def mqar(
     num_heads: int = typer.Option(None, "--num-heads", help="heads for every mixer (default: each mixer's own)"),
     head_dim: int = typer.Option(None, "--head-dim", help="head dim for every mixer (default: each mixer's own)"),
     eval_examples: int = typer.Option(None, "--eval-examples"),
+    early_stop_acc: float = typer.Option(None, "--early-stop-acc", help="end a run once its periodic eval reaches this accuracy (default 0.99; 0 = always train every step)"),
     out: str = typer.Option("results/mqar", "--out", help="where NAME.jsonl / .md / .png go"),
     name: str = typer.Option(None, "--name", help="file stem (default mqar on GPU, mqar_cpu_tiny on CPU)"),
     run_dir: str = typer.Option(None, "--run-dir", help="per-run training logs go to RUN_DIR/NAME/<run> (default OUT/runs/NAME/<run>)"),
@@ -412,7 +413,7 @@ def mqar(
         gpu, mixers=mixer_list, dims=_parse_list(dims, int, "--dims"), lengths=length_list, lrs=_parse_list(lrs, float, "--lrs"),
         steps=steps, batch_size=batch_size, vocab_size=vocab, num_layers=num_layers, num_heads=num_heads,
         head_dim=head_dim, eval_examples=eval_examples, out_dir=out, name=name, device=device, run_dir=run_dir,
-        lift_fla_guard=lift_fla_guard or None,
+        lift_fla_guard=lift_fla_guard or None, early_stop_acc=early_stop_acc,
     )  # fmt: skip
     if not gpu:
         console.print("[yellow]No GPU: a CPU-tiny sweep through the pure-PyTorch reference ops; it shows the pipeline works, not the paper's result.[/yellow]")

@@ -97,6 +97,8 @@ class TrainConfig:
     progress: bool = True
     stop_at: int | None = None  # stop after this step as if interrupted (checkpoint written first); for tests
     max_minutes: float | None = None  # stop (checkpoint first) once this much wall time has passed; rerun resumes
+    # stop once a periodic evaluation reaches this MQAR accuracy (the MQAR sweep: a solved run needs no more steps)
+    early_stop_acc: float | None = None
 
     def mqar(self) -> MQARConfig:
         return MQARConfig(vocab_size=self.mqar_vocab, seq_len=self.seq_len, num_pairs=self.mqar_pairs, num_queries=self.mqar_queries)
@@ -653,14 +655,18 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG if dist.get_backend() == "nccl" else dist.ReduceOp.SUM)
                 if dist.get_backend() != "nccl":
                     loss_sum /= d.world
-            last = {"loss": loss_sum.item()}
-            if not math.isfinite(last["loss"]):
-                log.write({"step": step, "event": "diverged", "loss": last["loss"]})
-                kept = (f"the checkpoint of step {saved['step']} in {out} is kept" if saved["step"] is not None
-                        else "no checkpoint was written")  # fmt: skip
-                raise ValueError(f"training diverged: loss is {last['loss']} at step {step} ({kept}); rerun with a lower "
-                                 f"--lr than {cfg.lr:g} or a longer --warmup than {cfg.warmup_steps}, with --no-resume "
-                                 "or another --out (a resume keeps the saved learning-rate schedule)")  # fmt: skip
+            # Reading the loss waits for the GPU: only on steps that log or checkpoint, so that on other steps the
+            # host queues the next step's kernels while the GPU runs this one (small models are launch-bound).
+            saving = cfg.save and bool(cfg.save_every) and step % cfg.save_every == 0
+            if step % cfg.log_every == 0 or step == end or saving:
+                last = {"loss": loss_sum.item()}
+                if not math.isfinite(last["loss"]):
+                    log.write({"step": step, "event": "diverged", "loss": last["loss"]})
+                    kept = (f"the checkpoint of step {saved['step']} in {out} is kept" if saved["step"] is not None
+                            else "no checkpoint was written")  # fmt: skip
+                    raise ValueError(f"training diverged: loss is {last['loss']} at step {step} ({kept}); rerun with a "
+                                     f"lower --lr than {cfg.lr:g} or a longer --warmup than {cfg.warmup_steps}, with "
+                                     "--no-resume or another --out (a resume keeps the saved learning-rate schedule)")  # fmt: skip
             if step % cfg.log_every == 0 or step == end:
                 now = time.perf_counter()
                 tps = tok_window / max(now - t_window, 1e-9)
@@ -678,6 +684,13 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
                     log.write({"step": step, **ev})
                 if d.world > 1:
                     dist.barrier()
+                if cfg.early_stop_acc is not None:
+                    solved = torch.tensor(float(last.get("eval_acc", -1.0) >= cfg.early_stop_acc), device=device)
+                    if d.world > 1:  # rank 0 evaluated: its verdict holds for every rank
+                        dist.broadcast(solved, src=0)
+                    if solved.item() and step < end:
+                        log.write({"step": step, "event": "early_stop", "eval_acc": last.get("eval_acc")})
+                        end = step
             if cfg.max_minutes is not None and step < end:
                 over = torch.tensor(float(time.perf_counter() - t_start > 60 * cfg.max_minutes), device=device)
                 if d.world > 1:  # rank 0's clock decides, so every rank stops at the same step

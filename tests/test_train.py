@@ -129,6 +129,17 @@ def test_max_minutes_checkpoints_and_stops_then_resumes(tmp_path):
     assert done["step"] == 12 and done["finished"]
 
 
+def test_early_stop_ends_a_run_at_the_first_eval_reaching_the_accuracy(tmp_path):
+    """early_stop_acc: the run ends at the first periodic evaluation whose MQAR accuracy reaches it (a threshold of
+    0 is reached by any evaluation; 1.01 by none), logs the event and reports the steps it ran."""
+    s = train(small(tmp_path / "a", steps=30, eval_every=6, early_stop_acc=0.0, save=False))
+    assert s["step"] == 6 and not s["finished"] and "eval_acc" in s
+    events = [r for r in read_log(tmp_path / "a" / "log.jsonl") if r.get("event") == "early_stop"]
+    assert len(events) == 1 and events[0]["step"] == 6
+    s = train(small(tmp_path / "b", steps=12, eval_every=6, early_stop_acc=1.01, save=False))
+    assert s["step"] == 12 and s["finished"]
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     train(small(tmp_path, steps=2, eval_every=0))
     with pytest.raises(ValueError, match="mixer='attention' there vs 'gka' now.*--no-resume"):

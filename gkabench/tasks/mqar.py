@@ -178,6 +178,11 @@ class SweepConfig:
     name: str = "mqar"
     run_dir: str | None = None  # per-run logs (not results): RUN_DIR/NAME/<run>; default OUT_DIR/runs/NAME/<run>
     lift_fla_guard: bool = False  # fla's Hopper guard on gated backward; recorded per row as fla_guard_lifted
+    # A run ends once an evaluation (every `check_every` steps, on the run's eval set) reaches this accuracy: a
+    # solved run cannot improve its cell, and on the GPU most of a sweep's cells are solved long before `steps`.
+    # 0 trains every run for all its steps. Rows record steps_done.
+    early_stop_acc: float = 0.99
+    check_every: int = 250
 
     def runs_root(self):
         """Folder of the per-run training logs: ``run_dir/name`` when given, else ``out_dir/runs/name``."""
@@ -263,7 +268,8 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
         preset="tiny", hidden_size=run["dim"], num_layers=run["num_layers"], num_heads=run["num_heads"], head_dim=run["head_dim"],
         data="mqar", seq_len=run["seq_len"], mqar_vocab=run["vocab_size"], mqar_pairs=run["num_pairs"],
         steps=run["steps"], batch_size=run["batch_size"], lr=run["lr"], warmup_steps=min(sweep.warmup_steps, run["steps"]),
-        weight_decay=sweep.weight_decay, eval_every=run["steps"], eval_batches=eval_batches, log_every=max(1, run["steps"] // 50),
+        weight_decay=sweep.weight_decay, eval_every=min(sweep.check_every, run["steps"]) if sweep.early_stop_acc else run["steps"],
+        eval_batches=eval_batches, log_every=max(1, run["steps"] // 50), early_stop_acc=sweep.early_stop_acc or None,
         save=False, resume=False, progress=False, seed=run["seed"], device=sweep.device,
         lift_fla_guard=sweep.lift_fla_guard,
     )  # fmt: skip
@@ -273,6 +279,7 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
     return {
         **run, "base_mixer": base, "options": opts, "accuracy": s["eval_acc"], "eval_loss": s["eval_loss"],
         "train_loss": s["loss"], "params": s["params"], "eval_examples": eval_batches * run["batch_size"],
+        "steps_done": s["step"], "early_stop_acc": sweep.early_stop_acc or None,
         "state_bytes_per_layer": model.model.layers[0].mixer.state_bytes(run["seq_len"]),
         "elapsed_s": time.perf_counter() - t0, "env": environment(next(model.parameters()).device),
         "fla_guard_lifted": s.get("fla_guard_lifted", False),
@@ -310,7 +317,9 @@ def write_markdown(rows: list[dict], path, title: str) -> None:
         env = rows[-1].get("env", {})
         r0 = rows[0]
         lines += [
-            f"2-layer models, vocab {r0['vocab_size']}, {r0['steps']} steps x batch {r0['batch_size']}, "
+            f"2-layer models, vocab {r0['vocab_size']}, {r0['steps']} steps x batch {r0['batch_size']}"
+            + (f" (a run ends early once its eval accuracy reaches {r0['early_stop_acc']:g})" if r0.get("early_stop_acc") else "")
+            + ", "
             f"best accuracy over the learning rates tried (in parentheses: that lr). Accuracy on "
             f"{r0.get('eval_examples', '?')} fresh examples per run.",
             "",
