@@ -88,7 +88,8 @@ class ForwardContext:
         """Short conv of ``x [B, T, C]`` continuing from the cached state ``name``; the new state is kept."""
         from .blocks import conv_with_state
 
-        y, state = conv_with_state(module, x, self.mask, self.cu_seqlens, self.cached(name), self.use_cache)
+        y, state = conv_with_state(module, x, self.mask, self.cu_seqlens, self.cached(name), self.use_cache,
+                                   reference=self.backend == "reference")  # fmt: skip
         if state is not None:
             self.new[name] = state
         return y

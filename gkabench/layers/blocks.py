@@ -1,13 +1,26 @@
 """Building blocks shared by the mixers: causal short convolution with a decoding state, (gated) RMSNorm,
-L2 normalisation, and helpers for padding masks and packed sequences. Pure PyTorch, CPU and CUDA."""
+L2 normalisation, and helpers for padding masks and packed sequences. PyTorch on CPU and CUDA; the short conv
+calls flash-linear-attention's Triton kernel on CUDA when fla is installed (see :data:`SHORT_CONV_BACKEND`)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# Which implementation ShortConv.forward runs (read at every call, so tests may monkeypatch it):
+# - "auto": fla's Triton kernel (``fla.modules.causal_conv1d.ops.causal_conv1d``) for CUDA tensors when fla
+#   imports, else the PyTorch shifted sum;
+# - "torch": always the PyTorch shifted sum (the reference, what CPU CI runs);
+# - "fla": always fla's kernel (raises if fla is missing); on CPU tensors this only works under the Triton
+#   interpreter (TRITON_INTERPRET=1 set before triton is imported), which is how the tests check it.
+# Under every setting float64 inputs, empty inputs and one-token decoding steps (T == 1 with a state) take the
+# PyTorch path: the kernel accumulates in float32, and a decode step is a handful of tiny ops either way.
+SHORT_CONV_BACKEND = "auto"
+SHORT_CONV_BACKENDS = ("auto", "torch", "fla")
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -61,13 +74,61 @@ class GatedRMSNorm(RMSNorm):
         return (self.normalized(x) * F.silu(upcast(gate))).to(x.dtype)
 
 
+@functools.cache
+def fla_causal_conv1d():
+    """fla's ``causal_conv1d`` (Triton forward and backward), or None when fla or triton does not import.
+
+    Imported on first use only: importing fla on a machine without a GPU prints a warning and costs seconds.
+    """
+    try:
+        from fla.modules.causal_conv1d.ops import causal_conv1d
+    except Exception:  # noqa: BLE001 - fla absent or broken: the PyTorch path serves
+        return None
+    return causal_conv1d
+
+
+def conv_state_to_fla(state: torch.Tensor) -> torch.Tensor:
+    """Our decoding state ``[N, C, W-1]`` (the last W-1 inputs, oldest first) -> fla's ``[N, C, W]``.
+
+    fla's column ``w`` holds input ``t - W + w`` before the first token ``t``, so its columns 1..W-1 are ours and
+    column 0 (input ``t - W``, which no tap of a width-W conv reads) is never read by fla's kernels: zero-filled.
+    """
+    return F.pad(state, (1, 0))
+
+
+def conv_state_from_fla(state: torch.Tensor) -> torch.Tensor:
+    """fla's final state ``[N, C, W]`` (the last W inputs) -> ours ``[N, C, W-1]``: column 0 dropped, contiguous."""
+    return state[..., 1:].contiguous()
+
+
+def short_conv_uses_fla(x: torch.Tensor, state: torch.Tensor | None) -> bool:
+    """Whether :class:`ShortConv` runs fla's kernel on ``x [B, T, C]`` under :data:`SHORT_CONV_BACKEND`."""
+    backend = SHORT_CONV_BACKEND
+    if backend not in SHORT_CONV_BACKENDS:
+        raise ValueError(f"SHORT_CONV_BACKEND={backend!r}; choose one of {', '.join(SHORT_CONV_BACKENDS)}")
+    if backend == "torch":
+        return False
+    T = x.shape[1]
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or T == 0 or (T == 1 and state is not None):
+        return False  # float64 keeps its float64 accumulation; decode steps stay on the tiny PyTorch path
+    if backend == "fla":
+        if fla_causal_conv1d() is None:
+            raise RuntimeError("SHORT_CONV_BACKEND='fla' but fla.modules.causal_conv1d does not import")
+        return True
+    return x.is_cuda and fla_causal_conv1d() is not None
+
+
 class ShortConv(nn.Module):
     """Depthwise causal conv1d (width ``kernel_size``) followed by SiLU, with a decoding state.
 
     forward(x ``[B, T, C]``, cu_seqlens=None, state=None) -> (y ``[B, T, C]``, new_state ``[B, C, W-1]``).
     ``state`` holds the last ``W-1`` inputs of earlier tokens (zeros at the start of a sequence). With
     ``cu_seqlens`` (B = 1) taps never reach across a sequence boundary; the returned state is then that of
-    each packed sequence, ``[N, C, W-1]``.
+    each packed sequence, ``[N, C, W-1]`` (a given ``state`` is then unused). y and new_state have x's dtype.
+
+    Two implementations, picked by :func:`short_conv_uses_fla`: fla's Triton kernel (CUDA) and a PyTorch
+    shifted sum (CPU, float64, decode steps, and the fallback without fla); both accumulate in float32 (float64
+    for float64 inputs) and round once to x's dtype.
     """
 
     def __init__(self, channels: int, kernel_size: int = 4, activation: bool = True, bias: bool = False):
@@ -80,7 +141,38 @@ class ShortConv(nn.Module):
         # Optional per-channel bias (Mamba2 uses one); nn.Conv1d's default init.
         self.bias = nn.Parameter(torch.empty(channels).uniform_(-kernel_size**-0.5, kernel_size**-0.5)) if bias else None
 
-    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None, state: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None, state: torch.Tensor | None = None,
+                reference: bool = False):  # fmt: skip
+        """``reference=True`` always runs the PyTorch path (a mixer's ``backend="reference"``: the path CUDA
+        results are checked against)."""
+        if not reference and short_conv_uses_fla(x, state):
+            return self.forward_fla(x, cu_seqlens, state)
+        return self.forward_torch(x, cu_seqlens, state)
+
+    def forward_fla(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None, state: torch.Tensor | None = None):
+        """fla's fused Triton conv: one read of x and one write of y (the shifted sum below makes ~2W passes).
+
+        Same contract as :meth:`forward`. fla's backward returns gradients for x, weight, bias and the state.
+        """
+        causal_conv1d = fla_causal_conv1d()
+        initial_state = None
+        if state is not None and cu_seqlens is None:  # with cu_seqlens the state is unused, as in forward_torch
+            # rounded to x's dtype first, as forward_torch does (fla would read it at full precision)
+            initial_state = conv_state_to_fla(state.to(x.dtype))
+        y, final_state = causal_conv1d(
+            x,
+            self.weight[:, 0],  # [C, W]; tap W-1 multiplies the current token, as in forward_torch
+            self.bias,
+            initial_state=initial_state,
+            output_final_state=True,
+            activation="silu" if self.activation else None,
+            backend="triton",
+            cu_seqlens=cu_seqlens,
+        )
+        return y, conv_state_from_fla(final_state)
+
+    def forward_torch(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None, state: torch.Tensor | None = None):
+        """The reference: a sum of W shifted copies in PyTorch. Same contract as :meth:`forward`."""
         # A sum of W shifted copies in the [B, T, C] layout, accumulated in float32: a few memory-bound passes.
         # Not F.conv1d: a depthwise conv1d over [B, C, T] (a transposed copy) is a slow cuDNN path in bf16, and on
         # the H200 every recurrent layer's forward ran at ~2 M tokens/s against 8 for attention, which has no conv
@@ -193,13 +285,15 @@ def conv_with_state(
     cu_seqlens: torch.Tensor | None,
     state: torch.Tensor | None,
     want_state: bool,
+    reference: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run ``conv`` on ``x [B, T, C]`` with padded tokens zeroed first (they then feed nothing forward).
+    """Run ``conv`` on ``x [B, T, C]`` with padded tokens zeroed first (they then feed nothing forward);
+    ``reference`` forces the PyTorch implementation (see :meth:`ShortConv.forward`).
 
     Returns ``(y [B, T, C], new_state or None)``; the new state skips padding (see :func:`last_real_window`).
     """
     x = mask_tokens(x, attention_mask)
-    y, new_state = conv(x, cu_seqlens=cu_seqlens, state=state)
+    y, new_state = conv(x, cu_seqlens=cu_seqlens, state=state, reference=reference)
     if not want_state:
         return y, None
     if attention_mask is not None and cu_seqlens is None:

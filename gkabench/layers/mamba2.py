@@ -138,7 +138,8 @@ class Mamba2Mixer(Mixer):
 
         z, xbc, dt = self.in_proj(x).split([self.intermediate_size, self.conv_dim, H], dim=-1)
         xbc, conv_state = conv_with_state(self.conv, xbc, attention_mask, cu_seqlens,
-                                          cache.get("conv") if cache is not None else None, use_cache)  # fmt: skip
+                                          cache.get("conv") if cache is not None else None, use_cache,
+                                          reference=backend == "reference")  # fmt: skip
         if conv_state is not None:
             new["conv"] = conv_state
         # Padded tokens: x = B = C = 0 and dt = 0 (so g = 0) leave the state exactly as it was.
