@@ -27,6 +27,12 @@ nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee
 python3 -c "import torch, triton, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'fla', fla.__version__, 'gpus', torch.cuda.device_count())" 2>&1 | tee -a "$JOBS_ROOT/env.log"
 git rev-parse HEAD 2>/dev/null | tee -a "$JOBS_ROOT/env.log"
 i=0; PIDS=()
+signal_jobs() { for ((j = 0; j < i; j++)); do
+    [ -s "$JOBS_ROOT/job$j/pgid" ] && kill "-$1" -- "-$(cat "$JOBS_ROOT/job$j/pgid")" 2>/dev/null; done; return 0; }
+# the jobs run in sessions of their own, which the device tool does not end when this script is cut short: end
+# them on any exit, or they would hold the GPUs into the next call on a warm machine
+trap 'signal_jobs KILL' EXIT
+trap 'exit 130' INT TERM
 for job in "$@"; do
   gpus=${job%%:*}; cmd=${job#*:}; dir="$JOBS_ROOT/job$i"; cache="/tmp/tc_job$i"
   mkdir -p "$dir" "$cache"
@@ -43,8 +49,6 @@ DEADLINE=${DEADLINE_S:-540}
 while [ $SECONDS -lt "$DEADLINE" ] && [ -n "$(jobs -rp)" ]; do sleep 5; done
 if [ -n "$(jobs -rp)" ]; then
   echo "deadline ${DEADLINE}s: stopping jobs still running"
-  signal_jobs() { for ((j = 0; j < i; j++)); do
-      [ -s "$JOBS_ROOT/job$j/pgid" ] && kill "-$1" -- "-$(cat "$JOBS_ROOT/job$j/pgid")" 2>/dev/null; done; }
   signal_jobs INT; sleep 20; signal_jobs KILL; sleep 2
 fi
 if [ -n "${POST:-}" ]; then
