@@ -534,6 +534,9 @@ def report(
 
 
 def main() -> None:
+    from .kernels.parallel_compile import enable_on_cuda
+
+    enable_on_cuda()  # Triton autotuning compiles its configs on a thread pool (see that module)
     app()
 
 

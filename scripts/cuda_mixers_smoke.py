@@ -70,6 +70,9 @@ def run_one(name: str, lifted: bool) -> dict:
 
 
 def main() -> int:
+    from gkabench.kernels.parallel_compile import enable_on_cuda
+
+    enable_on_cuda()
     out = os.environ.get("OUT", ".")
     rows = []
     names = [n for n in mixer_names() if n != "gka"] + ["gka"]  # GKA last: its kernels compile longest

@@ -427,6 +427,9 @@ def report(env, checks, rows, stages, dec, args):
 
 
 def main():
+    from gkabench.kernels.parallel_compile import enable_on_cuda, stats
+
+    enable_on_cuda()
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--skip-bench", action="store_true")
@@ -446,7 +449,7 @@ def main():
         env["fla"] = fla.__version__
     except Exception:  # noqa: BLE001
         env["fla"] = None
-    log("env", json.dumps(env))
+    log("env", json.dumps(env), "| parallel compile:", json.dumps(stats()))
     checks, rows, stages, dec = [], [], {}, {}
     gen = torch.Generator(device="cuda").manual_seed(0)
     # phase 1: low-precision accuracy (compiles the kernels the benchmark uses)
@@ -495,6 +498,7 @@ def main():
                 continue
             run_case(check_case, name, checks, gen=gen, **kw)
             report(env, checks, rows, stages, dec, args)
+    log("parallel compile (configs pre-compiled on threads, tuning rounds):", json.dumps(stats()))
     report(env, checks, rows, stages, dec, args)
 
 

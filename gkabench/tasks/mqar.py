@@ -428,7 +428,10 @@ def _worker_run(run: dict, sweep: SweepConfig, jsonl, threads: int) -> dict:
     """One run in a worker process of ``--jobs``: train, append the row (locked), return it."""
     import torch
 
+    from ..kernels.parallel_compile import enable_on_cuda
+
     torch.set_num_threads(threads)
+    enable_on_cuda()  # a spawned worker does not run the CLI's entry point
     row = train_or_error_row(run, sweep)
     _append_row_locked(jsonl, row)
     return row
