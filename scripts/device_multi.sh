@@ -27,6 +27,7 @@ nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee
 python3 -c "import torch, triton, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'fla', fla.__version__, 'gpus', torch.cuda.device_count())" 2>&1 | tee -a "$JOBS_ROOT/env.log"
 git rev-parse HEAD 2>/dev/null | tee -a "$JOBS_ROOT/env.log"
 i=0; PIDS=()
+NCPU=$(nproc); CPUS_PER_JOB=$(( NCPU / $# )); [ "$CPUS_PER_JOB" -ge 1 ] || CPUS_PER_JOB=1
 signal_jobs() { for ((j = 0; j < i; j++)); do
     [ -s "$JOBS_ROOT/job$j/pgid" ] && kill "-$1" -- "-$(cat "$JOBS_ROOT/job$j/pgid")" 2>/dev/null; done; return 0; }
 # the jobs run in sessions of their own, which the device tool does not end when this script is cut short: end
@@ -40,8 +41,13 @@ for job in "$@"; do
   printf 'GPUS=%s\n%s\n' "$gpus" "$cmd" > "$dir/command.txt"
   # Each job leads its own process group (setsid), so the deadline can signal exactly that job's processes. (A
   # `pkill -f PATTERN` here once matched this script's own command line, which names the jobs, and killed it.)
+  # Each job also gets its own slice of the CPU cores (taskset): compiling jobs (checks, MQAR workers, parallel
+  # Triton compiles) then cannot slow the launches of a job that times kernels; session 4's decode timings moved
+  # by 2x between runs that shared the host with compiling jobs.
+  first=$(( (i * CPUS_PER_JOB) % NCPU )); cores="$first-$((first + CPUS_PER_JOB - 1))"
+  echo "$cores" > "$dir/cpus.txt"
   ( export CUDA_VISIBLE_DEVICES="$gpus" OUT="$dir" TRITON_CACHE_DIR="$cache" NO_PACK=1 JOB_CMD="$cmd" PGID_FILE="$dir/pgid"
-    setsid bash -c 'echo $$ > "$PGID_FILE"; exec bash -c "$JOB_CMD"' > "$dir/stdout.log" 2>&1
+    setsid taskset -c "$cores" bash -c 'echo $$ > "$PGID_FILE"; exec bash -c "$JOB_CMD"' > "$dir/stdout.log" 2>&1
     echo "exit $?" >> "$dir/stdout.log" ) &
   PIDS+=($!); i=$((i + 1))
 done
