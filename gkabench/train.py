@@ -71,6 +71,7 @@ class TrainConfig:
     mqar_vocab: int = 8192
     mqar_pairs: int = 64
     mqar_queries: int | None = None
+    facts_questions: int = 1  # --data facts: questions per rag document (more answers to read per context)
     # optimisation
     steps: int = 1000
     batch_size: int = 64  # sequences per optimizer step, over all ranks and accumulation steps
@@ -265,11 +266,11 @@ class FactsSource:
     Seeds are strings, disjoint from the integer seeds of ``gkabench eval`` rows.
     """
 
-    def __init__(self, tokenizer, seq_len: int, seed: int, tasks: str = "rag,longqa,niah"):
+    def __init__(self, tokenizer, seq_len: int, seed: int, tasks: str = "rag,longqa,niah", questions: int = 1):
         from .tasks.fitting import TokenCounter, UnfitLength
         from .tasks.longctx import parse_tasks, training_text
 
-        self.tokenizer, self.seq_len, self.seed = tokenizer, seq_len, seed
+        self.tokenizer, self.seq_len, self.seed, self.questions = tokenizer, seq_len, seed, questions
         self.vocab_size = len(tokenizer)
         self.counter = TokenCounter(tokenizer)
         self.eos = tokenizer.eos_token_id
@@ -309,7 +310,7 @@ class FactsSource:
         for spec_i, attempt in order:
             s = seed if attempt == 0 else f"{seed}~{attempt}"
             try:
-                return self._text(k, self.seq_len, s, self.counter, [self.specs[spec_i]])
+                return self._text(k, self.seq_len, s, self.counter, [self.specs[spec_i]], questions=self.questions)
             except UnfitLength as exc:
                 reason = reason or str(exc).split(";")[0]
         raise ValueError(f"--seq-len {self.seq_len} is too short for facts document {k} in every task flavour ({reason}); "
@@ -363,7 +364,7 @@ def build_source(cfg: TrainConfig, tokenizer):
     if cfg.data == "mqar":
         return MQARSource(cfg.mqar(), cfg.seed)
     if cfg.data == "facts":
-        return FactsSource(tokenizer, cfg.seq_len, cfg.seed)
+        return FactsSource(tokenizer, cfg.seq_len, cfg.seed, questions=cfg.facts_questions)
     files = [f.strip() for f in cfg.data.split(",") if f.strip()]
     src = TextSource(files, tokenizer, cfg.seq_len, cfg.packing, cfg.text_field, cfg.seed)
     if cfg.eval_data:
@@ -522,7 +523,8 @@ def evaluate(model, source, cfg: TrainConfig, device, autocast) -> dict:
 # Settings a resumed run must share with the checkpoint: the model, the data and their order.
 RESUME_MUST_MATCH = (
     "mixer", "preset", "hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size", "mixer_options",
-    "data", "text_field", "tokenizer", "seq_len", "packing", "mqar_vocab", "mqar_pairs", "mqar_queries", "batch_size", "seed",
+    "data", "text_field", "tokenizer", "seq_len", "packing", "mqar_vocab", "mqar_pairs", "mqar_queries", "facts_questions",
+    "batch_size", "seed",
 )  # fmt: skip
 
 

@@ -12,7 +12,9 @@
 # so train and eval must run on the same warm machine (chain the calls; it is released after 30 s idle).
 # A rerun of `train` resumes the checkpoints; `eval` resumes its JSONL. Sizes via env: HIDDEN (256), LAYERS (4),
 # HEAD_DIM (128: `gkabench check --shapes D128` covers it, fixed-length and varlen, which lifting fla's guard needs), SEQ (4096), BATCH (16),
-# STEPS (3000), LENGTHS (4k,8k,16k,32k,64k,128k), N (10 rows per flavour and length), MIXERS.
+# STEPS (3000), LENGTHS (4k,8k,16k,32k,64k,128k), N (10 rows per flavour and length), MIXERS, QUESTIONS (4 questions
+# per rag training document: session 4's models, trained on one question per document for 150 s, learned the
+# answer format but no retrieval).
 set -uo pipefail
 PHASE="${1:-train}"
 MINUTES="${2:-8}"
@@ -48,7 +50,7 @@ if [ "$PHASE" = train ] || [ "$PHASE" = all ]; then
   if [ "$PHASE" = all ]; then M=${TRAIN_MIN:-4}; else M=$(python3 -c "print(max(0.5, (60 * float('$MINUTES') - 90 - $SECONDS) / 60))"); fi
   for m in ${MIXERS//,/ }; do
     python3 -m gkabench.cli train --out "$RUNS/$m" --mixer "$m" --hidden "${HIDDEN:-256}" --layers "${LAYERS:-4}" \
-      --head-dim "${HEAD_DIM:-128}" --data facts --seq-len "${SEQ:-4096}" --batch-size "${BATCH:-16}" --steps "${STEPS:-3000}" \
+      --head-dim "${HEAD_DIM:-128}" --data facts --facts-questions "${QUESTIONS:-4}" --seq-len "${SEQ:-4096}" --batch-size "${BATCH:-16}" --steps "${STEPS:-3000}" \
       --lr 1e-3 --warmup 100 --eval-every 500 --save-every 200 --log-every 50 --max-minutes "$M" $GUARD \
       > "$WORK/train_$m.log" 2>&1 &
   done

@@ -301,3 +301,46 @@ def test_lm_eval_adapter(tmp_path):
     assert lm_eval_aggregate(per_length["1024"]) == 1.0 and lm_eval_aggregate([-1.0]) == -1.0
     with pytest.raises(ValueError, match="gkabench_task"):
         lm_eval_dataset(max_seq_lengths=[1024])
+
+
+# ----------------------------------------------------------------------------- multi-question training documents
+
+
+def test_multi_question_training_text_keeps_each_answer_in_its_own_gold_passages():
+    """Training documents with several questions over one context: they fit, are a pure function of their
+    arguments, end with every question and its answer, and each answer is readable only from its own gold
+    passage(s): no other passage holds it."""
+    import re
+
+    from gkabench.tasks.facts import contains_answer
+    from gkabench.tasks.fitting import TokenCounter
+    from gkabench.tasks.longctx import training_text
+    from gkabench.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(None)
+    counter = TokenCounter(tok)
+    for flavour in ("nq", "popqa", "hotpotqa"):
+        for index in range(3):
+            text = training_text(index, 4096, 0, counter, [("rag", flavour)], questions=4)
+            assert text == training_text(index, 4096, 0, counter, [("rag", flavour)], questions=4)
+            assert counter.count(text) <= 4096 - 8
+            body, _, tail = text.partition("\n\nQuestion: ")
+            qa = re.findall(r"Question: (.*)\nAnswer: (.*)", "Question: " + tail)
+            assert len(qa) == 4 and len({a for _, a in qa}) == 4
+            passages = [p for p in body.split("\n\n") if p.startswith("Document (Title:")]
+            assert len(passages) >= 8  # gold passages among at least as many distractors
+            for _, answer in qa:
+                holders = [p for p in passages if contains_answer(p, [answer])]
+                assert len(holders) == 1, (flavour, answer)  # its gold passage (two-hop: the second hop's)
+
+
+def test_facts_source_with_questions_builds_multi_question_rag_documents():
+    from gkabench.tokenizers import load_tokenizer
+    from gkabench.train import FactsSource
+
+    src = FactsSource(load_tokenizer(None), seq_len=4096, seed=0, questions=4)
+    docs = [src._doc(k, "train") for k in range(6)]
+    assert all(0 < len(d) <= 4096 for d in docs)
+    texts = [src.tokenizer.decode(d) for d in docs]
+    rag = [t for t in texts if t.startswith("Use the documents below")]
+    assert rag and all(t.count("\nQuestion: ") == 4 for t in rag)

@@ -176,15 +176,22 @@ def closed_book_answer(row: dict) -> str:
 
 
 def training_text(
-    index: int, length: int, seed: int, counter: TokenCounter, specs: list[tuple[str, str]], answer_room: int = 64
+    index: int, length: int, seed: int, counter: TokenCounter, specs: list[tuple[str, str]], answer_room: int = 64,
+    questions: int = 1,
 ) -> str:
     """Document ``index`` of a training stream: a task input of about ``length - answer_room`` tokens with its
     answer written after the prompt (``... Answer: Vorlanth``), task and flavour cycling over ``specs``, the
     gold at a random depth. Seeds are strings (``train<seed>``), never the integers evaluation rows use, so no
-    training document is an evaluation row."""
+    training document is an evaluation row. ``questions > 1``: rag documents ask that many questions over one
+    context (:func:`gkabench.tasks.rag.multi_question_text`); the other tasks keep one."""
     import random
 
     task, flavour = specs[index % len(specs)]
+    if questions > 1 and task == "rag":
+        from .rag import multi_question_text
+
+        # room for the tokenizer's BOS and the EOS the training stream appends
+        return multi_question_text(flavour, length - 8, index, f"train{seed}", counter, questions)
     depth = random.Random(f"train-depth|{seed}|{index}").random()
     row = TASKS[task].build_row(flavour, length - answer_room, index, depth, f"train{seed}", counter)
     sep = "" if row["prompt"].endswith("\n") else " "

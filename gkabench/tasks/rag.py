@@ -159,3 +159,49 @@ def build_row(
         "context_start": assemble(demos, [], question)[1], "input_tokens": n, "n_docs": k + (len(gold) if gold_in_context else 0),
         "gold_in_context": gold_in_context, "answer_prefix": ANSWER_PREFIX, **meta,
     }  # fmt: skip
+
+
+def multi_question_text(flavour: str, length: int, index: int, seed: str, counter: TokenCounter, questions: int) -> str:
+    """Training only: passages fitted to ``length`` tokens that hold the gold passages of ``questions`` questions
+    (each at its own random depth among answer-free distractors), then every question with its answer, in the
+    ``Question: ...`` / ``Answer: ...`` lines of the evaluation format.
+
+    Why: a training document of the evaluation format supervises one answer (plus two demo answers) per
+    ``length`` tokens; small models trained for minutes on the H200 learned the answer format but no retrieval
+    (session 4: scores ~0 at every length). Many questions over one context give many answers to read per
+    document. Every answer appears only in its own gold passage(s): no distractor, question or other gold passage
+    contains it. Seeds (``rag-multi|...``) are disjoint from every evaluation row's."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown rag flavour {flavour!r}; choose from {', '.join(FLAVOURS)}")
+    world = FactWorld(f"rag-multi|{flavour}|{seed}|{index}")
+    qs = []
+    for _ in range(4 * questions):
+        if len(qs) == questions:
+            break
+        q = world.two_hop() if flavour == "hotpotqa" else world.single_hop(flavour)
+        own = q.text + " " + " ".join(p.title + " " + p.text for p in q.gold)
+        if any(contains_answer(own, o.answers) or contains_answer(o.text + " " + " ".join(p.title + " " + p.text for p in o.gold), q.answers) for o in qs):
+            continue  # an answer would be readable from another question's passages
+        qs.append(q)
+    answers = [a for q in qs for a in q.answers]
+    golds = [[format_passage(p.title, p.text) for p in q.gold] for q in qs]
+    rng = random.Random(f"rag-multi-layout|{seed}|{index}")
+    depths = [rng.random() for _ in qs]
+    qa = "\n\n".join(f"Question: {q.text}\n{ANSWER_PREFIX} {q.answers[0]}" for q in qs)
+
+    def build(units: list[str]) -> str:
+        out = list(units)
+        # from the deepest position down, so earlier insertions do not shift the later ones' places
+        for gold, depth in sorted(zip(golds, depths), key=lambda gd: -gd[1]):
+            pos = round(depth * len(units))
+            out[pos:pos] = gold
+        return INSTRUCTION + "\n\n" + "\n\n".join(out) + "\n\n" + qa + "\n"
+
+    def draw() -> str | None:
+        for _ in range(50):
+            p = world.distractor(qs[rng.randrange(len(qs))])
+            if not contains_answer(p.title + " " + p.text, answers):
+                return format_passage(p.title, p.text)
+        return None
+
+    return fit(build, draw, length, counter, sep_tokens=1, what=f"rag/{flavour} x{questions} questions at {length}")[0]
