@@ -6,7 +6,8 @@
 #       '2:bash scripts/speed_device.sh 8 --mixers gka,gated_deltanet,attention' \
 #       '3:bash scripts/speed_device.sh 8 --mixers gla,mamba2,mesanet'")
 #
-# Each argument is GPUS:COMMAND (GPUS as for CUDA_VISIBLE_DEVICES, e.g. 0 or 2,3). Why: the session's device time
+# Each argument is GPUS:COMMAND (GPUS as for CUDA_VISIBLE_DEVICES, e.g. 0 or 2,3), or GPUS@N:COMMAND to give the
+# job N CPU cores (the jobs without @N share the remaining cores equally; each job is pinned to its own cores). Why: the session's device time
 # is counted per machine held, not per GPU, and every workload here (checks, kernel timing, a speed shard, MQAR
 # runs, a small model's training) fits one GPU; on a 4-GPU machine four of them run in the time of one, and each
 # times kernels on a GPU of its own.
@@ -27,7 +28,14 @@ nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee
 python3 -c "import torch, triton, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'fla', fla.__version__, 'gpus', torch.cuda.device_count())" 2>&1 | tee -a "$JOBS_ROOT/env.log"
 git rev-parse HEAD 2>/dev/null | tee -a "$JOBS_ROOT/env.log"
 i=0; PIDS=()
-NCPU=$(nproc); CPUS_PER_JOB=$(( NCPU / $# )); [ "$CPUS_PER_JOB" -ge 1 ] || CPUS_PER_JOB=1
+# CPU cores per job: GPUS@N:COMMAND asks for N cores; the other jobs share what is left equally
+NCPU=$(nproc); asked=0; unsized=0
+for job in "$@"; do
+  spec=${job%%:*}
+  if [[ "$spec" == *@* ]]; then asked=$((asked + ${spec#*@})); else unsized=$((unsized + 1)); fi
+done
+SHARE=$(( unsized > 0 ? (NCPU - asked) / unsized : 0 )); [ "$SHARE" -ge 1 ] || SHARE=1
+next_core=0
 signal_jobs() { for ((j = 0; j < i; j++)); do
     [ -s "$JOBS_ROOT/job$j/pgid" ] && kill "-$1" -- "-$(cat "$JOBS_ROOT/job$j/pgid")" 2>/dev/null; done; return 0; }
 # the jobs run in sessions of their own, which the device tool does not end when this script is cut short: end
@@ -35,7 +43,8 @@ signal_jobs() { for ((j = 0; j < i; j++)); do
 trap 'signal_jobs KILL' EXIT
 trap 'exit 130' INT TERM
 for job in "$@"; do
-  gpus=${job%%:*}; cmd=${job#*:}; dir="$JOBS_ROOT/job$i"; cache="/tmp/tc_job$i"
+  spec=${job%%:*}; cmd=${job#*:}; dir="$JOBS_ROOT/job$i"; cache="/tmp/tc_job$i"
+  gpus=${spec%@*}; ncores=$SHARE; [[ "$spec" == *@* ]] && ncores=${spec#*@}
   mkdir -p "$dir" "$cache"
   [ -n "$(ls -A "$cache")" ] || { cp -a "$TRITON_CACHE_DIR/." "$cache/"; python3 scripts/pack_triton_cache.py --fix-groups "$cache" > /dev/null; }
   printf 'GPUS=%s\n%s\n' "$gpus" "$cmd" > "$dir/command.txt"
@@ -44,7 +53,9 @@ for job in "$@"; do
   # Each job also gets its own slice of the CPU cores (taskset): compiling jobs (checks, MQAR workers, parallel
   # Triton compiles) then cannot slow the launches of a job that times kernels; session 4's decode timings moved
   # by 2x between runs that shared the host with compiling jobs.
-  first=$(( (i * CPUS_PER_JOB) % NCPU )); cores="$first-$((first + CPUS_PER_JOB - 1))"
+  # (cores beyond the machine's wrap around: over-asking shares cores rather than failing)
+  first=$(( next_core % NCPU )); last=$(( first + ncores - 1 )); [ "$last" -lt "$NCPU" ] || last=$((NCPU - 1))
+  cores="$first-$last"; next_core=$((next_core + ncores))
   echo "$cores" > "$dir/cpus.txt"
   ( export CUDA_VISIBLE_DEVICES="$gpus" OUT="$dir" TRITON_CACHE_DIR="$cache" NO_PACK=1 JOB_CMD="$cmd" PGID_FILE="$dir/pgid"
     setsid taskset -c "$cores" bash -c 'echo $$ > "$PGID_FILE"; exec bash -c "$JOB_CMD"' > "$dir/stdout.log" 2>&1
