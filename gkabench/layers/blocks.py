@@ -155,6 +155,9 @@ class ShortConv(nn.Module):
         Same contract as :meth:`forward`. fla's backward returns gradients for x, weight, bias and the state.
         """
         causal_conv1d = fla_causal_conv1d()
+        # a channel slice of a wider projection (Mamba2's xBC) is a strided view; fla's kernels take strides, but
+        # the interpreter tests cover contiguous inputs only, so the kernel gets those (a copy only for views)
+        x = x.contiguous()
         initial_state = None
         if state is not None and cu_seqlens is None:  # with cu_seqlens the state is unused, as in forward_torch
             # rounded to x's dtype first, as forward_torch does (fla would read it at full precision)
