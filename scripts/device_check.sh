@@ -20,6 +20,10 @@ LOGS=/tmp/check_logs; mkdir -p "$LOGS"
 for m in gka gated_deltanet gla mamba2 mesanet attention; do
   (SMOKE_DUMP_S=$((LIMIT - 15)) timeout "$LIMIT" python3 scripts/cuda_mixers_smoke.py "$m" > "$LOGS/smoke_$m.log" 2>&1; echo "exit $?" >> "$LOGS/smoke_$m.log") &
 done
+# the suite's GPU tests (GKA kernels vs float64 references, fla's short conv vs the PyTorch conv): pytest is in
+# the device image; -p no:cacheprovider leaves nothing in the tree
+(timeout "$LIMIT" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_short_conv_fla.py tests/test_gka_triton.py \
+   > "$LOGS/pytest_gpu.log" 2>&1; echo "exit $?" >> "$LOGS/pytest_gpu.log") &
 # GKA's quick set (its fp32 kernels are the slowest to compile) and SDPA: one process each
 for m in gka attention; do
   q=""; [ "$m" = gka ] && q="--quick"
@@ -41,6 +45,8 @@ grep -h '^exit' -H "$LOGS"/smoke_*.log
 echo "== gkabench check (fla guard lifted for the guarded ops; GKA --quick)"
 grep -hE '^(pass|FAIL|error|refused)' "$LOGS"/check_*.log | cut -c1-200
 grep -h '^exit' -H "$LOGS"/check_*.log
+echo "== pytest -m gpu (GKA kernels, short conv)"
+tail -4 "$LOGS/pytest_gpu.log"
 cp "$LOGS"/*.json "$OUT"/ 2>/dev/null
 # one archive of the logs and JSON (the device tool returns at most 8 files; the Triton cache parts need room)
 (cd "$OUT" && cp "$LOGS"/*.log . && tar czf device_check_logs.tgz *.log *.json && rm -f *.log *.json)
