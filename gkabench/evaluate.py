@@ -25,6 +25,7 @@ the gold passage; should score 1.0) and ``closed-book`` (sees only the question;
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,10 +336,28 @@ def _record(row: dict, raw: str, seconds: float, peak: float | None, batch: int)
     }  # fmt: skip
 
 
+# models that have run one untimed generation in this process (weak: a model loaded later gets its own); see _warm_up
+_WARMED = weakref.WeakSet()
+
+
+def _warm_up(model, tok, prompt: list[int], chunk_size: int) -> None:
+    """One untimed generation per model and process before the first timed one, so that the seconds per example
+    measure the model, not Triton compiling and autotuning its kernels (session 4: GKA's first 4k example took
+    longer than its 8k ones). The prompt spans more than one prefill chunk and a few decode steps, the paths every
+    timed example takes: full prefill chunks continuing a cached state, a ragged last chunk, decode steps."""
+    if model in _WARMED:
+        return
+    _WARMED.add(model)
+    step = min(chunk_size, 1024) if chunk_size > 0 else 1024
+    generate(model, tok, [prompt[: 2 * step + 17]], 3, step if chunk_size > 0 else chunk_size)
+
+
 def _answer(batch, model, tok, reader, new_tokens, cfg, length, device) -> list[dict]:
     if reader is not None:
         return [_record(r, reader(r), 0.0, None, 1) for r in batch]
     prompts = [tok(r["prompt"], add_special_tokens=True)["input_ids"] for r in batch]
+    if device.type == "cuda":  # on CPU nothing compiles (and the timings are not the point there)
+        _warm_up(model, tok, prompts[0], cfg.chunk_size)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

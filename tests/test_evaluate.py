@@ -362,3 +362,21 @@ def test_eval_mixed_tasks_pass_data_to_both(models, tmp_path, monkeypatch):
                 tmp_path / "res", tmp_path / "cache")  # fmt: skip
     assert res.exit_code == 0, res.output
     assert seen == {"lm_eval": str(DATA), "ours": str(DATA)}
+
+
+def test_warm_up_runs_once_per_model_over_two_prefill_chunks(monkeypatch):
+    """On CUDA the first timed generation of a model is preceded by one untimed one (Triton compiles then, not
+    inside the seconds per example): a prompt of two full prefill chunks and a ragged one, a few decode steps."""
+    from gkabench import evaluate
+
+    calls = []
+    monkeypatch.setattr(evaluate, "generate", lambda model, tok, prompts, n, chunk: calls.append((len(prompts[0]), n, chunk)))
+
+    class Model(torch.nn.Module):
+        pass
+
+    m1, m2 = Model(), Model()
+    evaluate._warm_up(m1, None, list(range(5000)), 8192)
+    evaluate._warm_up(m1, None, list(range(5000)), 8192)
+    evaluate._warm_up(m2, None, list(range(100)), 0)
+    assert calls == [(2 * 1024 + 17, 3, 1024), (100, 3, 0)]
