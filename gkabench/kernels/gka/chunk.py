@@ -35,6 +35,8 @@ class ChunkIndices:
     ``chunk_info [NT, 2]``: first token and one-past-last token of each chunk (chunks never span sequences).
     ``last_token [N]`` (int64): index of each sequence's last token (-1 for an empty sequence).
     ``seq_end [TT]`` (int64): per token, one-past-last token of its sequence.
+    ``nonempty [M]`` / ``nonempty_last [M]`` (int64): the non-empty sequences and their last tokens, made on the
+    host so the backward needs no boolean mask (a mask's nonzero waits for the GPU).
     """
 
     seq_info: torch.Tensor
@@ -43,6 +45,8 @@ class ChunkIndices:
     seq_end: torch.Tensor
     num_seqs: int
     num_chunks: int
+    nonempty: torch.Tensor | None = None
+    nonempty_last: torch.Tensor | None = None
 
 
 _INDEX_CACHE: dict = {}
@@ -71,6 +75,8 @@ def prepare_indices(bounds: list[int], device: torch.device, chunk: int = CHUNK)
         seq_end=torch.repeat_interleave(b[1:], lengths).to(device),
         num_seqs=len(bounds) - 1,
         num_chunks=nt,
+        nonempty=torch.tensor([i for i in range(len(bounds) - 1) if bounds[i + 1] > bounds[i]], dtype=torch.int64).to(device),
+        nonempty_last=torch.tensor([e - 1 for s_, e in zip(bounds[:-1], bounds[1:]) if e > s_], dtype=torch.int64).to(device),
     )
     if len(_INDEX_CACHE) > 64:
         _INDEX_CACHE.clear()
@@ -106,13 +112,16 @@ class ChunkGKAFunction(torch.autograd.Function):
         ctx.idx, ctx.num_iter, ctx.ridge, ctx.scale = idx, num_iter, ridge, scale
         ctx.has_h0 = h0 is not None
         ctx.in_dtypes = (g.dtype, alpha.dtype)
+        # final states nobody differentiates (output_final_state=False, or unused) then arrive as None, not as
+        # zero tensors: the backward skips their terms instead of scanning zeros
+        ctx.set_materialize_grads(False)
         return o, ht_kk, ht_kv
 
     @staticmethod
     def backward(ctx, do, dht_kk, dht_kv):
         q, k, v, g, alpha, hs, us, x, n, ht_kk, ht_kv, *extra = ctx.saved_tensors
         idx = ctx.idx
-        do = do.contiguous()
+        do = torch.zeros_like(v) if do is None else do.contiguous()  # o unused: only the final states carry gradient
         dq, da, y, beta, e, tau, sigma = solve_bwd(
             q, k, v, g, alpha, hs, us, x, n, do, idx, num_iter=ctx.num_iter, ridge=ctx.ridge, scale=ctx.scale,
             prep=tuple(extra) if ctx.prep else None,
@@ -128,8 +137,7 @@ class ChunkGKAFunction(torch.autograd.Function):
         if has_dht:
             # dg of a sequence's last token also sees the final states: <dH_T, H_T> + <dU_T, U_T>.
             fin = (dht_kk * ht_kk).sum((-2, -1)) + (dht_kv * ht_kv).sum((-2, -1))  # [N, H]
-            valid = idx.last_token >= 0
-            e.index_add_(0, idx.last_token[valid], fin[valid])
+            e.index_add_(0, idx.nonempty_last, fin.index_select(0, idx.nonempty))
         dg = reverse_cumsum_per_sequence(e, idx)
         g_dtype, a_dtype = ctx.in_dtypes
         dh0_out = dh0 if ctx.has_h0 else None
