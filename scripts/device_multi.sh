@@ -29,7 +29,9 @@ python3 -c "import torch, triton, fla; print('torch', torch.__version__, 'triton
 git rev-parse HEAD 2>/dev/null | tee -a "$JOBS_ROOT/env.log"
 i=0; PIDS=()
 # CPU cores per job: GPUS@N:COMMAND asks for N cores; the other jobs share what is left equally
-NCPU=$(nproc); asked=0; unsized=0
+# the CPUs this process may use (a container's set need not start at 0)
+read -r -a ALLOWED <<< "$(python3 -c "import os; print(' '.join(map(str, sorted(os.sched_getaffinity(0)))))")"
+NCPU=${#ALLOWED[@]}; asked=0; unsized=0
 for job in "$@"; do
   spec=${job%%:*}
   if [[ "$spec" == *@* ]]; then asked=$((asked + ${spec#*@})); else unsized=$((unsized + 1)); fi
@@ -55,10 +57,11 @@ for job in "$@"; do
   # by 2x between runs that shared the host with compiling jobs.
   # (cores beyond the machine's wrap around: over-asking shares cores rather than failing)
   first=$(( next_core % NCPU )); last=$(( first + ncores - 1 )); [ "$last" -lt "$NCPU" ] || last=$((NCPU - 1))
-  cores="$first-$last"; next_core=$((next_core + ncores))
+  cores=$(IFS=,; echo "${ALLOWED[*]:first:last - first + 1}"); next_core=$((next_core + ncores))
+  PIN=(); if [ -n "$cores" ] && taskset -c "$cores" true 2>/dev/null; then PIN=(taskset -c "$cores"); else cores="unpinned"; fi
   echo "$cores" > "$dir/cpus.txt"
   ( export CUDA_VISIBLE_DEVICES="$gpus" OUT="$dir" TRITON_CACHE_DIR="$cache" NO_PACK=1 JOB_CMD="$cmd" PGID_FILE="$dir/pgid"
-    setsid taskset -c "$cores" bash -c 'echo $$ > "$PGID_FILE"; exec bash -c "$JOB_CMD"' > "$dir/stdout.log" 2>&1
+    setsid "${PIN[@]}" bash -c 'echo $$ > "$PGID_FILE"; exec bash -c "$JOB_CMD"' > "$dir/stdout.log" 2>&1
     echo "exit $?" >> "$dir/stdout.log" ) &
   PIDS+=($!); i=$((i + 1))
 done
