@@ -192,7 +192,7 @@ def bench(args):
     try:
         import fla  # noqa: F401
         import fla.ops.common.chunk_o as fla_chunk_o
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 
         fla_chunk_o.TRITON_ABOVE_3_7_1 = True  # lift fla's Hopper guard (triton < 3.7.1) for timing only
         have_fla = True
@@ -248,7 +248,7 @@ def bench(args):
     try:
         from gkabench.kernels.gka.chunk import prepare_indices
         from gkabench.kernels.gka.chunk_bwd import grads_bwd, scan_bwd, solve_bwd
-        from gkabench.kernels.gka.chunk_fwd import DEFAULT_VARIANT, VARIANTS, prep_fwd, scan_fwd, solve_fwd
+        from gkabench.kernels.gka.chunk_fwd import VARIANTS, prep_fwd, scan_fwd, solve_fwd
 
         T, B = 8192, TOK // 8192
         q, k, v, g, a = (
