@@ -242,8 +242,7 @@ def bench(args):
             log("GDN skipped at T", T)
         log(json.dumps(row))
         torch.cuda.empty_cache()
-    # per-launch times at T=8192 (where the time goes), for both kernel variants of the bf16 path (chunk_fwd.VARIANTS):
-    # keys without a suffix are the default variant's, "<key>@fused" / "<key>@prep" the other's
+    # per-launch times at T=8192 (where the time goes), for both kernel layouts of the bf16 path (chunk_fwd.VARIANTS)
     stages = {}
     try:
         from gkabench.kernels.gka.chunk import prepare_indices
