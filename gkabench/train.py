@@ -494,6 +494,10 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
                "elapsed_s": elapsed, "out_dir": str(out), **last}  # fmt: skip
     if guard_lifted:
         summary["fla_guard_lifted"] = True
+    if device.type == "cuda":
+        from .layers.blocks import short_conv_impl
+
+        summary["short_conv"] = short_conv_impl()  # fla's conv, or the PyTorch fallback after a failure
     if d.main and step >= cfg.steps and step > start_step:
         log.write({"event": "end", **summary})
     summary["model"] = model

@@ -306,3 +306,28 @@ def test_gpu_fla_path_matches_torch_path(case, scale_T):
     assert err.pop("same_dtypes_and_shapes") == 0.0
     assert max(err.values()) < TOL, err
     check_low_precision(compare(case, device="cuda", dtype=torch.bfloat16, C=200, scale_T=scale_T))
+
+
+def test_auto_falls_back_to_torch_after_an_fla_failure(monkeypatch):
+    """Under "auto" a failing fla conv is recorded once (one line, a RuntimeWarning) and every later call runs the
+    PyTorch path, so a training run or sweep goes on; "fla" (forced) raises instead."""
+    monkeypatch.setattr(blocks, "FLA_CONV_FAILURE", None)
+    monkeypatch.setattr(blocks, "short_conv_uses_fla", lambda x, state: blocks.FLA_CONV_FAILURE is None)
+
+    def broken(self, *a, **k):
+        raise RuntimeError("triton: out of resources\nmore detail")
+
+    monkeypatch.setattr(ShortConv, "forward_fla", broken)
+    conv = ShortConv(8)
+    x = torch.randn(1, 6, 8)
+    ref = conv.forward_torch(x)[0]
+    with pytest.warns(RuntimeWarning, match="PyTorch path"):
+        y, _ = conv(x)
+    torch.testing.assert_close(y, ref)
+    assert blocks.FLA_CONV_FAILURE == "RuntimeError: triton: out of resources"
+    assert blocks.short_conv_impl().startswith("torch (fla failed: RuntimeError")
+    torch.testing.assert_close(conv(x)[0], ref)  # later calls: the PyTorch path, no new warning needed
+    monkeypatch.setattr(blocks, "SHORT_CONV_BACKEND", "fla")
+    monkeypatch.setattr(blocks, "short_conv_uses_fla", lambda x, state: True)
+    with pytest.raises(RuntimeError, match="out of resources"):
+        conv(x)

@@ -253,6 +253,10 @@ def run_sweep(
             row["status"] = f"skipped: {why} at T={t0}"
         else:
             row.update(measure_fn(cfg, cell, device))
+            if cell.level == "layer":  # the conv implementation these numbers include (fla's, or the fallback)
+                from ..layers.blocks import short_conv_impl
+
+                row["short_conv"] = short_conv_impl() if getattr(device, "type", device) == "cuda" else "torch"
             why = str(row["status"]).split(":")[0]
             if why in ("slow", "oom"):
                 too_slow.setdefault(cell.series, (cell.T, why))

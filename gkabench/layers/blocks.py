@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -115,7 +116,22 @@ def short_conv_uses_fla(x: torch.Tensor, state: torch.Tensor | None) -> bool:
         if fla_causal_conv1d() is None:
             raise RuntimeError("SHORT_CONV_BACKEND='fla' but fla.modules.causal_conv1d does not import")
         return True
-    return x.is_cuda and fla_causal_conv1d() is not None
+    return x.is_cuda and fla_causal_conv1d() is not None and FLA_CONV_FAILURE is None
+
+
+# Under "auto", the first exception from fla's conv is kept here (one line) and every later call runs the PyTorch
+# path: a training run or sweep goes on with the reference conv instead of dying; `short_conv_impl()` says which
+# one runs, and the speed sweep records it in every layer row.
+FLA_CONV_FAILURE: str | None = None
+
+
+def short_conv_impl() -> str:
+    """Which short conv CUDA layers run now: ``"fla"``, ``"torch"``, or ``"torch (fla failed: ...)"``."""
+    if SHORT_CONV_BACKEND == "torch":
+        return "torch"
+    if FLA_CONV_FAILURE is not None:
+        return f"torch (fla failed: {FLA_CONV_FAILURE})"
+    return "fla" if fla_causal_conv1d() is not None else "torch"
 
 
 class ShortConv(nn.Module):
@@ -146,7 +162,15 @@ class ShortConv(nn.Module):
         """``reference=True`` always runs the PyTorch path (a mixer's ``backend="reference"``: the path CUDA
         results are checked against)."""
         if not reference and short_conv_uses_fla(x, state):
-            return self.forward_fla(x, cu_seqlens, state)
+            try:
+                return self.forward_fla(x, cu_seqlens, state)
+            except Exception as exc:  # noqa: BLE001 - see FLA_CONV_FAILURE
+                if SHORT_CONV_BACKEND == "fla":
+                    raise
+                global FLA_CONV_FAILURE
+                FLA_CONV_FAILURE = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
+                warnings.warn(f"fla's causal_conv1d failed ({FLA_CONV_FAILURE}); short convs run the PyTorch path from now on",
+                              RuntimeWarning, stacklevel=2)  # fmt: skip
         return self.forward_torch(x, cu_seqlens, state)
 
     def forward_fla(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None, state: torch.Tensor | None = None):
