@@ -158,7 +158,6 @@ def flops_per_token_head(D, num_iter, C=64):
 def time_gdn(row, T, B, q, k, v, g, do, gen, H):
     """fla's chunk_gated_delta_rule on the same q, k, v, g (beta random) into ``row``: gdn_fwd_ms, gdn_fb_ms,
     gdn_peak_gib. fla's Hopper guard is lifted by the caller (timing only; `gkabench check` covers correctness)."""
-    from triton.testing import do_bench
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
     beta = torch.rand(B, T, H, device="cuda", generator=gen).sigmoid().to(torch.bfloat16)
@@ -171,14 +170,22 @@ def time_gdn(row, T, B, q, k, v, g, do, gen, H):
         o, _ = chunk_gated_delta_rule(gl[0], gl[1], gl[2], g, beta)
         o.backward(do)
 
+    time_fwd_fb(row, "gdn", gdn_fwd, gdn_fb, gl)
+
+
+def time_fwd_fb(row, prefix, fwd, fb, leaves):
+    """Median ms of ``fwd`` and ``fb`` (do_bench; ``leaves``' grads reset between calls) and the allocator peak of
+    one ``fb`` into ``row`` as ``<prefix>_fwd_ms``, ``<prefix>_fb_ms``, ``<prefix>_peak_gib``; a failure is logged."""
+    from triton.testing import do_bench
+
     try:
-        row["gdn_fwd_ms"] = do_bench(gdn_fwd, warmup=50, rep=300, return_mode="median")
-        row["gdn_fb_ms"] = do_bench(gdn_fb, warmup=50, rep=300, grad_to_none=gl, return_mode="median")
+        row[f"{prefix}_fwd_ms"] = do_bench(fwd, warmup=50, rep=300, return_mode="median")
+        row[f"{prefix}_fb_ms"] = do_bench(fb, warmup=50, rep=300, grad_to_none=leaves, return_mode="median")
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        gdn_fb()
+        fb()
         torch.cuda.synchronize()
-        row["gdn_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        row[f"{prefix}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     except Exception:  # noqa: BLE001
         log(traceback.format_exc())
 
@@ -223,16 +230,7 @@ def bench(args):
             o, _ = chunk_gka(*leaves, num_iter=R)
             o.backward(do)
 
-        try:
-            row["gka_fwd_ms"] = do_bench(gka_fwd, warmup=50, rep=300, return_mode="median")
-            row["gka_fb_ms"] = do_bench(gka_fb, warmup=50, rep=300, grad_to_none=leaves, return_mode="median")
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            gka_fb()
-            torch.cuda.synchronize()
-            row["gka_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        except Exception:  # noqa: BLE001
-            log(traceback.format_exc())
+        time_fwd_fb(row, "gka", gka_fwd, gka_fb, leaves)
         rows.append(row)
         del leaves
         torch.cuda.empty_cache()
