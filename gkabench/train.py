@@ -417,6 +417,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
 
     tokens_per_step = cfg.batch_size * cfg.seq_len
     last = dict(last_restored or {"loss": float("nan")})
+    from .models.modeling import loss_positions_of
+
     t_start, t_window, tok_window = time.perf_counter(), time.perf_counter(), 0
     start_step = step
     end = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
@@ -426,7 +428,11 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
             loss_sum = torch.zeros((), device=device)
             for m in range(cfg.grad_accum):
                 b = source.micro_batch(step, m * d.world + d.rank, parts, cfg.batch_size)
+                # the LM head only where a target counts (MQAR: one token in four), found on the CPU copy (no sync)
+                positions = loss_positions_of(b["labels"]) if "labels" in b else None
                 b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+                if positions is not None:
+                    b["loss_positions"] = positions
                 sync = m == cfg.grad_accum - 1 or d.world == 1
                 with (ddp_model.no_sync() if (d.world > 1 and not sync) else nullcontext()), autocast:
                     loss = ddp_model(**b, use_cache=False).loss / cfg.grad_accum

@@ -45,10 +45,12 @@ timeout -k 15 -s INT "$HARD" python3 -m gkabench.cli mqar --jobs "${JOBS:-8}" --
   --run-dir /tmp/mqar_runs ${SHARD:+--shard "$SHARD"} --max-minutes "$MAXM" $GUARD "$@" 2>&1 | tee "$WORK/mqar.log" | grep -v "━" | tail -60
 rc=${PIPESTATUS[0]}
 [ -z "${SHARD:-}" ] && pkill -f "multiprocessing.spawn" 2>/dev/null  # workers orphaned by a hard stop (with shards, the orchestrator does it)
-cp "$ROWS/mqar.jsonl" "$WORK/" 2>/dev/null; [ -z "${SHARD:-}" ] && rm -f "$ROWS/mqar.jsonl.lock"
+cp "$ROWS/mqar.jsonl" "$WORK/" 2>/dev/null; [ "$ROWS" != "$OUT" ] && cp "$ROWS/mqar.jsonl" "$OUT/" 2>/dev/null; [ -z "${SHARD:-}" ] && rm -f "$ROWS/mqar.jsonl.lock"
 # autotune choices made by 8 processes sharing the GPU are noisy: keep the compiled kernels, drop the choices
 find "$TRITON_CACHE_DIR" -name '*.autotune.json' -newer /tmp/mqar_phase_start -delete
 # at most 8 files come back (mqar.jsonl/.md/.png, this archive, cache parts): logs travel as one archive
-(cd "$WORK" && tar czf "$OUT/mqar_logs.tgz" guard_check_* mqar.log 2>/dev/null)
+# with each run's training log (session 5: no run finished in 8 minutes and nothing said how far they got)
+mkdir -p "$WORK/runs"; (cd /tmp/mqar_runs 2>/dev/null && find . -name 'log.jsonl' -exec cp --parents {} "$WORK/runs/" \; 2>/dev/null)
+(cd "$WORK" && tar czf "$OUT/mqar_logs.tgz" guard_check_* mqar.log runs 2>/dev/null)
 source scripts/device_epilogue.sh
 exit "$rc"

@@ -33,6 +33,29 @@ def test_forward_shapes_and_loss():
     assert model(ids, logits_to_keep=1).logits.shape == (3, 1, VOCAB)
 
 
+def test_loss_on_labeled_positions_only_equals_full_loss():
+    """The training path for sparse targets (MQAR): the LM head on the labelled positions only gives the same
+    loss and the same gradients as full logits with ignore_index (float64: equal to rounding)."""
+    from gkabench.models.modeling import loss_positions_of
+
+    model = tiny("gka").train()
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, VOCAB, (3, 11), generator=gen)
+    labels = ids.masked_fill(torch.rand(3, 11, generator=gen) < 0.6, -100)
+    labels[0, 1:] = -100  # a row with no target at all
+    positions = loss_positions_of(labels)
+    assert positions is not None and len(positions) == int((labels[:, 1:] != -100).sum())
+    full = model(ids, labels=labels)
+    grads_full = torch.autograd.grad(full.loss, list(model.parameters()))
+    part = model(ids, labels=labels, loss_positions=positions)
+    assert part.logits is None
+    grads_part = torch.autograd.grad(part.loss, list(model.parameters()))
+    torch.testing.assert_close(part.loss, full.loss, rtol=1e-12, atol=0)
+    for a, b in zip(grads_part, grads_full):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    assert loss_positions_of(ids) is None  # every target counts: the plain path
+
+
 def test_hybrid_pattern():
     assert expand_pattern("gka,gka,gka,attention", 8) == ["gka", "gka", "gka", "attention"] * 2
     assert expand_pattern(["gka", "attention"], 3) == ["gka", "attention", "gka"]
