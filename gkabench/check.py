@@ -7,7 +7,8 @@ projection of them by relative error ``||a - b|| / ||b||``. Tolerances:
 - GKA vs ``gka_exact``: fp32 inputs 1e-3 forward (5e-3 gradients) at 30 Chebyshev steps (the solve bound is
   3.2e-4) and 1e-5 forward (1e-4 gradients) at 80;
   bf16 inputs 1e-2 (forward and gradients). Decode (step by step from a state) vs the chunked path: same bounds.
-- Baselines (fla Triton ops) vs our float64 recurrences: fp32 2e-3 (tf32 dots), bf16 1e-2 forward / 2e-2 gradients.
+- Baselines (fla Triton ops) vs our float64 recurrences: fp32 2e-3 (tf32 dots), bf16 1e-2 forward / 2e-2 gradients;
+  MesaNet 1e-2 / 2e-2 in both dtypes (fla computes it in fp16 / bf16 whatever the input dtype: :func:`mesanet_cases`).
 - Attention (torch SDPA) vs an explicit float64 softmax: fp32 1e-3, bf16 1e-2.
 
 A fla op that refuses to run (its Hopper guard for Triton < 3.7.1) is reported as ``refused``; with
@@ -48,6 +49,7 @@ class Case:
     dtype: torch.dtype
     run: Callable[[], list[tuple[str, float, float]]]  # -> [(quantity, rel_err, tol)]
     tags: list[str] = field(default_factory=list)
+    note: str = ""  # printed in every row of the case (e.g. why its tolerance differs)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -294,10 +296,17 @@ def baseline_cases(device: torch.device, fast_ops: dict | None = None, shapes: l
 
 
 def mesanet_cases(device, fast_fn, ref_fn, shapes) -> list[Case]:
-    """MesaNet: fla's chunked CG (30 steps) vs our float64 CG recurrence with the same steps; two states."""
+    """MesaNet: fla's chunked CG (30 steps) vs our float64 CG recurrence with the same steps; two states.
+
+    Tolerances: fla 0.6.0's ``chunk_mesa_net`` computes at low precision whatever the input dtype: it casts q and
+    k to float16, keeps the per-chunk H_kv states in bfloat16 (``states_in_fp32=False``) and casts the CG direction
+    to float16 in every product. Judged at fp32 (tf32) tolerances its fp32 output sat at 2.2e-3 on the H200
+    (session 5), the size of its bf16 error (2.9e-3); rounding only the chunk-start H_kv states to bf16 moves the
+    float64 reference's o by 1.5e-3 (``tests/test_check.py``). Both dtypes are therefore judged at the
+    low-precision tolerances (1e-2 forward, 2e-2 gradients); a miscompile is O(1)."""
     cases = []
     for label, B, T, H, D, cu in shapes:
-        for dtype, tol_f, tol_b in ((torch.float32, 2e-3, 2e-3), (torch.bfloat16, 1e-2, 2e-2)):
+        for dtype, tol_f, tol_b in ((torch.float32, 1e-2, 2e-2), (torch.bfloat16, 1e-2, 2e-2)):
             def run(B=B, T=T, H=H, D=D, cu=cu, dtype=dtype, tol_f=tol_f, tol_b=tol_b):
                 q, k, v, g, gen = recurrent_inputs(B, T, H, D, D, device, 13)
                 N = B if cu is None else len(cu) - 1
@@ -320,7 +329,8 @@ def mesanet_cases(device, fast_fn, ref_fn, shapes) -> list[Case]:
                 return compare_fwd_bwd(wrap(fast_fn), wrap(ref_fn), inputs, grads, ["o", "h_kk_final", "h_kv_final"], tol_f, tol_b, 13,
                                        symmetric=("h_kk_init",))
 
-            cases.append(Case("mesanet", label, dtype, run, tags=["fla"]))
+            note = "fla computes MesaNet in fp16/bf16 internally: low-precision tolerances" if dtype == torch.float32 else ""
+            cases.append(Case("mesanet", label, dtype, run, tags=["fla"], note=note))
     return cases
 
 
@@ -365,7 +375,7 @@ def run_checks(
     for case in cases:
         start = len(rows)
         dt = _dtype_name(case.dtype)
-        note = "fla Hopper guard lifted" if guard_lifted and "fla" in case.tags else ""
+        note = "; ".join(n for n in ("fla Hopper guard lifted" if guard_lifted and "fla" in case.tags else "", case.note) if n)
         try:
             for quantity, err, tol in case.run():
                 ok = err <= tol
