@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python3 -c "import torch, triton, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'fla', fla.__version__)" | tee -a "$OUT/env.log"
 touch /tmp/check_phase_start
 # logs go straight under $OUT: a job cut by device_multi's deadline still returns what its processes wrote
-# (session 5 lost a whole check that way). SMOKE / FLA_OPS / OWN_OPS choose the parts (a rerun can skip what passed).
+# (session 5 lost a whole check that way). SMOKE / FLA_OPS / OWN_OPS (lists) and PYTEST (0/1) choose the parts (a rerun can skip what passed).
 LOGS="$OUT/check_logs"; mkdir -p "$LOGS"
 for m in ${SMOKE-gka gated_deltanet gla mamba2 mesanet attention}; do
   (SMOKE_DUMP_S=$((LIMIT - 15)) timeout "$LIMIT" python3 scripts/cuda_mixers_smoke.py "$m" > "$LOGS/smoke_$m.log" 2>&1; echo "exit $?" >> "$LOGS/smoke_$m.log") &
