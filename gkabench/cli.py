@@ -322,6 +322,7 @@ def train(
     packing: bool = typer.Option(True, "--packing/--no-packing", help="pack documents with cu_seqlens (no cross-document attention)"),
     mqar_vocab: int = typer.Option(8192, "--mqar-vocab"),
     mqar_pairs: int = typer.Option(64, "--mqar-pairs"),
+    mqar_curriculum: bool = typer.Option(False, "--mqar-curriculum", help="mqar: train on Zoology's mixture of pair counts P/16..P (eval on P only)"),
     facts_questions: int = typer.Option(1, "--facts-questions", help="--data facts: questions per rag document over one context (more answers to learn from per document)"),
     steps: int = typer.Option(1000, "--steps"),
     batch_size: int = typer.Option(64, "--batch-size", help="sequences per optimizer step over all GPUs"),
@@ -347,7 +348,7 @@ def train(
         out_dir=out, mixer=mixer, preset=preset, hidden_size=hidden, num_layers=num_layers, num_heads=num_heads,
         head_dim=head_dim, mixer_options=_parse_mixer_options(mixer_option), data=data, eval_data=eval_data,
         text_field=text_field, tokenizer=tokenizer, seq_len=seq_len, packing=packing, mqar_vocab=mqar_vocab,
-        mqar_pairs=mqar_pairs, facts_questions=facts_questions, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup,
+        mqar_pairs=mqar_pairs, mqar_curriculum=mqar_curriculum, facts_questions=facts_questions, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup,
         weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every, save_every=save_every,
         log_every=log_every, seed=seed, device=device, resume=resume, lift_fla_guard=lift_fla_guard,
         max_minutes=max_minutes,
@@ -379,6 +380,7 @@ def mqar(
     num_heads: int = typer.Option(None, "--num-heads", help="heads for every mixer (default: each mixer's own)"),
     head_dim: int = typer.Option(None, "--head-dim", help="head dim for every mixer (default: each mixer's own)"),
     eval_examples: int = typer.Option(None, "--eval-examples"),
+    curriculum: bool = typer.Option(None, "--curriculum/--no-curriculum", help="train on Zoology's mixture of pair counts P/16..P, evaluate on P (default on)"),
     early_stop_acc: float = typer.Option(None, "--early-stop-acc", help="end a run once its periodic eval reaches this accuracy (default 0.99; 0 = always train every step)"),
     out: str = typer.Option("results/mqar", "--out", help="where NAME.jsonl / .md / .png go"),
     name: str = typer.Option(None, "--name", help="file stem (default mqar on GPU, mqar_cpu_tiny on CPU)"),
@@ -414,7 +416,7 @@ def mqar(
         gpu, mixers=mixer_list, dims=_parse_list(dims, int, "--dims"), lengths=length_list, lrs=_parse_list(lrs, float, "--lrs"),
         steps=steps, batch_size=batch_size, vocab_size=vocab, num_layers=num_layers, num_heads=num_heads,
         head_dim=head_dim, eval_examples=eval_examples, out_dir=out, name=name, device=device, run_dir=run_dir,
-        lift_fla_guard=lift_fla_guard or None, early_stop_acc=early_stop_acc,
+        lift_fla_guard=lift_fla_guard or None, early_stop_acc=early_stop_acc, curriculum=curriculum,
     )  # fmt: skip
     if not gpu:
         console.print("[yellow]No GPU: a CPU-tiny sweep through the pure-PyTorch reference ops; it shows the pipeline works, not the paper's result.[/yellow]")

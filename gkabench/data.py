@@ -20,19 +20,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .tasks.mqar import MQARConfig, mqar_batch
+from .tasks.mqar import MQARConfig, curriculum_mixture, mqar_batch, mqar_mixed_batch
 
 if TYPE_CHECKING:
     from .train import TrainConfig
 
 
 class MQARSource:
-    """MQAR: step s's global batch is ``mqar_batch(cfg, batch_size, (seed, s))``; eval uses another seed."""
+    """MQAR: step s's global batch is ``mqar_batch(cfg, batch_size, (seed, s))``; eval uses another seed.
 
-    def __init__(self, cfg: MQARConfig, seed: int):
+    ``curriculum=True``: training batches mix easier pair counts in (:func:`curriculum_mixture`, Zoology's
+    training mixture); evaluation is always on ``cfg`` alone.
+    """
+
+    def __init__(self, cfg: MQARConfig, seed: int, curriculum: bool = False):
         from concurrent.futures import ThreadPoolExecutor
 
         self.cfg, self.seed = cfg, seed
+        self.mixture = curriculum_mixture(cfg) if curriculum else None
         self._cache: tuple[tuple, dict] | None = None
         # The next step's batch is generated in a background thread while the GPU works on this one (numpy
         # releases the GIL), so data generation does not bound small models' step time.
@@ -44,8 +49,11 @@ class MQARSource:
         return self.cfg.vocab_size
 
     def _make(self, step: int, size: int, split: str) -> dict:
-        seed = (self.seed, step) if split == "train" else (self.seed + 7919, 10**6 + step)
-        b = mqar_batch(self.cfg, size, seed)
+        if split == "train" and self.mixture is not None:
+            b = mqar_mixed_batch(self.mixture, size, (self.seed, step))
+        else:
+            seed = (self.seed, step) if split == "train" else (self.seed + 7919, 10**6 + step)
+            b = mqar_batch(self.cfg, size, seed)
         return {"input_ids": b.input_ids, "labels": b.labels}
 
     def global_batch(self, step: int, size: int, split: str = "train") -> dict:
@@ -228,7 +236,7 @@ def tokenize_files(files: list[str], tokenizer, text_field: str) -> tuple[np.nda
 
 def build_source(cfg: TrainConfig, tokenizer):
     if cfg.data == "mqar":
-        return MQARSource(cfg.mqar(), cfg.seed)
+        return MQARSource(cfg.mqar(), cfg.seed, curriculum=cfg.mqar_curriculum)
     if cfg.data == "facts":
         return FactsSource(tokenizer, cfg.seq_len, cfg.seed, questions=cfg.facts_questions)
     files = [f.strip() for f in cfg.data.split(",") if f.strip()]

@@ -73,6 +73,7 @@ class TrainConfig:
     mqar_vocab: int = 8192
     mqar_pairs: int = 64
     mqar_queries: int | None = None
+    mqar_curriculum: bool = False  # train on Zoology's mixture of easier pair counts too (eval on the target only)
     facts_questions: int = 1  # --data facts: questions per rag document (more answers to read per context)
     # optimisation
     steps: int = 1000
@@ -309,7 +310,7 @@ def evaluate(model, source, cfg: TrainConfig, device, autocast) -> dict:
 # Settings a resumed run must share with the checkpoint: the model, the data and their order.
 RESUME_MUST_MATCH = (
     "mixer", "preset", "hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size", "mixer_options",
-    "data", "text_field", "tokenizer", "seq_len", "packing", "mqar_vocab", "mqar_pairs", "mqar_queries", "facts_questions",
+    "data", "text_field", "tokenizer", "seq_len", "packing", "mqar_vocab", "mqar_pairs", "mqar_queries", "mqar_curriculum", "facts_questions",
     "batch_size", "seed",
 )  # fmt: skip
 

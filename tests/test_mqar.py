@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gkabench.tasks.mqar import MQARConfig, mqar_accuracy, mqar_batch
+from gkabench.tasks.mqar import MQARConfig, curriculum_mixture, mqar_accuracy, mqar_batch, mqar_mixed_batch
 
 CFG = MQARConfig(vocab_size=128, seq_len=96, num_pairs=12)
 
@@ -52,6 +52,42 @@ def test_deterministic_by_seed():
     a, b, c = mqar_batch(CFG, 8, seed=(7, 3)), mqar_batch(CFG, 8, seed=(7, 3)), mqar_batch(CFG, 8, seed=(7, 4))
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
     assert not torch.equal(a.input_ids, c.input_ids)
+
+
+def test_curriculum_mixture_is_zoologys_scaled_to_the_target():
+    mix = curriculum_mixture(MQARConfig(vocab_size=8192, seq_len=256, num_pairs=64))
+    # Zoology's standard training set: 100k examples with 4 pairs, 20k each with 8, 16, 32, 64
+    assert [(c.num_pairs, c.seq_len) for c, _ in mix] == [(4, 256), (8, 256), (16, 256), (32, 256), (64, 256)]
+    assert [p for _, p in mix] == pytest.approx([5 / 9, 1 / 9, 1 / 9, 1 / 9, 1 / 9])
+    small = curriculum_mixture(MQARConfig(vocab_size=64, seq_len=32, num_pairs=4))  # P/16, P/8 < 1 pair: dropped
+    assert [c.num_pairs for c, _ in small] == [1, 2, 4] and sum(p for _, p in small) == pytest.approx(1.0)
+
+
+def test_mixed_batch_draws_each_config_in_proportion_and_is_deterministic():
+    mix = curriculum_mixture(CFG)  # pairs 1 (12 // 16 = 0 dropped), 3, 6, 12 at seq_len 96
+    b = mqar_mixed_batch(mix, 4000, seed=(5, 0))
+    assert b.input_ids.shape == b.labels.shape == (4000, 96)
+    answers = (b.labels != -100).sum(1)  # every pair is queried once: answers per row = that row's pair count
+    probs = {c.num_pairs: p for c, p in mix}
+    assert set(answers.tolist()) == set(probs)
+    for pairs, p in probs.items():
+        frac = float((answers == pairs).float().mean())
+        assert abs(frac - p) < 4 * (p * (1 - p) / 4000) ** 0.5  # within 4 binomial standard deviations
+    assert not (answers[:20] == answers[0]).all()  # rows shuffled, not grouped by config
+    again = mqar_mixed_batch(mix, 4000, seed=(5, 0))
+    assert torch.equal(b.input_ids, again.input_ids) and torch.equal(b.labels, again.labels)
+    with pytest.raises(ValueError, match="share seq_len"):
+        mqar_mixed_batch([(CFG, 0.5), (MQARConfig(vocab_size=128, seq_len=64, num_pairs=4), 0.5)], 4, seed=0)
+
+
+def test_curriculum_source_trains_on_the_mixture_and_evaluates_on_the_target():
+    from gkabench.data import MQARSource
+
+    src = MQARSource(CFG, seed=0, curriculum=True)
+    train = src.global_batch(0, 256, "train")
+    ev = src.global_batch(0, 64, "eval")
+    assert len(set((train["labels"] != -100).sum(1).tolist())) > 1
+    assert ((ev["labels"] != -100).sum(1) == CFG.num_pairs).all()
 
 
 def test_power_law_places_queries_near_the_pairs():
