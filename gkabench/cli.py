@@ -430,7 +430,11 @@ def mqar(
             progress.console.print(f"{run['mixer']:>16} d={run['dim']:<4} T={run['seq_len']:<5} P={run['num_pairs']:<4} lr={run['lr']:<7g} {what}")
             progress.advance(task)
 
-        rows = run_mqar_sweep(sweep, on_run=on_run, jobs=jobs, shard=(shard_i, shard_n), max_minutes=max_minutes)
+        try:
+            rows = run_mqar_sweep(sweep, on_run=on_run, jobs=jobs, shard=(shard_i, shard_n), max_minutes=max_minutes)
+        except KeyboardInterrupt as exc:
+            err_console.print(f"[yellow]{exc or 'MQAR sweep interrupted; finished runs are kept, rerun to resume'}[/yellow]", highlight=False)
+            raise typer.Exit(code=130) from None
     from .tasks.mqar import best_per_cell
 
     best = best_per_cell(rows)

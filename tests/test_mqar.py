@@ -247,9 +247,22 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert len(rows) == 2
     failed = [r for r in rows if r.get("error")]
     assert len(failed) == 1 and failed[0]["lr"] == 1e6 and "diverged" in failed[0]["error"]
+    assert "Traceback" in failed[0]["error_detail"]  # the whole message, for compiler errors that span lines
     md = (tmp_path / "res" / "f.md").read_text()
     assert "Failed runs" in md and "lr=1e+06" in md and "| attention |" in md
     seen = []
     rows = run_mqar_sweep(sweep, on_run=lambda run, row: seen.append(row is None))
     assert seen == [False, True]  # the failed run is tried again, the finished one skipped
     assert len(read_rows(tmp_path / "res" / "f.jsonl")) == 3 and len(rows) == 2
+
+
+def test_mamba2_keys_at_head_dim_in_the_sweep(tmp_path):
+    """--head-dim D: Mamba2's key width (its state size, default 128) is D too, as for every other mixer."""
+    from gkabench.tasks.mqar import SweepConfig, run_mqar_sweep
+
+    sweep = SweepConfig.defaults_for(
+        False, mixers=["mamba2"], dims=[16], lengths=[(24, 4)], lrs=[1e-2], vocab_size=32, steps=2, batch_size=4,
+        eval_examples=4, head_dim=8, out_dir=str(tmp_path / "res"), run_dir=str(tmp_path / "runs"), name="m",
+    )  # fmt: skip
+    (row,) = run_mqar_sweep(sweep)
+    assert not row.get("error") and row["options"] == {"state_size": 8}

@@ -310,6 +310,11 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
     from ..train import TrainConfig, train
 
     base, opts = resolve_variant(run["mixer"])
+    if base == "mamba2" and run["head_dim"] and "state_size" not in opts:
+        # Mamba2's key width is its state size (default 128), not head_dim: with --head-dim D every mixer keys and
+        # values at width D, and the fla kernels run at the shapes `gkabench check --shapes D64` covered (session 6:
+        # the default state size 128 with value width 64 failed to compile in fla 0.6.0's backward on the H200).
+        opts = {**opts, "state_size": run["head_dim"]}
     tag = f"{run['mixer']}_d{run['dim']}_T{run['seq_len']}_P{run['num_pairs']}_lr{run['lr']:g}"
     eval_batches = max(1, -(-sweep.eval_examples // sweep.batch_size))
     cfg = TrainConfig(
@@ -470,8 +475,12 @@ def train_or_error_row(run: dict, sweep: SweepConfig) -> dict:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # an OOM must not starve the runs after it
+        import traceback
+
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        return {**run, "accuracy": None, "error": f"{type(exc).__name__}: {msg}", "env": environment(None)}
+        # the first line names the failure; a compiler's message continues on the next lines, so keep their end too
+        detail = "".join(traceback.format_exception(exc))[-4000:]
+        return {**run, "accuracy": None, "error": f"{type(exc).__name__}: {msg}", "error_detail": detail, "env": environment(None)}
 
 
 def _worker_run(run: dict, sweep: SweepConfig, jsonl, threads: int) -> dict:
@@ -493,6 +502,7 @@ def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, tim
     import multiprocessing as mp
     import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     todo = iter(pending)
@@ -510,7 +520,10 @@ def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, tim
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
                 run = running.pop(fut)
-                row = fut.result()  # a worker's error surfaces here; rows already appended are kept
+                try:
+                    row = fut.result()  # a worker's error surfaces here; rows already appended are kept
+                except BrokenProcessPool:  # workers stopped by a signal (Ctrl-C, a deadline): nothing more can finish
+                    raise KeyboardInterrupt(f"MQAR sweep stopped: {len(running) + 1} run(s) in flight were lost; the rows of finished runs are kept, rerun to resume") from None
                 if on_run:
                     on_run(run, row)
                 submit_next()
