@@ -521,3 +521,25 @@ def test_cuda_paths_under_triton_interpreter():
     for case, err in errors.items():
         tol = 1e-5 if not case.startswith("mesanet") else (5e-2 if case.endswith("grad") else 2e-3)
         assert err < tol, (case, err)
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "gka", "gla", "mamba2", "mesanet"])
+def test_op_inputs_share_one_dtype_under_autocast(name, monkeypatch):
+    """Training runs under bf16 autocast, where the residual stream stays float32 but projections come out
+    bfloat16; fla's Triton kernels refuse mixed q / k / v dtypes (session 6: Mamba2's k stayed float32 and its
+    chunk kernel failed to compile on the H200). Every layer must hand its op one dtype for q, k and v."""
+    from gkabench.layers import build_mixer
+
+    mixer = build_mixer(name, hidden_size=64, num_heads=2, head_dim=32, backend="reference")
+    seen = []
+    original = type(mixer)._op
+
+    def spy(self, backend, q, k, v, *rest, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return original(self, backend, q, k, v, *rest, **kw)
+
+    monkeypatch.setattr(type(mixer), "_op", spy)
+    x = torch.randn(2, 16, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixer(x)
+    assert seen and all(q == k == v for q, k, v in seen), seen

@@ -153,7 +153,9 @@ class Mamba2Mixer(Mixer):
         heads_per_group = H // G
         b = b.view(B, T, G, N).repeat_interleave(heads_per_group, dim=2)
         c = c.view(B, T, G, N).repeat_interleave(heads_per_group, dim=2)
-        k = (b.to(cdt) * dt.unsqueeze(-1)).to(x.dtype)
+        # q, k, v in one dtype: under autocast x is float32 while the projections (so xs, B, C) are bfloat16, and
+        # fla's kernels refuse a float32 k against a bfloat16 v (session 6: a Triton CompilationError in training)
+        k = (b.to(cdt) * dt.unsqueeze(-1)).to(xs.dtype)
         v = xs.view(B, T, H, P)
 
         state = cache.get("state") if cache is not None else None

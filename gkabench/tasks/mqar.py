@@ -312,8 +312,7 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
     base, opts = resolve_variant(run["mixer"])
     if base == "mamba2" and run["head_dim"] and "state_size" not in opts:
         # Mamba2's key width is its state size (default 128), not head_dim: with --head-dim D every mixer keys and
-        # values at width D, and the fla kernels run at the shapes `gkabench check --shapes D64` covered (session 6:
-        # the default state size 128 with value width 64 failed to compile in fla 0.6.0's backward on the H200).
+        # values at width D, and fla's kernels (guard lifted) run only at shapes `gkabench check --shapes D64` covered.
         opts = {**opts, "state_size": run["head_dim"]}
     tag = f"{run['mixer']}_d{run['dim']}_T{run['seq_len']}_P{run['num_pairs']}_lr{run['lr']:g}"
     eval_batches = max(1, -(-sweep.eval_examples // sweep.batch_size))
