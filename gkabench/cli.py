@@ -390,6 +390,7 @@ def mqar(
     shard: str = typer.Option(None, "--shard", help="I/N: run only every N-th run from the I-th (one process per GPU)"),
     max_minutes: float = typer.Option(None, "--max-minutes", help="start no run after this long (rerun to resume)"),
     lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="run fla's gated backward despite its Hopper/Triton<3.7.1 guard (only after `gkabench check` passed at these shapes); recorded in every row"),
+    grid: str = typer.Option("auto", "--grid", help="default grid: gpu (the paper-scale sweep), cpu (tiny), auto (by device); e.g. --grid gpu --max-minutes 0 renders a GPU sweep's table and plot on a CPU machine"),
 ):
     """MQAR sweep: mixers x model dims x (seq_len, pairs) x learning rates; best accuracy per cell, resumable."""
     import torch
@@ -412,13 +413,17 @@ def mqar(
             assert all(len(t) == 2 for t in length_list)
         except (ValueError, AssertionError):
             raise ValueError(f"--lengths: could not read {lengths!r}; pass SEQ_LEN:PAIRS items, e.g. --lengths 256:64,512:128") from None
+    if grid not in ("auto", "gpu", "cpu"):
+        raise ValueError(f"--grid must be auto, gpu or cpu, got {grid!r}")
     sweep = SweepConfig.defaults_for(
-        gpu, mixers=mixer_list, dims=_parse_list(dims, int, "--dims"), lengths=length_list, lrs=_parse_list(lrs, float, "--lrs"),
+        gpu if grid == "auto" else grid == "gpu", mixers=mixer_list, dims=_parse_list(dims, int, "--dims"), lengths=length_list, lrs=_parse_list(lrs, float, "--lrs"),
         steps=steps, batch_size=batch_size, vocab_size=vocab, num_layers=num_layers, num_heads=num_heads,
         head_dim=head_dim, eval_examples=eval_examples, out_dir=out, name=name, device=device, run_dir=run_dir,
         lift_fla_guard=lift_fla_guard or None, early_stop_acc=early_stop_acc, curriculum=curriculum,
     )  # fmt: skip
-    if not gpu:
+    if not gpu and grid == "gpu" and max_minutes != 0:
+        console.print("[yellow]The GPU grid on a CPU: any run not yet in the file trains through the slow reference ops; --max-minutes 0 only renders.[/yellow]")
+    elif not gpu and grid != "gpu":
         console.print("[yellow]No GPU: a CPU-tiny sweep through the pure-PyTorch reference ops; it shows the pipeline works, not the paper's result.[/yellow]")
     shard_i, shard_n = parse_shard(shard)
     total = len(range(shard_i, len(sweep.runs()), shard_n))

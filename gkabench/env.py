@@ -1,4 +1,4 @@
-"""What this machine is: device, versions, git sha. Every result row carries this header."""
+"""What this machine is: device, versions, git sha and a hash of the code. Every result row carries this header."""
 
 from __future__ import annotations
 
@@ -30,6 +30,23 @@ def git_sha() -> str | None:
         return None
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """12 hex digits of SHA-1 over the package's .py files (relative path and bytes, in path order).
+
+    Unlike :func:`git_sha` it depends only on the code that ran: the device machine runs a copy of the working
+    tree over an older ``.git``, so its git sha can name a commit other than the one whose code ran (session 6).
+    ``python -c "from gkabench.env import code_hash; print(code_hash())"`` at a checkout gives that commit's value.
+    """
+    import hashlib
+
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha1()
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
 
 
 def device_name(device: torch.device | str | None = None) -> str:
@@ -64,6 +81,7 @@ def environment(device: torch.device | str | None = None) -> dict:
         "transformers": package_version("transformers"),
         "python": platform.python_version(),
         "git_sha": git_sha(),
+        "code_hash": code_hash(),
         "command": " ".join(["gkabench", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("gkabench") else " ".join(sys.argv),
     }
     if device.type == "cuda":

@@ -266,3 +266,26 @@ def test_mamba2_keys_at_head_dim_in_the_sweep(tmp_path):
     )  # fmt: skip
     (row,) = run_mqar_sweep(sweep)
     assert not row.get("error") and row["options"] == {"state_size": 8}
+
+
+def test_cli_renders_the_gpu_grid_on_a_cpu_and_lists_what_is_missing(tmp_path):
+    """`--grid gpu --max-minutes 0`: no run starts; the table and plot come from the rows there, and the markdown
+    lists the sweep's runs that have no row yet."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from gkabench.cli import app
+    from gkabench.tasks.mqar import SweepConfig
+
+    sweep = SweepConfig.defaults_for(True, head_dim=64)
+    done = sweep.runs()[0]
+    row = {**done, "accuracy": 0.5, "base_mixer": done["mixer"], "options": {}, "env": {"device": "NVIDIA H200"}}
+    (tmp_path / "mqar.jsonl").write_text(json.dumps(row) + "\n")
+    r = CliRunner().invoke(app, ["mqar", "--grid", "gpu", "--head-dim", "64", "--max-minutes", "0", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "mqar.md").read_text()
+    assert f"| {done['mixer']} | 0.500" in md and (tmp_path / "mqar.png").exists()
+    assert f"Not run yet: {len(sweep.runs()) - 1} runs" in md and "all 21 (every mixer and dim)" in md
+    r = CliRunner().invoke(app, ["mqar", "--grid", "tpu", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--grid" in r.output

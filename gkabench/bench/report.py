@@ -20,7 +20,7 @@ CSV_COLUMNS = ["level", "mode", "mixer", "T", "decode_batch", "batch", "tokens",
                "p80_ms", "reps", "tokens_per_s", "us_per_step", "graph_us_per_step", "graph_status", "peak_bytes", "state_bytes", "tflops", "flops",
                "heads", "key_dim", "value_dim", "params", "prefill_batch", "op", "preset", "dtype", "sizes", "hidden",
                "num_iter", "token_budget", "fixed_batch", "lift_fla_guard", "fla_guard_lifted", "fla_guard_active", "tag", "time_utc"]  # fmt: skip
-ENV_COLUMNS = ["device", "driver", "cuda", "torch", "triton", "fla", "git_sha", "command"]
+ENV_COLUMNS = ["device", "driver", "cuda", "torch", "triton", "fla", "git_sha", "code_hash", "command"]
 
 
 def slug(text: str) -> str:
@@ -214,7 +214,7 @@ def markdown(rows: list[dict], header: dict, env: dict, *, incomplete: str | Non
         "| environment | |",
         "|---|---|",
     ]
-    for k in ("device", "driver", "cuda", "torch", "triton", "fla", "python", "git_sha", "command"):
+    for k in ("device", "driver", "cuda", "torch", "triton", "fla", "python", "git_sha", "code_hash", "command"):
         if env.get(k) is not None:
             lines.append(f"| {k} | `{env[k]}` |")
     lines.append("")

@@ -362,8 +362,11 @@ def best_per_cell(rows: list[dict]):
     return best.merge(runs, on=["mixer", "seq_len", "num_pairs", "dim"]).sort_values(["seq_len", "mixer", "dim"])
 
 
-def write_markdown(rows: list[dict], path, title: str) -> None:
-    """One table per (seq_len, pairs): rows = mixers, columns = model dims, cells = best accuracy (its lr)."""
+def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | None = None) -> None:
+    """One table per (seq_len, pairs): rows = mixers, columns = model dims, cells = best accuracy (its lr).
+
+    ``missing``: the sweep's runs with no finished row yet, listed at the end so a partial sweep says what it lacks.
+    """
     best = best_per_cell(rows)
     lines = [f"# {title}", ""]
     if rows:
@@ -377,7 +380,7 @@ def write_markdown(rows: list[dict], path, title: str) -> None:
             f"best accuracy over the learning rates tried (in parentheses: that lr). Accuracy on "
             f"{r0.get('eval_examples', '?')} fresh examples per run.",
             "",
-            f"Environment: {env.get('device')}, torch {env.get('torch')}, git {env.get('git_sha')}; command: `{env.get('command')}`",
+            f"Environment: {env.get('device')}, torch {env.get('torch')}, git {env.get('git_sha')} (code {env.get('code_hash', '?')}); command: `{env.get('command')}`",
             "",
         ]
     for (T, P), sub in best.groupby(["seq_len", "num_pairs"]) if not best.empty else []:
@@ -395,6 +398,16 @@ def write_markdown(rows: list[dict], path, title: str) -> None:
     if failed:
         lines += ["## Failed runs (left out above; a rerun tries them again)", ""]
         lines += [f"- {r['mixer']} d={r['dim']} T={r['seq_len']} P={r['num_pairs']} lr={r['lr']:g}: {r['error']}" for r in failed]
+        lines.append("")
+    if missing:
+        lines += [f"## Not run yet: {len(missing)} runs of this sweep (the cells above are the best over the lrs that ran)", ""]
+        groups: dict = {}
+        for r in missing:
+            groups.setdefault((r["seq_len"], r["num_pairs"], r["lr"]), []).append(f"{r['mixer']} d={r['dim']}")
+        n_mixers, n_dims = len({r["mixer"] for r in missing}), len({r["dim"] for r in missing})
+        for (T, P, lr), what in sorted(groups.items()):
+            listed = f"all {len(what)} (every mixer and dim)" if len(what) == n_mixers * n_dims and len(what) > 3 else ", ".join(what)
+            lines.append(f"- T={T} P={P} lr={lr:g}: {listed}")
         lines.append("")
     _atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -595,7 +608,9 @@ def run_mqar_sweep(
         if pending:
             _run_parallel(pending, sweep, jsonl, jobs, time_left, on_run)
     rows = current_rows(read_rows(jsonl), {run_key(r) for r in sweep.runs()})
+    finished = {run_key(r) for r in rows if not r.get("error")}
+    missing = [run for run in unique if run_key(run) not in finished]
     title = f"MQAR ({sweep.name})"
-    write_markdown(rows, out / f"{sweep.name}.md", title)
+    write_markdown(rows, out / f"{sweep.name}.md", title, missing=missing)
     write_plot(rows, out / f"{sweep.name}.png", title)
     return rows
