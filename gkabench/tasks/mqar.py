@@ -383,6 +383,9 @@ def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | Non
             f"Environment: {env.get('device')}, torch {env.get('torch')}, git {env.get('git_sha')} (code {env.get('code_hash', '?')}); command: `{env.get('command')}`",
             "",
         ]
+        options = {r["mixer"]: r["options"] for r in rows if r.get("options")}
+        if options:
+            lines += ["Layer options: " + "; ".join(f"{m} {o}" for m, o in sorted(options.items())) + ".", ""]
     for (T, P), sub in best.groupby(["seq_len", "num_pairs"]) if not best.empty else []:
         dims = sorted(sub["dim"].unique())
         lines += [f"## seq_len {T}, {P} pairs", "", "| mixer | " + " | ".join(f"d={d}" for d in dims) + " |",
