@@ -396,7 +396,7 @@ def mqar(
     import torch
     from rich.progress import Progress
 
-    from .tasks.mqar import MIXER_VARIANTS, SweepConfig, parse_shard, run_mqar_sweep
+    from .tasks.mqar_sweep import MIXER_VARIANTS, SweepConfig, parse_shard, run_mqar_sweep
 
     gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if gpu and not torch.cuda.is_available():
@@ -440,7 +440,7 @@ def mqar(
         except KeyboardInterrupt as exc:
             err_console.print(f"[yellow]{exc or 'MQAR sweep interrupted; finished runs are kept, rerun to resume'}[/yellow]", highlight=False)
             raise typer.Exit(code=130) from None
-    from .tasks.mqar import best_per_cell
+    from .tasks.mqar_sweep import best_per_cell
 
     best = best_per_cell(rows)
     table = Table(title=f"MQAR best accuracy over lrs ({len(rows)} runs) -> {out}/{sweep.name}.{{jsonl,md,png}}")

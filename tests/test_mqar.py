@@ -121,7 +121,7 @@ def test_accuracy_scorer():
 
 
 def test_sweep_appends_rows_resumes_and_writes_table_and_plot(tmp_path):
-    from gkabench.tasks.mqar import SweepConfig, read_rows, run_mqar_sweep
+    from gkabench.tasks.mqar_sweep import SweepConfig, read_rows, run_mqar_sweep
 
     sweep = SweepConfig.defaults_for(
         False, mixers=["attention"], dims=[16, 32], lengths=[(24, 4)], lrs=[1e-2, 3e-3], vocab_size=32, steps=3,
@@ -165,7 +165,7 @@ def test_cli_zero_batch_size_is_one_line(tmp_path):
 
 
 def test_sweep_run_logs_go_under_out_and_torn_rows_do_not_block_resume(tmp_path, monkeypatch):
-    from gkabench.tasks.mqar import SweepConfig, read_rows, run_mqar_sweep
+    from gkabench.tasks.mqar_sweep import SweepConfig, read_rows, run_mqar_sweep
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -194,7 +194,7 @@ def test_sweep_run_logs_go_under_out_and_torn_rows_do_not_block_resume(tmp_path,
 def test_sweep_in_parallel_workers_and_shards_matches_serial(tmp_path):
     """--jobs 2 (spawned workers appending under a lock) and two --shard processes give the same rows as one
     serial sweep: same runs, each once, same accuracies (each run is seeded)."""
-    from gkabench.tasks.mqar import SweepConfig, read_rows, run_key, run_mqar_sweep
+    from gkabench.tasks.mqar_sweep import SweepConfig, read_rows, run_key, run_mqar_sweep
 
     def sweep(name):
         return SweepConfig.defaults_for(
@@ -214,7 +214,7 @@ def test_sweep_in_parallel_workers_and_shards_matches_serial(tmp_path):
 
 
 def test_shard_and_jobs_user_errors():
-    from gkabench.tasks.mqar import parse_shard
+    from gkabench.tasks.mqar_sweep import parse_shard
 
     assert parse_shard("2/4") == (1, 4) and parse_shard(None) == (0, 1)
     for bad in ("0/2", "3/2", "x", "1-2"):
@@ -223,7 +223,7 @@ def test_shard_and_jobs_user_errors():
 
 
 def test_max_minutes_starts_no_new_run(tmp_path):
-    from gkabench.tasks.mqar import SweepConfig, read_rows, run_mqar_sweep
+    from gkabench.tasks.mqar_sweep import SweepConfig, read_rows, run_mqar_sweep
 
     sweep = SweepConfig.defaults_for(
         False, mixers=["attention"], dims=[16], lengths=[(24, 4)], lrs=[1e-2, 3e-3], vocab_size=32, steps=3,
@@ -236,7 +236,7 @@ def test_max_minutes_starts_no_new_run(tmp_path):
 def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     """A run that raises (here: diverges at an absurd lr) becomes an error row; the others run, the tables leave it
     out and list it, and a rerun tries it again. A run listed twice is trained once."""
-    from gkabench.tasks.mqar import SweepConfig, read_rows, run_mqar_sweep
+    from gkabench.tasks.mqar_sweep import SweepConfig, read_rows, run_mqar_sweep
 
     sweep = SweepConfig.defaults_for(
         False, mixers=["attention"], dims=[16], lengths=[(24, 4)], lrs=[1e6, 1e-2, 1e-2], vocab_size=32, steps=4,
@@ -258,7 +258,7 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_mamba2_keys_at_head_dim_in_the_sweep(tmp_path):
     """--head-dim D: Mamba2's key width (its state size, default 128) is D too, as for every other mixer."""
-    from gkabench.tasks.mqar import SweepConfig, run_mqar_sweep
+    from gkabench.tasks.mqar_sweep import SweepConfig, run_mqar_sweep
 
     sweep = SweepConfig.defaults_for(
         False, mixers=["mamba2"], dims=[16], lengths=[(24, 4)], lrs=[1e-2], vocab_size=32, steps=2, batch_size=4,
@@ -276,7 +276,7 @@ def test_cli_renders_the_gpu_grid_on_a_cpu_and_lists_what_is_missing(tmp_path):
     from typer.testing import CliRunner
 
     from gkabench.cli import app
-    from gkabench.tasks.mqar import SweepConfig
+    from gkabench.tasks.mqar_sweep import SweepConfig
 
     sweep = SweepConfig.defaults_for(True, head_dim=64)
     done = sweep.runs()[0]

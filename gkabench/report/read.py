@@ -201,12 +201,15 @@ def read_speed(folder: Path) -> list[dict]:
 
 # A sweep's training settings besides the cell (mixer, seq_len, pairs, dim) and the lr: runs that differ in any of
 # these (a rerun of the same sweep file with other --steps, --vocab, --batch-size...) are not compared.
-MQAR_SETTINGS = ("vocab_size", "steps", "batch_size", "num_layers", "num_heads", "head_dim", "seed")
+MQAR_SETTINGS = ("vocab_size", "steps", "batch_size", "num_layers", "num_heads", "head_dim", "seed", "curriculum")
 
 
 def _mqar_setting(r: dict) -> str:
     short = {"vocab_size": "vocab", "batch_size": "batch", "num_layers": "layers", "num_heads": "heads"}
-    return ", ".join(f"{short.get(k, k)} {r[k]}" for k in MQAR_SETTINGS if r.get(k) is not None)
+    parts = [f"{short.get(k, k)} {r[k]}" for k in MQAR_SETTINGS[:-1] if r.get(k) is not None]
+    if r.get("curriculum") is not None:  # rows before session 6 lack it (they trained on P pairs only)
+        parts.append("pair-count mixture" if r["curriculum"] else "P pairs only")
+    return ", ".join(parts)
 
 
 def read_mqar(folder: Path) -> list[dict]:

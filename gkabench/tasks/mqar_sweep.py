@@ -1,0 +1,453 @@
+"""The MQAR sweep of the GKA paper's figure (``gkabench mqar``): 2-layer models per mixer over model dims and
+(seq_len, pairs), the best accuracy over a few learning rates per cell.
+
+Every run appends one JSONL row as soon as it finishes; a rerun skips the runs already in the file, so an
+interrupted sweep resumes where it stopped. The markdown table and the plot are derived from the rows. Runs can
+train side by side in worker processes (``jobs``) and be split between processes / GPUs (``shard``).
+
+    rows = run_mqar_sweep(SweepConfig.defaults_for(gpu=True, head_dim=64), jobs=3)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .mqar import MQARConfig
+
+# Named variants: the paper's MQAR figure ran GKA without the forgetting gate and without alpha.
+MIXER_VARIANTS: dict[str, tuple[str, dict]] = {
+    "gka_plain": ("gka", {"use_decay": False, "use_alpha": False}),
+}
+
+
+def resolve_variant(name: str) -> tuple[str, dict]:
+    """``"gka_plain"`` -> ``("gka", {...})``; a registered mixer name -> ``(name, {})``."""
+    if name in MIXER_VARIANTS:
+        base, opts = MIXER_VARIANTS[name]
+        return base, dict(opts)
+    from ..layers import get_mixer_spec
+
+    try:
+        get_mixer_spec(name)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; MQAR variants: {', '.join(MIXER_VARIANTS)}") from None
+    return name, {}
+
+
+@dataclass
+class SweepConfig:
+    mixers: list[str]
+    dims: list[int]
+    lengths: list[tuple[int, int]]  # (seq_len, num_pairs)
+    lrs: list[float]
+    vocab_size: int = 8192
+    steps: int = 3000
+    batch_size: int = 64
+    num_layers: int = 2
+    num_heads: int | None = None
+    head_dim: int | None = None
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    eval_examples: int = 1000
+    seed: int = 0
+    device: str | None = None
+    out_dir: str = "results/mqar"
+    name: str = "mqar"
+    run_dir: str | None = None  # per-run logs (not results): RUN_DIR/NAME/<run>; default OUT_DIR/runs/NAME/<run>
+    lift_fla_guard: bool = False  # fla's Hopper guard on gated backward; recorded per row as fla_guard_lifted
+    # A run ends once an evaluation (every `check_every` steps, on the run's eval set) reaches this accuracy: a
+    # solved run cannot improve its cell, and on the GPU most of a sweep's cells are solved long before `steps`.
+    # 0 trains every run for all its steps. Rows record steps_done.
+    early_stop_acc: float = 0.99
+    check_every: int = 250
+    # train on Zoology's mixture of pair counts (curriculum_mixture); evaluation is on the cell's own (T, P)
+    curriculum: bool = True
+
+    def runs_root(self):
+        """Folder of the per-run training logs: ``run_dir/name`` when given, else ``out_dir/runs/name``."""
+        from pathlib import Path
+
+        return Path(self.run_dir) / self.name if self.run_dir else Path(self.out_dir) / "runs" / self.name
+
+    def validate(self) -> None:
+        """One-line ValueErrors for counts a sweep cannot run with."""
+        for name, option in (("steps", "--steps"), ("batch_size", "--batch-size"), ("num_layers", "--layers"),
+                             ("eval_examples", "--eval-examples"), ("vocab_size", "--vocab")):  # fmt: skip
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{option} must be an integer >= 1, got {v!r}")
+        for name, option in (("num_heads", "--num-heads"), ("head_dim", "--head-dim")):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{option} must be an integer >= 1, got {v!r}")
+        bad_dims = [d for d in self.dims if not isinstance(d, int) or d < 1]
+        if bad_dims:
+            raise ValueError(f"--dims must be integers >= 1, got {bad_dims[0]!r}")
+        bad_lrs = [lr for lr in self.lrs if not lr > 0]
+        if bad_lrs:
+            raise ValueError(f"--lrs must be > 0, got {bad_lrs[0]!r}")
+
+    @classmethod
+    def defaults_for(cls, gpu: bool, **overrides) -> "SweepConfig":
+        """The paper-scale sweep on a GPU; a CPU-tiny one (it only shows the pipeline works) otherwise."""
+        if gpu:
+            # Batch 256 on a GPU: a 2-layer model's step is launch-bound (session 4: ~68 ms per step at batch 64 with
+            # 10 runs sharing an H200, and attention still at 1.5-5% accuracy after 3000 steps = 192k examples), so
+            # 4x the examples per step cost little more time; runs stop early once solved.
+            base = dict(
+                mixers=["gka", "gka_plain", "gated_deltanet", "gla", "mamba2", "mesanet", "attention"],
+                dims=[64, 128, 256], lengths=[(256, 64), (512, 128), (1024, 256)], lrs=[1e-3, 3e-3, 1e-2],
+                batch_size=256,
+            )  # fmt: skip
+        else:
+            base = dict(
+                mixers=["attention", "gka"], dims=[32, 64], lengths=[(32, 4)], lrs=[3e-3], vocab_size=64, head_dim=16,
+                steps=60, batch_size=32, warmup_steps=10, eval_examples=256, name="mqar_cpu_tiny",
+            )  # fmt: skip
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def runs(self) -> list[dict]:
+        """One dict per training run (the row key fields), in sweep order."""
+        out = []
+        for seq_len, pairs in self.lengths:
+            for dim in self.dims:
+                for mixer in self.mixers:
+                    for lr in self.lrs:
+                        out.append(dict(
+                            mixer=mixer, dim=dim, seq_len=seq_len, num_pairs=pairs, lr=lr, vocab_size=self.vocab_size,
+                            steps=self.steps, batch_size=self.batch_size, num_layers=self.num_layers,
+                            num_heads=self.num_heads, head_dim=self.head_dim, seed=self.seed, curriculum=self.curriculum,
+                        ))  # fmt: skip
+        return out
+
+
+KEY_FIELDS = ("mixer", "dim", "seq_len", "num_pairs", "lr", "vocab_size", "steps", "batch_size", "num_layers", "num_heads", "head_dim", "seed", "curriculum")
+
+
+def run_key(row: dict) -> tuple:
+    return tuple(row.get(k) for k in KEY_FIELDS)
+
+
+def read_rows(path) -> list[dict]:
+    """Rows of a sweep's JSONL; a line torn by a kill mid-write is skipped (that run is redone)."""
+    from ..io import read_jsonl
+
+    return read_jsonl(path)
+
+
+def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
+    """Train one 2-layer model on MQAR and return its result row (accuracy on fresh examples)."""
+    import time
+
+    from ..env import environment
+    from ..train import TrainConfig, train
+
+    base, opts = resolve_variant(run["mixer"])
+    if base == "mamba2" and run["head_dim"] and "state_size" not in opts:
+        # Mamba2's key width is its state size (default 128), not head_dim: with --head-dim D every mixer keys and
+        # values at width D, and fla's kernels (guard lifted) run only at shapes `gkabench check --shapes D64` covered.
+        opts = {**opts, "state_size": run["head_dim"]}
+    tag = f"{run['mixer']}_d{run['dim']}_T{run['seq_len']}_P{run['num_pairs']}_lr{run['lr']:g}"
+    eval_batches = max(1, -(-sweep.eval_examples // sweep.batch_size))
+    cfg = TrainConfig(
+        out_dir=str(sweep.runs_root() / tag), mixer=base, mixer_options={base: opts} if opts else {},
+        preset="tiny", hidden_size=run["dim"], num_layers=run["num_layers"], num_heads=run["num_heads"], head_dim=run["head_dim"],
+        data="mqar", seq_len=run["seq_len"], mqar_vocab=run["vocab_size"], mqar_pairs=run["num_pairs"], mqar_curriculum=run["curriculum"],
+        steps=run["steps"], batch_size=run["batch_size"], lr=run["lr"], warmup_steps=min(sweep.warmup_steps, run["steps"]),
+        weight_decay=sweep.weight_decay, eval_every=min(sweep.check_every, run["steps"]) if sweep.early_stop_acc else run["steps"],
+        eval_batches=eval_batches, log_every=max(1, run["steps"] // 50), early_stop_acc=sweep.early_stop_acc or None,
+        save=False, resume=False, progress=False, seed=run["seed"], device=sweep.device,
+        lift_fla_guard=sweep.lift_fla_guard,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    s = train(cfg)
+    model = s.pop("model")
+    return {
+        **run, "base_mixer": base, "options": opts, "accuracy": s["eval_acc"], "eval_loss": s["eval_loss"],
+        "train_loss": s["loss"], "params": s["params"], "eval_examples": eval_batches * run["batch_size"],
+        "steps_done": s["step"], "early_stop_acc": sweep.early_stop_acc or None,
+        "state_bytes_per_layer": model.model.layers[0].mixer.state_bytes(run["seq_len"]),
+        "elapsed_s": time.perf_counter() - t0, "env": environment(next(model.parameters()).device),
+        "fla_guard_lifted": s.get("fla_guard_lifted", False),
+    }  # fmt: skip
+
+
+def current_rows(rows: list[dict], wanted: set) -> list[dict]:
+    """One row per wanted run: its latest success, else its latest error (a retried run leaves both in the file)."""
+    latest: dict = {}
+    for r in rows:
+        key = run_key(r)
+        if key in wanted and (not r.get("error") or key not in latest or latest[key].get("error")):
+            latest[key] = r
+    return list(latest.values())
+
+
+def best_per_cell(rows: list[dict]):
+    """DataFrame of the best accuracy over learning rates per (mixer, seq_len, num_pairs, dim), with its lr."""
+    import pandas as pd
+
+    df = pd.DataFrame([r for r in rows if not r.get("error")])
+    if df.empty:
+        return df
+    idx = df.groupby(["mixer", "seq_len", "num_pairs", "dim"])["accuracy"].idxmax()
+    best = df.loc[idx, ["mixer", "seq_len", "num_pairs", "dim", "accuracy", "lr"]]
+    runs = df.groupby(["mixer", "seq_len", "num_pairs", "dim"]).size().rename("lrs_tried").reset_index()
+    return best.merge(runs, on=["mixer", "seq_len", "num_pairs", "dim"]).sort_values(["seq_len", "mixer", "dim"])
+
+
+def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | None = None) -> None:
+    """One table per (seq_len, pairs): rows = mixers, columns = model dims, cells = best accuracy (its lr).
+
+    ``missing``: the sweep's runs with no finished row yet, listed at the end so a partial sweep says what it lacks.
+    """
+    best = best_per_cell(rows)
+    lines = [f"# {title}", ""]
+    if rows:
+        env = rows[-1].get("env", {})
+        r0 = rows[0]
+        lines += [
+            f"2-layer models, vocab {r0['vocab_size']}, {r0['steps']} steps x batch {r0['batch_size']}"
+            + (", trained on Zoology's mixture of pair counts P/16..P (weights 5:1:1:1:1), evaluated on P" if r0.get("curriculum") else ", trained on P pairs only")
+            + (f" (a run ends early once its eval accuracy reaches {r0['early_stop_acc']:g})" if r0.get("early_stop_acc") else "")
+            + ", "
+            f"best accuracy over the learning rates tried (in parentheses: that lr). Accuracy on "
+            f"{r0.get('eval_examples', '?')} fresh examples per run.",
+            "",
+            f"Environment: {env.get('device')}, torch {env.get('torch')}, git {env.get('git_sha')} (code {env.get('code_hash', '?')}); command: `{env.get('command')}`",
+            "",
+        ]
+        options = {r["mixer"]: r["options"] for r in rows if r.get("options")}
+        if options:
+            lines += ["Layer options: " + "; ".join(f"{m} {o}" for m, o in sorted(options.items())) + ".", ""]
+    for (T, P), sub in best.groupby(["seq_len", "num_pairs"]) if not best.empty else []:
+        dims = sorted(sub["dim"].unique())
+        lines += [f"## seq_len {T}, {P} pairs", "", "| mixer | " + " | ".join(f"d={d}" for d in dims) + " |",
+                  "|---|" + "---|" * len(dims)]  # fmt: skip
+        for mixer, m in sub.groupby("mixer", sort=False):
+            cells = []
+            for dd in dims:
+                r = m[m["dim"] == dd]
+                cells.append(f"{r['accuracy'].iloc[0]:.3f} ({r['lr'].iloc[0]:g})" if len(r) else "-")
+            lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
+        lines.append("")
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        lines += ["## Failed runs (left out above; a rerun tries them again)", ""]
+        lines += [f"- {r['mixer']} d={r['dim']} T={r['seq_len']} P={r['num_pairs']} lr={r['lr']:g}: {r['error']}" for r in failed]
+        lines.append("")
+    if missing:
+        lines += [f"## Not run yet: {len(missing)} runs of this sweep (the cells above are the best over the lrs that ran)", ""]
+        groups: dict = {}
+        for r in missing:
+            groups.setdefault((r["seq_len"], r["num_pairs"], r["lr"]), []).append(f"{r['mixer']} d={r['dim']}")
+        n_mixers, n_dims = len({r["mixer"] for r in missing}), len({r["dim"] for r in missing})
+        for (T, P, lr), what in sorted(groups.items()):
+            listed = f"all {len(what)} (every mixer and dim)" if len(what) == n_mixers * n_dims and len(what) > 3 else ", ".join(what)
+            lines.append(f"- T={T} P={P} lr={lr:g}: {listed}")
+        lines.append("")
+    _atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_plot(rows: list[dict], path, title: str) -> None:
+    """Accuracy vs model dim, one line per mixer, one panel per (seq_len, pairs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = best_per_cell(rows)
+    if best.empty:
+        return
+    panels = sorted({(int(t), int(p)) for t, p in zip(best["seq_len"], best["num_pairs"])})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
+    for ax, (T, P) in zip(axes[0], panels):
+        sub = best[(best["seq_len"] == T) & (best["num_pairs"] == P)]
+        for mixer, m in sub.groupby("mixer"):
+            m = m.sort_values("dim")
+            ax.plot(m["dim"], m["accuracy"], marker="o", label=mixer)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(sub["dim"].unique()), [str(d) for d in sorted(sub["dim"].unique())])
+        ax.set_title(f"seq_len {T}, {P} pairs")
+        ax.set_xlabel("model dim")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("MQAR accuracy (best lr)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    from pathlib import Path
+
+    p = Path(path)
+    tmp = p.with_name(p.stem + ".tmp" + p.suffix)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(p)
+
+
+def _atomic_write_text(path, text: str) -> None:
+    from pathlib import Path
+
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(p)
+
+
+def _append_row_locked(jsonl, row: dict) -> None:
+    """Append a finished run's row under an exclusive lock, so parallel workers (``--jobs``) or several sweep
+    processes (``--shard``) never interleave their lines; a line torn by an earlier kill is ended first."""
+    import fcntl
+
+    from ..io import append_jsonl
+    from ..train import ensure_fresh_line
+
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    with open(jsonl.with_name(jsonl.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            ensure_fresh_line(jsonl)
+            append_jsonl(jsonl, row)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def train_or_error_row(run: dict, sweep: SweepConfig) -> dict:
+    """:func:`train_mqar_run`, or, when the run raises (OOM, divergence, a kernel refusing), an error row: the sweep
+    goes on, the tables leave the run out, and a rerun tries it again. Ctrl-C still stops the sweep."""
+    try:
+        return train_mqar_run(run, sweep)
+    except Exception as exc:  # noqa: BLE001 - recorded in the row, not swallowed
+        import torch
+
+        from ..env import environment
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # an OOM must not starve the runs after it
+        import traceback
+
+        msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        # the first line names the failure; a compiler's message continues on the next lines, so keep their end too
+        detail = "".join(traceback.format_exception(exc))[-4000:]
+        return {**run, "accuracy": None, "error": f"{type(exc).__name__}: {msg}", "error_detail": detail, "env": environment(None)}
+
+
+def _worker_run(run: dict, sweep: SweepConfig, jsonl, threads: int) -> dict:
+    """One run in a worker process of ``--jobs``: train, append the row (locked), return it."""
+    import torch
+
+    from ..kernels.parallel_compile import enable_on_cuda
+
+    torch.set_num_threads(threads)
+    enable_on_cuda()  # a spawned worker does not run the CLI's entry point
+    row = train_or_error_row(run, sweep)
+    _append_row_locked(jsonl, row)
+    return row
+
+
+def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, time_left, on_run) -> None:
+    """Keep ``jobs`` runs in flight in spawned workers (spawn, not fork: a forked child cannot use CUDA); submit
+    the next only while ``time_left()``. On an interrupt nothing new starts; the rows of finished runs are on disk."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    todo = iter(pending)
+    with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=mp.get_context("spawn")) as pool:
+        running = {}
+
+        def submit_next() -> None:
+            run = next(todo, None) if time_left() else None
+            if run is not None:
+                running[pool.submit(_worker_run, run, sweep, jsonl, threads)] = run
+
+        for _ in range(jobs):
+            submit_next()
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                run = running.pop(fut)
+                try:
+                    row = fut.result()  # a worker's error surfaces here; rows already appended are kept
+                except BrokenProcessPool:  # workers stopped by a signal (Ctrl-C, a deadline): nothing more can finish
+                    raise KeyboardInterrupt(f"MQAR sweep stopped: {len(running) + 1} run(s) in flight were lost; the rows of finished runs are kept, rerun to resume") from None
+                if on_run:
+                    on_run(run, row)
+                submit_next()
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"2/4"`` -> (1, 4): this process takes every 4th pending run starting at the 2nd (1-based, as typed)."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+        assert 1 <= i <= n
+    except (ValueError, AssertionError):
+        raise ValueError(f"--shard: could not read {text!r}; pass I/N with 1 <= I <= N, e.g. --shard 1/2") from None
+    return i - 1, n
+
+
+def run_mqar_sweep(
+    sweep: SweepConfig, on_run=None, jobs: int = 1, shard: tuple[int, int] = (0, 1), max_minutes: float | None = None
+) -> list[dict]:
+    """Run every run of ``sweep`` not yet in ``out_dir/name.jsonl``, appending each row when it finishes; then
+    write ``name.md`` and ``name.png``. ``on_run(run, row_or_None)`` is called per run (row None = skipped).
+    Returns all rows of the file that belong to this sweep.
+
+    ``jobs > 1`` trains that many runs at once in worker processes on the same device (2-layer MQAR models use a
+    small part of a big GPU, so runs in parallel finish sooner than one after another). ``shard = (i, n)`` takes only
+    runs ``i, i+n, ...`` of the sweep (e.g. one process per GPU with ``CUDA_VISIBLE_DEVICES``); all of them append to
+    the same JSONL under a lock, and a rerun resumes whatever is missing. ``max_minutes``: start no run after
+    that long (runs in flight finish); the tables are written from what is done."""
+    import time
+    from pathlib import Path
+
+    t_start = time.monotonic()
+
+    def time_left() -> bool:
+        return max_minutes is None or time.monotonic() - t_start < 60 * max_minutes
+
+    sweep.validate()
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    for m in sweep.mixers:
+        resolve_variant(m)
+    for T, P in sweep.lengths:
+        MQARConfig(vocab_size=sweep.vocab_size, seq_len=T, num_pairs=P)  # validates sizes up front
+    out = Path(sweep.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = out / f"{sweep.name}.jsonl"
+    done = {run_key(r) for r in read_rows(jsonl) if not r.get("error")}  # failed runs are tried again
+    # a run listed twice (e.g. --lrs 1e-2,1e-2) is one run
+    unique = list({run_key(run): run for run in sweep.runs()}.values())
+    mine = [run for k, run in enumerate(unique) if k % shard[1] == shard[0]]
+    pending = [run for run in mine if run_key(run) not in done]
+    if jobs == 1:
+        for run in mine:
+            if run_key(run) in done:
+                row = None
+            elif not time_left():
+                break
+            else:
+                row = train_or_error_row(run, sweep)
+                # one line per finished run, fsynced: an interruption loses at most the run in flight
+                _append_row_locked(jsonl, row)
+            if on_run:
+                on_run(run, row)
+    else:
+        if on_run:
+            for run in mine:
+                if run_key(run) in done:
+                    on_run(run, None)
+        if pending:
+            _run_parallel(pending, sweep, jsonl, jobs, time_left, on_run)
+    rows = current_rows(read_rows(jsonl), {run_key(r) for r in sweep.runs()})
+    finished = {run_key(r) for r in rows if not r.get("error")}
+    missing = [run for run in unique if run_key(run) not in finished]
+    title = f"MQAR ({sweep.name})"
+    write_markdown(rows, out / f"{sweep.name}.md", title, missing=missing)
+    write_plot(rows, out / f"{sweep.name}.png", title)
+    return rows
