@@ -10,7 +10,8 @@
 # and head dim 64 for every mixer: that is a head dim `gkabench check` covers, which lifting fla's Hopper guard
 # requires. The guard is lifted only if the check of the guarded ops passes first, here, on this machine.
 # Rows accumulate in $OUT/mqar.jsonl (seeded from the previous call's rows on a warm machine, else from
-# results/mqar/mqar.jsonl, which the lead copies back after each call); no run starts after MINUTES - 3.
+# results/mqar/mqar.jsonl, which the lead copies back after each call); no run starts after MINUTES - RUN_MIN
+# (RUN_MIN, default 3: a run's expected minutes; session 6, JOBS=3: 1.3-3 min at 256 tokens; ~2x at 512, ~4x at 1024).
 # Several GPUs (scripts/device_multi.sh): one copy of this script per GPU with SHARD=I/N (I from 1 to N) and the same ROWS
 # folder; `gkabench mqar --shard` splits the runs and appends rows under a file lock.
 set -uo pipefail
@@ -38,7 +39,7 @@ if [ "${NO_GUARD:-0}" != "1" ]; then
   if [ $ok = 1 ]; then GUARD="--lift-fla-guard"; echo "fla guard: check passed at head dim 64 (the shapes these runs use), lifted for training"
   else echo "fla guard: check did not pass; kept (gated_deltanet / mamba2 runs will fail with fla's message)"; fi
 fi
-MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - 3 - $SECONDS / 60))")
+MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - float('${RUN_MIN:-3}') - $SECONDS / 60))")
 # runs in flight when MAXM passes may outlast the call: a hard stop 45 s before MINUTES (INT, then KILL) keeps time
 # for the files; an interrupted run is simply redone by the next call
 HARD=$(python3 -c "print(max(30, int(60 * float('$MINUTES') - 45 - $SECONDS)))")
