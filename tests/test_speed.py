@@ -40,6 +40,9 @@ def test_tiny_sweep_writes_every_output(tmp_path):
     assert res.stem.name.endswith("-cpu-matched")
     r = rows[0]
     assert r["env"]["torch"] == torch.__version__ and "git_sha" in r["env"] and "command" in r["env"]
+    from gkabench.env import code_hash
+
+    assert r["env"]["code_hash"] == code_hash() and len(code_hash()) == 12  # the code that ran, whatever .git says
     assert r["preset"] == "matched" and r["dtype"] == "fp32" and r["fla_guard_lifted"] is False
     gka_fwd = [r for r in rows if r["mixer"] == "gka" and r["level"] == "op" and r["mode"] == "fwdbwd"]
     assert all(r["tflops"] > 0 and r["flops"] == gka_flops(r["batch"], r["T"], 1, 8, 8, 2, backward=True) for r in gka_fwd)
