@@ -206,10 +206,13 @@ MQAR_SETTINGS = ("vocab_size", "steps", "batch_size", "num_layers", "num_heads",
 
 def _mqar_setting(r: dict) -> str:
     short = {"vocab_size": "vocab", "batch_size": "batch", "num_layers": "layers", "num_heads": "heads"}
-    parts = [f"{short.get(k, k)} {r[k]}" for k in MQAR_SETTINGS[:-1] if r.get(k) is not None]
-    if r.get("curriculum") is not None:  # rows before session 6 lack it (they trained on P pairs only)
-        parts.append("pair-count mixture" if r["curriculum"] else "P pairs only")
-    return ", ".join(parts)
+
+    def label(k):  # rows before session 6 lack "curriculum" (they trained on P pairs only) and show no label
+        if k == "curriculum":
+            return "pair-count mixture" if r[k] else "P pairs only"
+        return f"{short.get(k, k)} {r[k]}"
+
+    return ", ".join(label(k) for k in MQAR_SETTINGS if r.get(k) is not None)
 
 
 def read_mqar(folder: Path) -> list[dict]:
