@@ -39,6 +39,10 @@ if [ "${NO_GUARD:-0}" != "1" ]; then
   if [ $ok = 1 ]; then GUARD="--lift-fla-guard"; echo "fla guard: check passed at head dim 64 (the shapes these runs use), lifted for training"
   else echo "fla guard: check did not pass; kept (gated_deltanet / mamba2 runs will fail with fla's message)"; fi
 fi
+if [ -n "${PROFILE:-}" ]; then  # PROFILE="--dim 128 --seq-len 512 --pairs 128": where a training step's time goes
+  timeout 400 python3 scripts/mqar_step_profile.py $PROFILE --json "$OUT/step_profile.json" ${GUARD:+--lift-fla-guard} > "$WORK/step_profile.log" 2>&1
+  tail -12 "$WORK/step_profile.log"
+fi
 MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - float('${RUN_MIN:-3}') - $SECONDS / 60))")
 # runs in flight when MAXM passes may outlast the call: a hard stop 45 s before MINUTES (INT, then KILL) keeps time
 # for the files; an interrupted run is simply redone by the next call
@@ -53,6 +57,6 @@ find "$TRITON_CACHE_DIR" -name '*.autotune.json' -newer /tmp/mqar_phase_start -d
 # at most 8 files come back (mqar.jsonl/.md/.png, this archive, cache parts): logs travel as one archive
 # with each run's training log (session 5: no run finished in 8 minutes and nothing said how far they got)
 mkdir -p "$WORK/runs"; (cd /tmp/mqar_runs 2>/dev/null && find . -name 'log.jsonl' -exec cp --parents {} "$WORK/runs/" \; 2>/dev/null)
-(cd "$WORK" && tar czf "$OUT/mqar_logs.tgz" guard_check_* mqar.log runs 2>/dev/null)
+(cd "$WORK" && tar czf "$OUT/mqar_logs.tgz" guard_check_* mqar.log step_profile.log runs 2>/dev/null)
 source scripts/device_epilogue.sh
 exit "$rc"

@@ -136,12 +136,9 @@ def read_rows(path) -> list[dict]:
     return read_jsonl(path)
 
 
-def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
-    """Train one 2-layer model on MQAR and return its result row (accuracy on fresh examples)."""
-    import time
-
-    from ..env import environment
-    from ..train import TrainConfig, train
+def mqar_train_config(run: dict, sweep: SweepConfig):
+    """(TrainConfig, base mixer, its options) of one sweep run: the exact training a row of the sweep records."""
+    from ..train import TrainConfig
 
     base, opts = resolve_variant(run["mixer"])
     if base == "mamba2" and run["head_dim"] and "state_size" not in opts:
@@ -160,6 +157,18 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
         save=False, resume=False, progress=False, seed=run["seed"], device=sweep.device,
         lift_fla_guard=sweep.lift_fla_guard,
     )  # fmt: skip
+    return cfg, base, opts
+
+
+def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
+    """Train one 2-layer model on MQAR and return its result row (accuracy on fresh examples)."""
+    import time
+
+    from ..env import environment
+    from ..train import train
+
+    cfg, base, opts = mqar_train_config(run, sweep)
+    eval_batches = cfg.eval_batches
     t0 = time.perf_counter()
     s = train(cfg)
     model = s.pop("model")

@@ -1,0 +1,186 @@
+"""Where one MQAR training step's time goes on a GPU, per mixer: is the sweep launch-bound or GPU-bound?
+
+For each mixer, the exact model and batch of a sweep run (``mqar_train_config``), then:
+
+- ``eager_ms``: wall time per step of the plain loop (forward, backward, clip, AdamW), GPU synchronised at the end;
+- ``cuda_ms`` / ``kernels``: summed GPU kernel time and kernel count per step (torch.profiler);
+- ``graph_ms``: one CUDA graph of the whole step (static batch buffers, capturable AdamW) replayed, when capture
+  works; ``graph_err``: largest relative gap between the graph's losses and the eager loop's losses over the same
+  batches from the same start (bf16 autocast: a few 1e-3 is rounding).
+
+    python3 scripts/mqar_step_profile.py --mixers gka,attention --dim 128 --seq-len 512 --pairs 128 --json out.json
+
+Each mixer runs in its own process (a failed capture can leave CUDA unusable), one after another (timings alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+
+
+def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, steps: int, lift_guard: bool) -> dict:
+    import torch
+
+    from gkabench.models.modeling import loss_positions_of
+    from gkabench.tasks.mqar_sweep import SweepConfig, mqar_train_config
+    from gkabench.train import build_model, build_source, param_groups
+
+    sweep = SweepConfig.defaults_for(True, mixers=[mixer], dims=[dim], lengths=[(seq_len, pairs)], lrs=[3e-3], batch_size=batch, head_dim=64)
+    sweep.lift_fla_guard = lift_guard
+    cfg, _, _ = mqar_train_config(sweep.runs()[0], sweep)
+    if lift_guard:
+        from gkabench.layers.fla_guard import lift_fla_hopper_guard
+
+        lift_fla_hopper_guard()
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    source = build_source(cfg, None)
+    model = build_model(cfg, source.vocab_size, None).to(dev).train()
+    init = copy.deepcopy(model.state_dict())
+    batches = []
+    for s in range(steps + 8):
+        b = source.micro_batch(s, 0, 1, cfg.batch_size)
+        pos = loss_positions_of(b["labels"])
+        batches.append({"input_ids": b["input_ids"].to(dev), "labels": b["labels"].to(dev), "loss_positions": pos.to(dev)})
+    # a graph needs fixed shapes: every batch scores the same number of answers (its first n), eager and graph alike
+    n = min(len(b["loss_positions"]) for b in batches)
+    for b in batches:
+        b["loss_positions"] = b["loss_positions"][:n].contiguous()
+    row = {"mixer": mixer, "dim": dim, "seq_len": seq_len, "pairs": pairs, "batch": batch}
+
+    def make_opt(capturable: bool):
+        return torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), fused=True, capturable=capturable)
+
+    def step(opt, b):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**b, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    # eager: warm-up (compiles, autotunes), then the timed steps
+    opt = make_opt(False)
+    for b in batches[:3]:
+        step(opt, b)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for b in batches[3 : 3 + steps]:
+        step(opt, b)
+    torch.cuda.synchronize()
+    row["eager_ms"] = 1e3 * (time.perf_counter() - t0) / steps
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for b in batches[:3]:
+            step(opt, b)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    row["cuda_ms"] = sum(e.device_time for e in kernels) / 1e3 / 3
+    row["kernels"] = len(kernels) // 3
+    top: dict[str, float] = {}
+    for e in kernels:
+        top[e.name[:60]] = top.get(e.name[:60], 0.0) + e.device_time / 1e3 / 3
+    row["top_kernels_ms"] = dict(sorted(top.items(), key=lambda kv: -kv[1])[:8])
+
+    # reference losses: the eager loop from the initial weights over batches 0..4
+    n_cmp = 5
+    model.load_state_dict(init)
+    opt = make_opt(False)
+    ref = [step(opt, b).item() for b in batches[:n_cmp]]
+
+    # whole-step CUDA graph, from the same initial weights
+    try:
+        model.load_state_dict(init)
+        opt = make_opt(True)
+        static = {k: v.clone() for k, v in batches[0].items()}
+        for group in opt.param_groups:  # warm-up steps at lr 0 leave the weights as they are (AdamW's decay too)
+            group["lr"] = 0.0
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):  # warm-up on a side stream, as capture requires: creates AdamW's state
+            for _ in range(3):
+                step(opt, static)
+        torch.cuda.current_stream().wait_stream(s)
+        for st in opt.state.values():  # back to a fresh optimizer, in place (the graph keeps these tensors)
+            for v in st.values():
+                if torch.is_tensor(v):
+                    v.zero_()
+        for group in opt.param_groups:
+            group["lr"] = 1e-3
+        g = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(g):
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+                static_loss = model(**static, use_cache=False).loss
+            static_loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        # the captured step does not zero grads: backward in the graph overwrites them (grads were None at capture)
+        got = []
+        for b in batches[:n_cmp]:
+            for k in static:
+                static[k].copy_(b[k])
+            g.replay()
+            got.append(static_loss.item())
+        row["graph_losses"], row["eager_losses"] = got, ref
+        row["graph_err"] = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(got, ref))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for b in batches[3 : 3 + steps]:
+            for k in static:
+                static[k].copy_(b[k])
+            g.replay()
+        torch.cuda.synchronize()
+        row["graph_ms"] = 1e3 * (time.perf_counter() - t0) / steps
+    except Exception as exc:  # capture is what is being tried here: record why it failed
+        row["graph_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mixers", default="gka,gka_plain,gated_deltanet,gla,mamba2,mesanet,attention")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--pairs", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--lift-fla-guard", action="store_true")
+    ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        print("ROW " + json.dumps(profile_one(a.mixers, a.dim, a.seq_len, a.pairs, a.batch, a.steps, a.lift_fla_guard)))
+        return
+    rows = []
+    for m in a.mixers.split(","):
+        cmd = [sys.executable, __file__, "--one", "--mixers", m, "--dim", str(a.dim), "--seq-len", str(a.seq_len),
+               "--pairs", str(a.pairs), "--batch", str(a.batch), "--steps", str(a.steps)] + (["--lift-fla-guard"] if a.lift_fla_guard else [])  # fmt: skip
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+            got = [json.loads(line[4:]) for line in p.stdout.splitlines() if line.startswith("ROW ")]
+            rows.append(got[0] if got else {"mixer": m, "error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]})
+        except subprocess.TimeoutExpired:
+            rows.append({"mixer": m, "error": f"timeout {a.timeout:g}s"})
+        print(json.dumps(rows[-1]), flush=True)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(rows, f, indent=1)
+    print(f"\n{'mixer':16s} {'eager ms':>9s} {'cuda ms':>8s} {'kernels':>8s} {'graph ms':>9s} {'graph err':>9s}")
+    for r in rows:
+        f = lambda k, fmt: format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
+        print(f"{r['mixer']:16s} {f('eager_ms', '9.2f')} {f('cuda_ms', '8.2f')} {f('kernels', '8d')} {f('graph_ms', '9.2f')} "
+              f"{f('graph_err', '9.1e')} {r.get('error') or r.get('graph_error') or ''}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
