@@ -503,8 +503,10 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
         summary["fla_guard_lifted"] = True
     if device.type == "cuda":
         from .layers.blocks import short_conv_impl
+        from .layers.fused import fused_impl
 
         summary["short_conv"] = short_conv_impl()  # fla's conv, or the PyTorch fallback after a failure
+        summary["elementwise"] = fused_impl()  # norms and gates compiled (fused) or eager
     if d.main and step >= cfg.steps and step > start_step:
         log.write({"event": "end", **summary})
     summary["model"] = model

@@ -4,9 +4,11 @@ For each mixer, the exact model and batch of a sweep run (``mqar_train_config``)
 
 - ``eager_ms``: wall time per step of the plain loop (forward, backward, clip, AdamW), GPU synchronised at the end;
 - ``cuda_ms`` / ``kernels``: summed GPU kernel time and kernel count per step (torch.profiler);
-- ``graph_ms``: one CUDA graph of the whole step (static batch buffers, capturable AdamW) replayed, when capture
-  works; ``graph_err``: largest relative gap between the graph's losses and the eager loop's losses over the same
-  batches from the same start (bf16 autocast: a few 1e-3 is rounding).
+- ``fused_ms`` / ``fused_cuda_ms``: the same with norms and gates compiled (``FUSED_ELEMENTWISE``); ``fused_err``:
+  largest relative gap between its losses and the eager loop's over the same five steps from the same weights.
+
+Session 7 (H200, 512 tokens, d = 128, batch 256): eager wall time equals kernel time within 5% for every mixer
+(GPU-bound, not launch-bound), and a CUDA graph of the whole step gave no gain (removed from this script since).
 
     python3 scripts/mqar_step_profile.py --mixers gka,attention --dim 128 --seq-len 512 --pairs 128 --json out.json
 
@@ -21,6 +23,12 @@ import json
 import subprocess
 import sys
 import time
+
+
+# Five AdamW steps at lr 1e-3 from the same weights, bf16 autocast: eager and compiled ops round differently
+# (fusion keeps float32 intermediates that eager rounds to bf16 between kernels), so the losses drift apart by
+# bf16's relative precision (2^-8 = 4e-3) at most; a wrong fused kernel gives O(1) gaps.
+FUSED_LOSS_TOL = 4e-3
 
 
 def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, steps: int, lift_guard: bool) -> dict:
@@ -47,7 +55,7 @@ def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, step
         b = source.micro_batch(s, 0, 1, cfg.batch_size)
         pos = loss_positions_of(b["labels"])
         batches.append({"input_ids": b["input_ids"].to(dev), "labels": b["labels"].to(dev), "loss_positions": pos.to(dev)})
-    # a graph needs fixed shapes: every batch scores the same number of answers (its first n), eager and graph alike
+    # every batch scores the same number of answers (its first n): fixed shapes, one compile per shape
     n = min(len(b["loss_positions"]) for b in batches)
     for b in batches:
         b["loss_positions"] = b["loss_positions"][:n].contiguous()
@@ -90,58 +98,35 @@ def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, step
         top[e.name[:60]] = top.get(e.name[:60], 0.0) + e.device_time / 1e3 / 3
     row["top_kernels_ms"] = dict(sorted(top.items(), key=lambda kv: -kv[1])[:8])
 
-    # reference losses: the eager loop from the initial weights over batches 0..4
-    n_cmp = 5
-    model.load_state_dict(init)
-    opt = make_opt(False)
-    ref = [step(opt, b).item() for b in batches[:n_cmp]]
+    # the same steps with norms and gates compiled (gkabench.layers.fused.FUSED_ELEMENTWISE), from the same weights
+    # as an eager reference run: the losses must agree to float32/bf16 rounding
+    from gkabench.layers import fused
 
-    # whole-step CUDA graph, from the same initial weights
-    try:
+    n_cmp = 5
+    losses = {}
+    for mode in ("off", "auto"):
+        fused.FUSED_ELEMENTWISE = mode
         model.load_state_dict(init)
-        opt = make_opt(True)
-        static = {k: v.clone() for k, v in batches[0].items()}
-        for group in opt.param_groups:  # warm-up steps at lr 0 leave the weights as they are (AdamW's decay too)
-            group["lr"] = 0.0
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):  # warm-up on a side stream, as capture requires: creates AdamW's state
-            for _ in range(3):
-                step(opt, static)
-        torch.cuda.current_stream().wait_stream(s)
-        for st in opt.state.values():  # back to a fresh optimizer, in place (the graph keeps these tensors)
-            for v in st.values():
-                if torch.is_tensor(v):
-                    v.zero_()
-        for group in opt.param_groups:
-            group["lr"] = 1e-3
-        g = torch.cuda.CUDAGraph()
-        opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(g):
-            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-                static_loss = model(**static, use_cache=False).loss
-            static_loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        # the captured step does not zero grads: backward in the graph overwrites them (grads were None at capture)
-        got = []
-        for b in batches[:n_cmp]:
-            for k in static:
-                static[k].copy_(b[k])
-            g.replay()
-            got.append(static_loss.item())
-        row["graph_losses"], row["eager_losses"] = got, ref
-        row["graph_err"] = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(got, ref))
+        opt = make_opt(False)
+        losses[mode] = [step(opt, b).item() for b in batches[:n_cmp]]
+    row["eager_losses"], row["fused_losses"] = losses["off"], losses["auto"]
+    row["fused_err"] = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(losses["auto"], losses["off"]))
+    row["elementwise"] = fused.fused_impl()
+    for b in batches[n_cmp : n_cmp + 3]:  # warm (shapes seen)
+        step(opt, b)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for b in batches[3 : 3 + steps]:
+        step(opt, b)
+    torch.cuda.synchronize()
+    row["fused_ms"] = 1e3 * (time.perf_counter() - t0) / steps
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for b in batches[:3]:
+            step(opt, b)
         torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for b in batches[3 : 3 + steps]:
-            for k in static:
-                static[k].copy_(b[k])
-            g.replay()
-        torch.cuda.synchronize()
-        row["graph_ms"] = 1e3 * (time.perf_counter() - t0) / steps
-    except Exception as exc:  # capture is what is being tried here: record why it failed
-        row["graph_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    row["fused_cuda_ms"] = sum(e.device_time for e in kernels) / 1e3 / 3
+    row["fused_kernels"] = len(kernels) // 3
     return row
 
 
@@ -156,10 +141,19 @@ def main() -> None:
     ap.add_argument("--lift-fla-guard", action="store_true")
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--ops-only", action="store_true", help="only check the compiled norms / gates against float64")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
         print("ROW " + json.dumps(profile_one(a.mixers, a.dim, a.seq_len, a.pairs, a.batch, a.steps, a.lift_fla_guard)))
+        return
+    from gkabench.layers.fused import check_fused_ops
+
+    ops = check_fused_ops("cuda")
+    ops_ok = ops["pass"]
+    print("fused ops vs float64:", json.dumps(ops), "pass" if ops_ok else "FAIL", flush=True)
+    if a.ops_only:
+        print("FUSED_OK" if ops_ok else "FUSED_NOT_OK")
         return
     rows = []
     for m in a.mixers.split(","):
@@ -174,12 +168,15 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
         if a.json:
             with open(a.json, "w") as f:
-                json.dump(rows, f, indent=1)
-    print(f"\n{'mixer':16s} {'eager ms':>9s} {'cuda ms':>8s} {'kernels':>8s} {'graph ms':>9s} {'graph err':>9s}")
+                json.dump({"fused_ops": ops, "rows": rows}, f, indent=1)
+    print(f"\n{'mixer':16s} {'eager ms':>9s} {'cuda ms':>8s} {'kernels':>8s} {'fused ms':>9s} {'fused cuda':>10s} {'kernels':>8s} {'loss gap':>9s}")
     for r in rows:
         f = lambda k, fmt: format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
-        print(f"{r['mixer']:16s} {f('eager_ms', '9.2f')} {f('cuda_ms', '8.2f')} {f('kernels', '8d')} {f('graph_ms', '9.2f')} "
-              f"{f('graph_err', '9.1e')} {r.get('error') or r.get('graph_error') or ''}")  # fmt: skip
+        print(f"{r['mixer']:16s} {f('eager_ms', '9.2f')} {f('cuda_ms', '8.2f')} {f('kernels', '8d')} {f('fused_ms', '9.2f')} "
+              f"{f('fused_cuda_ms', '10.2f')} {f('fused_kernels', '8d')} {f('fused_err', '9.1e')} {r.get('error') or ''}")  # fmt: skip
+    gaps = [r["fused_err"] for r in rows if "fused_err" in r]
+    # verdict for the caller (mqar_device.sh): compiled norms and gates are used only if every mixer agreed
+    print("FUSED_OK" if ops_ok and gaps and len(gaps) == len(rows) and max(gaps) < FUSED_LOSS_TOL else "FUSED_NOT_OK")
 
 
 if __name__ == "__main__":

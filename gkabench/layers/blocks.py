@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import fused_call, gated_rms_norm, rms_norm, silu_mul  # noqa: F401 - silu_mul re-exported
+
 # Which implementation ShortConv.forward runs (read at every call, so tests may monkeypatch it):
 # - "auto": fla's Triton kernel (``fla.modules.causal_conv1d.ops.causal_conv1d``) for CUDA tensors when fla
 #   imports, else the PyTorch shifted sum;
@@ -61,18 +63,18 @@ class RMSNorm(nn.Module):
 
     def normalized(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised, weighted x in float32 (float64 for float64 x), not yet cast back."""
-        xf = upcast(x)
-        return xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight.to(xf.dtype)
+        return rms_norm(x, self.weight, self.eps, compute_dtype(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normalized(x).to(x.dtype)
+        """x ``[..., dim]`` -> same shape and dtype."""
+        return fused_call(rms_norm, x, self.weight, self.eps, x.dtype)
 
 
 class GatedRMSNorm(RMSNorm):
     """``RMSNorm(o) * SiLU(gate)`` per head: o, gate ``[..., head_dim]``; one rounding to x's dtype at the end."""
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return (self.normalized(x) * F.silu(upcast(gate))).to(x.dtype)
+        return fused_call(gated_rms_norm, x, gate, self.weight, self.eps)
 
 
 @functools.cache

@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..layers import MixerCache, build_mixer
-from ..layers.blocks import RMSNorm, RotaryEmbedding
+from ..layers.blocks import RMSNorm, RotaryEmbedding, fused_call, silu_mul
 from .configuration import GKABenchConfig
 
 
@@ -105,7 +105,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(fused_call(silu_mul, self.gate_proj(x), self.up_proj(x)))
 
 
 class GKABenchBlock(nn.Module):

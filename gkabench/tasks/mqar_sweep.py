@@ -178,7 +178,7 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
         "steps_done": s["step"], "early_stop_acc": sweep.early_stop_acc or None,
         "state_bytes_per_layer": model.model.layers[0].mixer.state_bytes(run["seq_len"]),
         "elapsed_s": time.perf_counter() - t0, "env": environment(next(model.parameters()).device),
-        "fla_guard_lifted": s.get("fla_guard_lifted", False),
+        "fla_guard_lifted": s.get("fla_guard_lifted", False), "elementwise": s.get("elementwise", "eager"),
     }  # fmt: skip
 
 
