@@ -45,6 +45,9 @@ def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, step
         from gkabench.layers.fla_guard import lift_fla_hopper_guard
 
         lift_fla_hopper_guard()
+    from gkabench.layers import fused
+
+    fused.FUSED_ELEMENTWISE = "off"  # the plain eager step first
     dev = torch.device("cuda")
     torch.manual_seed(0)
     source = build_source(cfg, None)
@@ -100,8 +103,6 @@ def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, step
 
     # the same steps with norms and gates compiled (gkabench.layers.fused.FUSED_ELEMENTWISE), from the same weights
     # as an eager reference run: the losses must agree to float32/bf16 rounding
-    from gkabench.layers import fused
-
     n_cmp = 5
     losses = {}
     for mode in ("off", "auto"):
