@@ -43,7 +43,7 @@ def test_model_with_fused_ops_equals_eager(monkeypatch, mixer):
         torch.testing.assert_close(got["always"][1][name], g, rtol=0, atol=1e-4 * g.abs().max().item(), msg=name)
 
 
-def test_auto_runs_eager_on_cpu_and_in_no_grad(monkeypatch):
+def test_auto_runs_eager_on_cpu(monkeypatch):
     calls = []
     monkeypatch.setattr(fused, "_compiled", lambda fn: calls.append(fn) or fn)
     monkeypatch.setattr(fused, "FUSED_ELEMENTWISE", "auto")

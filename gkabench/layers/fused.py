@@ -17,10 +17,14 @@ import torch
 import torch.nn.functional as F
 
 # Which path fused_call takes (read at every call; tests monkeypatch it; GKABENCH_FUSED_ELEMENTWISE sets it):
+# - "off" (default): always eager;
 # - "auto": compiled for CUDA tensors while autograd records (training); eager otherwise (eval, decode, CPU);
-# - "off": always eager;
 # - "always": compiled on any device (tests, with FUSED_BACKEND = "aot_eager": no C++ compiler needed).
-FUSED_ELEMENTWISE = os.environ.get("GKABENCH_FUSED_ELEMENTWISE", "auto")  # the env var: scripts switch it off
+# Off by default because it has not paid off in wall time yet. H200, session 7, one process, GKA at 512 tokens,
+# d = 128, batch 256: kernel time per training step 22.1 -> 16.2 ms, but wall time 28.7 -> 32.7 ms (the compiled
+# functions' Python-side call overhead made the step host-bound). With several runs sharing a GPU (the MQAR sweep's
+# --jobs) the kernel time is what counts; that has not been measured yet.
+FUSED_ELEMENTWISE = os.environ.get("GKABENCH_FUSED_ELEMENTWISE", "off")
 FUSED_BACKEND = "inductor"
 FUSED_FAILURE: str | None = None  # why compiling failed once; then every call runs eager
 
