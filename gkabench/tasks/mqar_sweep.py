@@ -17,6 +17,9 @@ from .mqar import MQARConfig
 # Named variants: the paper's MQAR figure ran GKA without the forgetting gate and without alpha.
 MIXER_VARIANTS: dict[str, tuple[str, dict]] = {
     "gka_plain": ("gka", {"use_decay": False, "use_alpha": False}),
+    # fla's GLA layer has no short convolution by default (and so neither has our "gla"); every other linear mixer
+    # here has one, and MQAR leans on it (a key must be bound to the token after it)
+    "gla_conv": ("gla", {"use_short_conv": True}),
 }
 
 
