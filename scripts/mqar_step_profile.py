@@ -64,8 +64,8 @@ def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, step
         b["loss_positions"] = b["loss_positions"][:n].contiguous()
     row = {"mixer": mixer, "dim": dim, "seq_len": seq_len, "pairs": pairs, "batch": batch}
 
-    def make_opt(capturable: bool):
-        return torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), fused=True, capturable=capturable)
+    def make_opt():
+        return torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), fused=True)
 
     def step(opt, b):
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -76,30 +76,32 @@ def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, step
         opt.zero_grad(set_to_none=True)
         return loss.detach()
 
-    # eager: warm-up (compiles, autotunes), then the timed steps
-    opt = make_opt(False)
-    for b in batches[:3]:
-        step(opt, b)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for b in batches[3 : 3 + steps]:
-        step(opt, b)
-    torch.cuda.synchronize()
-    row["eager_ms"] = 1e3 * (time.perf_counter() - t0) / steps
-
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    def measure(opt) -> dict:
+        """Wall ms per step (after 3 warm-up steps: compiles, autotunes), then kernel ms, kernel count and the
+        costliest kernels per step (torch.profiler over 3 steps)."""
         for b in batches[:3]:
             step(opt, b)
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    row["cuda_ms"] = sum(e.device_time for e in kernels) / 1e3 / 3
-    row["kernels"] = len(kernels) // 3
-    top: dict[str, float] = {}
-    for e in kernels:
-        top[e.name[:60]] = top.get(e.name[:60], 0.0) + e.device_time / 1e3 / 3
-    row["top_kernels_ms"] = dict(sorted(top.items(), key=lambda kv: -kv[1])[:8])
+        t0 = time.perf_counter()
+        for b in batches[3 : 3 + steps]:
+            step(opt, b)
+        torch.cuda.synchronize()
+        wall = 1e3 * (time.perf_counter() - t0) / steps
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for b in batches[:3]:
+                step(opt, b)
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+        top: dict[str, float] = {}
+        for e in kernels:
+            top[e.name[:60]] = top.get(e.name[:60], 0.0) + e.device_time / 1e3 / 3
+        return {"ms": wall, "cuda_ms": sum(e.device_time for e in kernels) / 1e3 / 3, "kernels": len(kernels) // 3,
+                "top_kernels_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:8])}  # fmt: skip
+
+    eager = measure(make_opt())
+    row.update(eager_ms=eager["ms"], cuda_ms=eager["cuda_ms"], kernels=eager["kernels"], top_kernels_ms=eager["top_kernels_ms"])
 
     # the same steps with norms and gates compiled (gkabench.layers.fused.FUSED_ELEMENTWISE), from the same weights
     # as an eager reference run: the losses must agree to float32/bf16 rounding
@@ -108,26 +110,13 @@ def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, step
     for mode in ("off", "auto"):
         fused.FUSED_ELEMENTWISE = mode
         model.load_state_dict(init)
-        opt = make_opt(False)
+        opt = make_opt()
         losses[mode] = [step(opt, b).item() for b in batches[:n_cmp]]
     row["eager_losses"], row["fused_losses"] = losses["off"], losses["auto"]
     row["fused_err"] = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(losses["auto"], losses["off"]))
     row["elementwise"] = fused.fused_impl()
-    for b in batches[n_cmp : n_cmp + 3]:  # warm (shapes seen)
-        step(opt, b)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for b in batches[3 : 3 + steps]:
-        step(opt, b)
-    torch.cuda.synchronize()
-    row["fused_ms"] = 1e3 * (time.perf_counter() - t0) / steps
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for b in batches[:3]:
-            step(opt, b)
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    row["fused_cuda_ms"] = sum(e.device_time for e in kernels) / 1e3 / 3
-    row["fused_kernels"] = len(kernels) // 3
+    compiled = measure(opt)
+    row.update(fused_ms=compiled["ms"], fused_cuda_ms=compiled["cuda_ms"], fused_kernels=compiled["kernels"])
     return row
 
 
@@ -172,9 +161,10 @@ def main() -> None:
                 json.dump({"fused_ops": ops, "rows": rows}, f, indent=1)
     print(f"\n{'mixer':16s} {'eager ms':>9s} {'cuda ms':>8s} {'kernels':>8s} {'fused ms':>9s} {'fused cuda':>10s} {'kernels':>8s} {'loss gap':>9s}")
     for r in rows:
-        f = lambda k, fmt: format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
-        print(f"{r['mixer']:16s} {f('eager_ms', '9.2f')} {f('cuda_ms', '8.2f')} {f('kernels', '8d')} {f('fused_ms', '9.2f')} "
-              f"{f('fused_cuda_ms', '10.2f')} {f('fused_kernels', '8d')} {f('fused_err', '9.1e')} {r.get('error') or ''}")  # fmt: skip
+        cells = [format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-".rjust(len(format(0, fmt)))
+                 for k, fmt in (("eager_ms", "9.2f"), ("cuda_ms", "8.2f"), ("kernels", "8d"), ("fused_ms", "9.2f"),
+                                ("fused_cuda_ms", "10.2f"), ("fused_kernels", "8d"), ("fused_err", "9.1e")))]  # fmt: skip
+        print(f"{r['mixer']:16s} {' '.join(cells)} {r.get('error') or ''}")
     gaps = [r["fused_err"] for r in rows if "fused_err" in r]
     # verdict for the caller (mqar_device.sh): compiled norms and gates are used only if every mixer agreed
     print("FUSED_OK" if ops_ok and gaps and len(gaps) == len(rows) and max(gaps) < FUSED_LOSS_TOL else "FUSED_NOT_OK")

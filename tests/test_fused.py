@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from gkabench.layers import fused
+from gkabench.layers import blocks, fused
 from gkabench.models import GKABenchForCausalLM, preset_config
 
 
@@ -48,11 +48,11 @@ def test_auto_runs_eager_on_cpu(monkeypatch):
     monkeypatch.setattr(fused, "_compiled", lambda fn: calls.append(fn) or fn)
     monkeypatch.setattr(fused, "FUSED_ELEMENTWISE", "auto")
     x = torch.randn(2, 4, 8)
-    fused.fused_call(fused.silu_mul, x, x)
+    fused.fused_call(blocks.silu_mul, x, x)
     assert calls == []  # CPU tensors: eager under "auto"
     monkeypatch.setattr(fused, "FUSED_ELEMENTWISE", "always")
-    fused.fused_call(fused.silu_mul, x, x)
-    assert calls == [fused.silu_mul]
+    fused.fused_call(blocks.silu_mul, x, x)
+    assert calls == [blocks.silu_mul]
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):
@@ -66,6 +66,6 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     monkeypatch.setattr(fused, "FUSED_FAILURE", None)
     x = torch.randn(3, 8)
     with pytest.warns(UserWarning, match="running eager"):
-        y = fused.fused_call(fused.silu_mul, x, x)
+        y = fused.fused_call(blocks.silu_mul, x, x)
     torch.testing.assert_close(y, torch.nn.functional.silu(x) * x)
     assert fused.fused_impl().startswith("eager (compile failed: RuntimeError: no compiler here")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused import fused_call, gated_rms_norm, rms_norm, silu_mul  # noqa: F401 - silu_mul re-exported
+from .fused import fused_call
 
 # Which implementation ShortConv.forward runs (read at every call, so tests may monkeypatch it):
 # - "auto": fla's Triton kernel (``fla.modules.causal_conv1d.ops.causal_conv1d``) for CUDA tensors when fla
@@ -51,6 +51,22 @@ def mask_tokens(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.T
         return x
     m = attention_mask.to(x.dtype)
     return x * m.view(*m.shape, *([1] * (x.ndim - 2)))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """``x / rms(x) * weight`` over the last dim, computed in float32 (float64 for float64 x), cast to out_dtype."""
+    xf = upcast(x)
+    return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps) * weight.to(xf.dtype)).to(out_dtype)
+
+
+def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``rms_norm(x) * SiLU(gate)`` in float32, one rounding to x's dtype at the end."""
+    return (rms_norm(x, weight, eps, compute_dtype(x)) * F.silu(upcast(gate))).to(x.dtype)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``SiLU(gate) * up`` (SwiGLU's elementwise part)."""
+    return F.silu(gate) * up
 
 
 class RMSNorm(nn.Module):

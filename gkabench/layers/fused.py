@@ -3,8 +3,9 @@ into one kernel forward and one backward.
 
 Why: a small model's training step on a GPU is bound by the memory traffic of unfused elementwise PyTorch ops
 (H200, MQAR at 512 tokens, d = 128, batch 256: about half of every mixer's step is elementwise kernels of norms,
-gates and casts; ``scripts/mqar_step_profile.py``). The functions here are the math; :func:`fused_call` decides
-per call whether they run compiled. :func:`check_fused_ops` compares the compiled ones with float64 eager.
+gates and casts; ``scripts/mqar_step_profile.py``). The math is in :mod:`gkabench.layers.blocks` (``rms_norm``,
+``gated_rms_norm``, ``silu_mul``); :func:`fused_call` decides per call whether it runs compiled;
+:func:`check_fused_ops` compares the compiled ops with float64 eager.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 # Which path fused_call takes (read at every call; tests monkeypatch it; GKABENCH_FUSED_ELEMENTWISE sets it):
 # - "off" (default): always eager;
@@ -27,24 +27,6 @@ import torch.nn.functional as F
 FUSED_ELEMENTWISE = os.environ.get("GKABENCH_FUSED_ELEMENTWISE", "off")
 FUSED_BACKEND = "inductor"
 FUSED_FAILURE: str | None = None  # why compiling failed once; then every call runs eager
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
-    """``x / rms(x) * weight`` over the last dim, computed in float32 (float64 for float64 x), cast to out_dtype."""
-    xf = _upcast(x)
-    return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps) * weight.to(xf.dtype)).to(out_dtype)
-
-
-def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``rms_norm(x) * SiLU(gate)`` in float32, one rounding to x's dtype at the end."""
-    xf = _upcast(x)
-    y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps) * weight.to(xf.dtype)
-    return (y * F.silu(_upcast(gate))).to(x.dtype)
-
-
-def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """``SiLU(gate) * up`` (SwiGLU's elementwise part)."""
-    return F.silu(gate) * up
 
 
 @functools.cache
@@ -73,11 +55,6 @@ def fused_impl() -> str:
     return f"eager (compile failed: {FUSED_FAILURE})" if FUSED_FAILURE else "compiled"
 
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """float64 stays float64 (tight float64 tests), everything else computes in float32."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
 # Largest error of a compiled op against float64, relative to the reference's largest magnitude: float32 inputs keep
 # float32 (seen: <= 2e-6); bfloat16 inputs round output and gradients to bf16 (2^-8 each, seen: <= 4e-3).
 FUSED_OP_TOL = {"float32": 1e-4, "bfloat16": 1.6e-2}
@@ -86,6 +63,8 @@ FUSED_OP_TOL = {"float32": 1e-4, "bfloat16": 1.6e-2}
 def check_fused_ops(device: str = "cuda") -> dict:
     """Each op compiled (whatever :data:`FUSED_ELEMENTWISE` says) against float64 eager on random data, forward and
     gradients. Returns ``{"rms_norm float32": err, ..., "impl": fused_impl(), "pass": bool}``."""
+    from .blocks import gated_rms_norm, rms_norm, silu_mul  # blocks imports this module: import at call time
+
     global FUSED_ELEMENTWISE
     saved, FUSED_ELEMENTWISE = FUSED_ELEMENTWISE, "always"
     out: dict = {}

@@ -171,13 +171,12 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
     from ..train import train
 
     cfg, base, opts = mqar_train_config(run, sweep)
-    eval_batches = cfg.eval_batches
     t0 = time.perf_counter()
     s = train(cfg)
     model = s.pop("model")
     return {
         **run, "base_mixer": base, "options": opts, "accuracy": s["eval_acc"], "eval_loss": s["eval_loss"],
-        "train_loss": s["loss"], "params": s["params"], "eval_examples": eval_batches * run["batch_size"],
+        "train_loss": s["loss"], "params": s["params"], "eval_examples": cfg.eval_batches * run["batch_size"],
         "steps_done": s["step"], "early_stop_acc": sweep.early_stop_acc or None,
         "state_bytes_per_layer": model.model.layers[0].mixer.state_bytes(run["seq_len"]),
         "elapsed_s": time.perf_counter() - t0, "env": environment(next(model.parameters()).device),
