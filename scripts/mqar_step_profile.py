@@ -163,7 +163,7 @@ def main() -> None:
     for r in rows:
         cells = [format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-".rjust(len(format(0, fmt)))
                  for k, fmt in (("eager_ms", "9.2f"), ("cuda_ms", "8.2f"), ("kernels", "8d"), ("fused_ms", "9.2f"),
-                                ("fused_cuda_ms", "10.2f"), ("fused_kernels", "8d"), ("fused_err", "9.1e")))]  # fmt: skip
+                                ("fused_cuda_ms", "10.2f"), ("fused_kernels", "8d"), ("fused_err", "9.1e"))]  # fmt: skip
         print(f"{r['mixer']:16s} {' '.join(cells)} {r.get('error') or ''}")
     gaps = [r["fused_err"] for r in rows if "fused_err" in r]
     # verdict for the caller (mqar_device.sh): compiled norms and gates are used only if every mixer agreed
