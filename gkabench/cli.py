@@ -389,6 +389,7 @@ def mqar(
     jobs: int = typer.Option(1, "--jobs", help="train this many runs at once in worker processes on the device"),
     shard: str = typer.Option(None, "--shard", help="I/N: run only every N-th run from the I-th (one process per GPU)"),
     max_minutes: float = typer.Option(None, "--max-minutes", help="start no run after this long (rerun to resume)"),
+    stop_file: str = typer.Option(None, "--stop-file", help="start no run once this file exists (runs in flight finish): winds down a sweep left running in the background"),
     lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="run fla's gated backward despite its Hopper/Triton<3.7.1 guard (only after `gkabench check` passed at these shapes); recorded in every row"),
     grid: str = typer.Option("auto", "--grid", help="default grid: gpu (the paper-scale sweep), cpu (tiny), auto (by device); e.g. --grid gpu --max-minutes 0 renders a GPU sweep's table and plot on a CPU machine"),
 ):
@@ -436,7 +437,7 @@ def mqar(
             progress.advance(task)
 
         try:
-            rows = run_mqar_sweep(sweep, on_run=on_run, jobs=jobs, shard=(shard_i, shard_n), max_minutes=max_minutes)
+            rows = run_mqar_sweep(sweep, on_run=on_run, jobs=jobs, shard=(shard_i, shard_n), max_minutes=max_minutes, stop_file=stop_file)
         except KeyboardInterrupt as exc:
             err_console.print(f"[yellow]{exc or 'MQAR sweep interrupted; finished runs are kept, rerun to resume'}[/yellow]", highlight=False)
             raise typer.Exit(code=130) from None

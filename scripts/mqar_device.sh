@@ -27,29 +27,7 @@ source scripts/device_prelude.sh
 # (cp -n: a shard never overwrites rows another shard has started appending)
 if [ -e "$WORK/mqar.jsonl" ]; then cp -n "$WORK/mqar.jsonl" "$ROWS/"; elif [ -e results/mqar/mqar.jsonl ]; then cp -n results/mqar/mqar.jsonl "$ROWS/"; fi
 touch /tmp/mqar_phase_start
-GUARD=""
-if [ "${NO_GUARD:-0}" != "1" ]; then
-  ok=1
-  for op in gated_deltanet mamba2; do
-    (timeout 360 python3 -m gkabench.cli check --ops "$op" --shapes D64 --lift-fla-guard --json "$WORK/guard_check_$op.json" > "$WORK/guard_check_$op.log" 2>&1; echo $? > "$WORK/guard_check_$op.rc") &
-  done
-  wait
-  for op in gated_deltanet mamba2; do [ "$(cat "$WORK/guard_check_$op.rc")" = "0" ] || ok=0; done
-  grep -hE '^(pass|FAIL|error|refused)' "$WORK"/guard_check_*.log | cut -c1-160
-  if [ $ok = 1 ]; then GUARD="--lift-fla-guard"; echo "fla guard: check passed at head dim 64 (the shapes these runs use), lifted for training"
-  else echo "fla guard: check did not pass; kept (gated_deltanet / mamba2 runs will fail with fla's message)"; fi
-fi
-# FUSED=1: norms and gates run compiled (gkabench.layers.fused; off by default), and only once this machine has
-# shown them equal to float64 (with PROFILE also whole training steps equal to eager ones for every profiled mixer).
-# PROFILE="--dim 128 --seq-len 512 --pairs 128 --mixers gka,attention": where a training step's time goes, eager vs fused
-if [ -n "${PROFILE:-}" ]; then
-  timeout 400 python3 scripts/mqar_step_profile.py $PROFILE --json "$OUT/step_profile.json" ${GUARD:+--lift-fla-guard} > "$WORK/step_profile.log" 2>&1
-elif [ "${FUSED:-0}" = "1" ]; then
-  timeout 180 python3 scripts/mqar_step_profile.py --ops-only > "$WORK/step_profile.log" 2>&1
-fi
-[ -e "$WORK/step_profile.log" ] && tail -12 "$WORK/step_profile.log"
-if [ "${FUSED:-0}" = "1" ] && grep -q '^FUSED_OK' "$WORK/step_profile.log"; then export GKABENCH_FUSED_ELEMENTWISE=auto; echo "fused norms/gates: checked here, used"
-else export GKABENCH_FUSED_ELEMENTWISE=off; fi
+source scripts/mqar_guard.sh   # GUARD (fla's Hopper guard, lifted only after its check passes here), FUSED, PROFILE
 MAXM=$(python3 -c "print(max(0.5, float('$MINUTES') - float('${RUN_MIN:-3}') - $SECONDS / 60))")
 # runs in flight when MAXM passes may outlast the call: a hard stop 45 s before MINUTES (INT, then KILL) keeps time
 # for the files; an interrupted run is simply redone by the next call

@@ -233,6 +233,26 @@ def test_max_minutes_starts_no_new_run(tmp_path):
     assert run_mqar_sweep(sweep, jobs=2, max_minutes=0.0) == [] and read_rows(tmp_path / "res" / "m.jsonl") == []
 
 
+def test_stop_file_winds_the_sweep_down(tmp_path):
+    """Once the stop file exists no run starts (a background sweep told to finish); finished rows stay."""
+    from gkabench.tasks.mqar_sweep import SweepConfig, read_rows, run_mqar_sweep
+
+    sweep = SweepConfig.defaults_for(
+        False, mixers=["attention"], dims=[16], lengths=[(24, 4)], lrs=[1e-2, 3e-3], vocab_size=32, steps=3,
+        batch_size=8, eval_examples=16, head_dim=8, out_dir=str(tmp_path / "res"), run_dir=str(tmp_path / "runs"), name="m",
+    )  # fmt: skip
+    stop = tmp_path / "stop"
+
+    def touch_after_first(run, row):
+        stop.touch()
+
+    rows = run_mqar_sweep(sweep, on_run=touch_after_first, stop_file=stop)
+    assert len(rows) == 1 and len(read_rows(tmp_path / "res" / "m.jsonl")) == 1
+    assert run_mqar_sweep(sweep, jobs=2, stop_file=stop) == rows  # nothing new starts while it exists
+    stop.unlink()
+    assert len(run_mqar_sweep(sweep, stop_file=stop)) == 2  # gone: the sweep resumes the rest
+
+
 def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     """A run that raises (here: diverges at an absurd lr) becomes an error row; the others run, the tables leave it
     out and list it, and a rerun tries it again. A run listed twice is trained once."""

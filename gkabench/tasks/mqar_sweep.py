@@ -402,7 +402,8 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def run_mqar_sweep(
-    sweep: SweepConfig, on_run=None, jobs: int = 1, shard: tuple[int, int] = (0, 1), max_minutes: float | None = None
+    sweep: SweepConfig, on_run=None, jobs: int = 1, shard: tuple[int, int] = (0, 1), max_minutes: float | None = None,
+    stop_file=None,
 ) -> list[dict]:
     """Run every run of ``sweep`` not yet in ``out_dir/name.jsonl``, appending each row when it finishes; then
     write ``name.md`` and ``name.png``. ``on_run(run, row_or_None)`` is called per run (row None = skipped).
@@ -412,13 +413,16 @@ def run_mqar_sweep(
     small part of a big GPU, so runs in parallel finish sooner than one after another). ``shard = (i, n)`` takes only
     runs ``i, i+n, ...`` of the sweep (e.g. one process per GPU with ``CUDA_VISIBLE_DEVICES``); all of them append to
     the same JSONL under a lock, and a rerun resumes whatever is missing. ``max_minutes``: start no run after
-    that long (runs in flight finish); the tables are written from what is done."""
+    that long (runs in flight finish); the tables are written from what is done. ``stop_file``: likewise, start no
+    run once this path exists (a sweep left running in the background is told to wind down by touching it)."""
     import time
     from pathlib import Path
 
     t_start = time.monotonic()
 
     def time_left() -> bool:
+        if stop_file is not None and Path(stop_file).exists():
+            return False
         return max_minutes is None or time.monotonic() - t_start < 60 * max_minutes
 
     sweep.validate()

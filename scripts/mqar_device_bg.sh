@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The MQAR sweep left running in the background of one device machine, across back-to-back calls of the device tool.
+#
+#   run(command="JOBS=2 bash scripts/mqar_device_bg.sh start 9.5 --lengths 512:128 --lrs 3e-3,1e-2",
+#       carry=[".whl", ".triton_cache"], timeout_s=600)
+#   run(command="bash scripts/mqar_device_bg.sh collect 9.6", timeout_s=600)   # at once: the machine stays warm 30 s
+#   run(command="STOP_AT=5 bash scripts/mqar_device_bg.sh final 8", timeout_s=600)
+#
+# Why (session 7): a training step of these models is GPU-bound, so a GPU finishes ~one 512-token run per ~65 s
+# whatever runs at once, and each call of scripts/mqar_device.sh lost time that no run used: the machine's start
+# (~50 s), fla's guard check (~60 s), the last minutes in which no run may start, and the runs cut by the hard stop.
+# Here the sweep is started once, in a process session of its own (`setsid`: the device tool ends what a command
+# leaves running except such sessions, which live until the machine goes back), and every call only waits and
+# brings back what is done. The next call must come within the machine's 30 s of warmth, or the sweep dies with it
+# (its finished rows came back with the call before; an unfinished run is redone by the next sweep).
+#
+# Verbs (MINUTES: how long this call lasts, under the device tool's 10-minute limit):
+#   start MINUTES [gkabench mqar options]  wheels, Triton cache, guard check (mqar_guard.sh), launch, then collect
+#   collect MINUTES                        wait MINUTES (or until the sweep ends), bring back rows and logs
+#   final MINUTES                          the same; STOP_AT (minutes into the call, default MINUTES - RUN_MIN) touches
+#                                          the stop file (no new run starts), at the end the sweep is stopped and
+#                                          Triton's cache packed
+# Every call returns $OUT/mqar.jsonl (all rows so far, seeded from results/mqar/mqar.jsonl), mqar_logs.tgz (the
+# sweep's log, guard check, each run's training log) and, after `final`, tcache-part-*.
+set -uo pipefail
+VERB="${1:?start, collect or final}"; MINUTES="${2:?minutes this call may last}"; shift 2
+OUT="${OUT:-/tmp/gkabench_mqar_out}"
+WORK=/tmp/gkabench_mqar_bg
+ROWS="$WORK/rows"; STOP="$WORK/stop"; PIDFILE="$WORK/sweep.pid"
+mkdir -p "$OUT" "$WORK" "$ROWS"
+alive() { [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+case "$VERB" in
+  start)
+    if alive; then echo "a sweep is already running on this machine (pid $(cat "$PIDFILE")): use collect or final"; exit 1; fi
+    source scripts/device_prelude.sh
+    [ -e results/mqar/mqar.jsonl ] && cp -n results/mqar/mqar.jsonl "$ROWS/"
+    touch "$WORK/phase_start"
+    source scripts/mqar_guard.sh   # GUARD: fla's Hopper guard lifted only after its check passes here
+    rm -f "$STOP"
+    # setsid execs in place (this shell's background child leads no group), so $! is the session's id
+    setsid python3 -m gkabench.cli mqar --jobs "${JOBS:-2}" --head-dim 64 --out "$ROWS" --name mqar \
+      --run-dir "$WORK/runs" --stop-file "$STOP" $GUARD "$@" > "$WORK/mqar.log" 2>&1 < /dev/null &
+    echo $! > "$PIDFILE"
+    echo "sweep started (session $(cat "$PIDFILE")): gkabench mqar --jobs ${JOBS:-2} $GUARD $*"
+    ;;
+  collect|final)
+    if [ ! -s "$PIDFILE" ]; then echo "no sweep was started on this machine (a fresh one?): use start"; exit 1; fi
+    export GKABENCH_PRELUDE_DONE=1; source scripts/device_prelude.sh   # environment only: the running sweep's wheels stay
+    ;;
+  *) echo "unknown verb $VERB: start, collect or final"; exit 2 ;;
+esac
+# this call ends at MINUTES (less time for the files); `final` touches the stop file at STOP_AT
+read -r END STOP_S <<< "$(python3 -c "m = float('$MINUTES'); print(int(60 * m) - (50 if '$VERB' == 'final' else 20), int(60 * float('${STOP_AT:-nan}' if '${STOP_AT:-}' else m - float('${RUN_MIN:-2.5}'))))")"
+while alive && [ "$SECONDS" -lt "$END" ]; do
+  if [ "$VERB" = final ] && [ "$SECONDS" -ge "$STOP_S" ] && [ ! -e "$STOP" ]; then touch "$STOP"; echo "stop file touched at ${SECONDS} s: no new run starts"; fi
+  sleep 5
+done
+if [ "$VERB" = final ] && alive; then
+  kill -INT -- "-$(cat "$PIDFILE")" 2>/dev/null; sleep 10; kill -KILL -- "-$(cat "$PIDFILE")" 2>/dev/null
+  for _ in 1 2 3 4 5; do alive && sleep 1; done
+  echo "sweep stopped at ${SECONDS} s (runs in flight lost; rerun resumes them)"
+fi
+alive && echo "sweep still running after ${SECONDS} s: call collect or final within 30 s" || echo "sweep not running"
+cp "$ROWS/mqar.jsonl" "$OUT/" 2>/dev/null
+grep -v "━" "$WORK/mqar.log" | grep -E "acc |FAILED|skip" | grep -v skip | tail -40
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+mkdir -p "$WORK/logs"; (cd "$WORK/runs" 2>/dev/null && find . -name 'log.jsonl' -exec cp --parents {} "$WORK/logs/" \; 2>/dev/null)
+(cd "$WORK" && tar czf "$OUT/mqar_logs.tgz" guard_check_* mqar.log step_profile.log logs 2>/dev/null)
+if [ "$VERB" = final ]; then
+  # autotune choices made by runs sharing the GPU are noisy: keep the compiled kernels, drop the choices
+  find "$TRITON_CACHE_DIR" -name '*.autotune.json' -newer "$WORK/phase_start" -delete
+  source scripts/device_epilogue.sh
+fi
+exit 0
