@@ -4,7 +4,7 @@
 #   run(command="JOBS=2 bash scripts/mqar_device_bg.sh start 9.5 --lengths 512:128 --lrs 3e-3,1e-2",
 #       carry=[".whl", ".triton_cache"], timeout_s=600)
 #   run(command="bash scripts/mqar_device_bg.sh collect 9.6", timeout_s=600)   # at once: the machine stays warm 30 s
-#   run(command="STOP_AT=5 bash scripts/mqar_device_bg.sh final 8", timeout_s=600)
+#   run(command="RUN_MIN=2.5 bash scripts/mqar_device_bg.sh final 9.7", timeout_s=600)   # the session's last
 #
 # Why (session 7): a training step of these models is GPU-bound, so a GPU finishes ~one 512-token run per ~65 s
 # whatever runs at once, and each call of scripts/mqar_device.sh lost time that no run used: the machine's start
@@ -17,7 +17,7 @@
 # Verbs (MINUTES: how long this call lasts, under the device tool's 10-minute limit):
 #   start MINUTES [gkabench mqar options]  wheels, Triton cache, guard check (mqar_guard.sh), launch, then collect
 #   collect MINUTES                        wait MINUTES (or until the sweep ends), bring back rows and logs
-#   final MINUTES                          the same; STOP_AT (minutes into the call, default MINUTES - RUN_MIN) touches
+#   final MINUTES                          the same; STOP_AT (minutes into the call; default see END below) touches
 #                                          the stop file (no new run starts), at the end the sweep is stopped and
 #                                          Triton's cache packed
 # Every call returns $OUT/mqar.jsonl (all rows so far, seeded from results/mqar/mqar.jsonl), mqar_logs.tgz (the
@@ -49,8 +49,10 @@ case "$VERB" in
     ;;
   *) echo "unknown verb $VERB: start, collect or final"; exit 2 ;;
 esac
-# this call ends at MINUTES (less time for the files); `final` touches the stop file at STOP_AT
-read -r END STOP_S <<< "$(python3 -c "m = float('$MINUTES'); print(int(60 * m) - (50 if '$VERB' == 'final' else 20), int(60 * float('${STOP_AT:-nan}' if '${STOP_AT:-}' else m - float('${RUN_MIN:-2.5}'))))")"
+# this call ends at MINUTES less time for the files (END); `final` touches the stop file at STOP_AT minutes, by
+# default RUN_MIN (a run's expected minutes; session 8, 2 runs at once at 512 tokens: ~2.3) before END, so the runs
+# started last can still finish (session 8 stopped 88 s before END and lost the 2 runs in flight)
+read -r END STOP_S <<< "$(python3 -c "end = int(60 * float('$MINUTES')) - (50 if '$VERB' == 'final' else 20); print(end, int(60 * float('${STOP_AT:-0}')) if '${STOP_AT:-}' else end - int(60 * float('${RUN_MIN:-2.5}')))")"
 while alive && [ "$SECONDS" -lt "$END" ]; do
   if [ "$VERB" = final ] && [ "$SECONDS" -ge "$STOP_S" ] && [ ! -e "$STOP" ]; then touch "$STOP"; echo "stop file touched at ${SECONDS} s: no new run starts"; fi
   sleep 5
