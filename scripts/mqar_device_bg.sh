@@ -20,28 +20,43 @@
 #   final MINUTES                          the same; STOP_AT (minutes into the call; default see END below) touches
 #                                          the stop file (no new run starts), at the end the sweep is stopped and
 #                                          Triton's cache packed
+# On a machine of several GPUs, one sweep per GPU (GPUS=N to choose), each `--shard i/N` with JOBS runs at once.
+# WORK (default /tmp/gkabench_mqar_bg) holds the rows, logs and the sweeps' ids between calls.
 # Every call returns $OUT/mqar.jsonl (all rows so far, seeded from results/mqar/mqar.jsonl), mqar_logs.tgz (the
 # sweep's log, guard check, each run's training log) and, after `final`, tcache-part-*.
 set -uo pipefail
 VERB="${1:?start, collect or final}"; MINUTES="${2:?minutes this call may last}"; shift 2
 OUT="${OUT:-/tmp/gkabench_mqar_out}"
-WORK=/tmp/gkabench_mqar_bg
-ROWS="$WORK/rows"; STOP="$WORK/stop"; PIDFILE="$WORK/sweep.pid"
+WORK="${WORK:-/tmp/gkabench_mqar_bg}"
+ROWS="$WORK/rows"; STOP="$WORK/stop"; PIDFILE="$WORK/sweep.pids"
 mkdir -p "$OUT" "$WORK" "$ROWS"
-alive() { [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+# one line per sweep (one per GPU), each the id of the process session it leads
+alive() { local pid; [ -s "$PIDFILE" ] || return 1; while read -r pid; do kill -0 "$pid" 2>/dev/null && return 0; done < "$PIDFILE"; return 1; }
+signal_sweeps() { local pid; while read -r pid; do kill "-$1" -- "-$pid" 2>/dev/null; done < "$PIDFILE"; return 0; }
 case "$VERB" in
   start)
-    if alive; then echo "a sweep is already running on this machine (pid $(cat "$PIDFILE")): use collect or final"; exit 1; fi
+    if alive; then echo "a sweep is already running on this machine: use collect or final"; exit 1; fi
     source scripts/device_prelude.sh
     [ -e results/mqar/mqar.jsonl ] && cp -n results/mqar/mqar.jsonl "$ROWS/"
     touch "$WORK/phase_start"
     source scripts/mqar_guard.sh   # GUARD: fla's Hopper guard lifted only after its check passes here
-    rm -f "$STOP"
-    # setsid execs in place (this shell's background child leads no group), so $! is the session's id
-    setsid python3 -m gkabench.cli mqar --jobs "${JOBS:-2}" --head-dim 64 --out "$ROWS" --name mqar \
-      --run-dir "$WORK/runs" --stop-file "$STOP" $GUARD "$@" > "$WORK/mqar.log" 2>&1 < /dev/null &
-    echo $! > "$PIDFILE"
-    echo "sweep started (session $(cat "$PIDFILE")): gkabench mqar --jobs ${JOBS:-2} $GUARD $*"
+    rm -f "$STOP" "$PIDFILE"
+    # GPUS sweeps (default: one per visible GPU), sweep i on GPU i with `--shard i+1/GPUS` and its own slice of the
+    # CPU cores; all append to the same rows file under its lock
+    NGPU="${GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}"; [ "${NGPU:-0}" -ge 1 ] || NGPU=1
+    read -r -a ALLOWED <<< "$(python3 -c "import os; print(' '.join(map(str, sorted(os.sched_getaffinity(0)))))")"
+    per=$(( ${#ALLOWED[@]} / NGPU )); [ "$per" -ge 1 ] || per=1
+    for ((g = 0; g < NGPU; g++)); do
+      SHARD=(); [ "$NGPU" -gt 1 ] && SHARD=(--shard "$((g + 1))/$NGPU")
+      first=$(( (g * per) % ${#ALLOWED[@]} )); cores=$(IFS=,; echo "${ALLOWED[*]:first:per}")
+      PIN=(); taskset -c "$cores" true 2>/dev/null && PIN=(taskset -c "$cores")
+      # setsid execs in place (this shell's background child leads no group), so $! is the session's id
+      CUDA_VISIBLE_DEVICES="$g" setsid "${PIN[@]}" python3 -m gkabench.cli mqar \
+        --jobs "${JOBS:-2}" --head-dim 64 --out "$ROWS" --name mqar --run-dir "$WORK/runs" --stop-file "$STOP" \
+        "${SHARD[@]}" $GUARD "$@" > "$WORK/mqar_gpu$g.log" 2>&1 < /dev/null &
+      echo $! >> "$PIDFILE"
+    done
+    echo "$NGPU sweep(s) started: gkabench mqar --jobs ${JOBS:-2} $GUARD $*"
     ;;
   collect|final)
     if [ ! -s "$PIDFILE" ]; then echo "no sweep was started on this machine (a fresh one?): use start"; exit 1; fi
@@ -58,16 +73,16 @@ while alive && [ "$SECONDS" -lt "$END" ]; do
   sleep 5
 done
 if [ "$VERB" = final ] && alive; then
-  kill -INT -- "-$(cat "$PIDFILE")" 2>/dev/null; sleep 10; kill -KILL -- "-$(cat "$PIDFILE")" 2>/dev/null
+  signal_sweeps INT; sleep 10; signal_sweeps KILL
   for _ in 1 2 3 4 5; do alive && sleep 1; done
   echo "sweep stopped at ${SECONDS} s (runs in flight lost; rerun resumes them)"
 fi
 alive && echo "sweep still running after ${SECONDS} s: call collect or final within 30 s" || echo "sweep not running"
 cp "$ROWS/mqar.jsonl" "$OUT/" 2>/dev/null
-grep -v "━" "$WORK/mqar.log" | grep -E "acc |FAILED|skip" | grep -v skip | tail -40
+cat "$WORK"/mqar_gpu*.log | grep -v "━" | grep -E "acc |FAILED" | tail -40
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
 mkdir -p "$WORK/logs"; (cd "$WORK/runs" 2>/dev/null && find . -name 'log.jsonl' -exec cp --parents {} "$WORK/logs/" \; 2>/dev/null)
-(cd "$WORK" && tar czf "$OUT/mqar_logs.tgz" guard_check_* mqar.log step_profile.log logs 2>/dev/null)
+(cd "$WORK" && tar czf "$OUT/mqar_logs.tgz" guard_check_* mqar_gpu*.log step_profile.log logs 2>/dev/null)
 if [ "$VERB" = final ]; then
   # autotune choices made by runs sharing the GPU are noisy: keep the compiled kernels, drop the choices
   find "$TRITON_CACHE_DIR" -name '*.autotune.json' -newer "$WORK/phase_start" -delete

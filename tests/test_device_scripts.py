@@ -45,3 +45,54 @@ def test_orchestrator_runs_jobs_and_survives_its_deadline(tmp_path):
     assert (tmp_path / "out" / "multi_results.tgz").stat().st_size > 0  # the archive was written
     if shutil.which("pgrep"):
         assert subprocess.run(["pgrep", "-f", "sleep 120 # gkabench"], capture_output=True).returncode != 0  # no orphan
+
+
+def _bg_env(tmp_path, **extra):
+    return dict(
+        os.environ, OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"), TRITON_CACHE_DIR=str(tmp_path / "tc"),
+        GKABENCH_PRELUDE_DONE="1", NO_GUARD="1", NO_PACK="1", GPUS="2", JOBS="1",
+        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **extra,
+    )  # fmt: skip
+
+
+def _bg(verb, minutes, env, *args):
+    return subprocess.run(["bash", "scripts/mqar_device_bg.sh", verb, str(minutes), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+
+
+TINY_SWEEP = ["--grid", "cpu", "--mixers", "attention", "--dims", "16", "--lengths", "24:4", "--vocab", "32",
+              "--head-dim", "8", "--batch-size", "8", "--eval-examples", "16"]  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("setsid") is None, reason="no bash / setsid")
+def test_background_sweep_brings_rows_back_across_calls(tmp_path):
+    """start launches one sweep per 'GPU' (here 2 shards on the CPU) in sessions of their own and returns; collect
+    finds them finished and brings back every shard's rows and the logs."""
+    import json
+    import tarfile
+
+    env = _bg_env(tmp_path)
+    start = _bg("start", 0.3, env, *TINY_SWEEP, "--lrs", "1e-2,3e-3,2e-3", "--steps", "2")
+    assert start.returncode == 0 and "2 sweep(s) started" in start.stdout, start.stdout[-2000:] + start.stderr[-2000:]
+    collect = _bg("collect", 1.5, env)  # returns as soon as the sweeps have ended
+    assert collect.returncode == 0 and "sweep not running" in collect.stdout, collect.stdout[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "mqar.jsonl").read_text().splitlines()]
+    tiny = [r for r in rows if r["seq_len"] == 24]
+    assert sorted(r["lr"] for r in tiny) == [2e-3, 3e-3, 1e-2] and not any(r.get("error") for r in tiny)
+    names = tarfile.open(tmp_path / "out" / "mqar_logs.tgz").getnames()
+    assert {"mqar_gpu0.log", "mqar_gpu1.log"} <= set(names) and sum(n.endswith("log.jsonl") for n in names) == 3
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("setsid") is None, reason="no bash / setsid")
+def test_background_sweep_final_stops_it(tmp_path):
+    """final touches the stop file, then stops runs still in flight at its end and leaves no process behind."""
+    env = _bg_env(tmp_path, STOP_AT="0")
+    # start waits ~10 s (its 0.5 minutes less 20 s), time for both shards to have a run in flight
+    start = _bg("start", 0.5, env, *TINY_SWEEP, "--lrs", "1e-2,3e-3", "--steps", "100000", "--early-stop-acc", "0")
+    assert start.returncode == 0 and "still running" in start.stdout, start.stdout[-2000:] + start.stderr[-2000:]
+    final = _bg("final", 1.0, env)  # ends 50 s before its minute: stops the sweeps at ~10 s
+    assert final.returncode == 0 and "stop file touched" in final.stdout and "sweep stopped" in final.stdout, final.stdout[-2000:]
+    assert "sweep not running" in final.stdout
+    assert "acc " not in final.stdout  # neither run finished: both were stopped in flight
+    if shutil.which("pgrep"):
+        assert subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True).returncode != 0

@@ -364,7 +364,9 @@ def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, tim
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # the cores this process may use (one sweep per GPU may each be pinned to a slice), shared by its workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // jobs)
     todo = iter(pending)
     with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=mp.get_context("spawn")) as pool:
         running = {}
