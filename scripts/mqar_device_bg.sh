@@ -15,7 +15,8 @@
 # (its finished rows came back with the call before; an unfinished run is redone by the next sweep).
 #
 # Verbs (MINUTES: how long this call lasts, under the device tool's 10-minute limit):
-#   start MINUTES [gkabench mqar options]  wheels, Triton cache, guard check (mqar_guard.sh), launch, then collect
+#   start MINUTES [gkabench mqar options] [--then options ...]
+#                                          wheels, Triton cache, guard check (mqar_guard.sh), launch, then collect
 #   collect MINUTES                        wait MINUTES (or until the sweep ends), bring back rows and logs
 #   final MINUTES                          the same; STOP_AT (minutes into the call; default see END below) touches
 #                                          the stop file (no new run starts), at the end the sweep is stopped and
@@ -46,17 +47,25 @@ case "$VERB" in
     NGPU="${GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}"; [ "${NGPU:-0}" -ge 1 ] || NGPU=1
     read -r -a ALLOWED <<< "$(python3 -c "import os; print(' '.join(map(str, sorted(os.sched_getaffinity(0)))))")"
     per=$(( ${#ALLOWED[@]} / NGPU )); [ "$per" -ge 1 ] || per=1
+    # `--then` splits the options into sweeps run one after another (a grid is a product: e.g. lrs 3e-3,1e-2 at every
+    # dim, then lr 1e-3 at the larger dims only), each after the one before ends, none once the stop file exists
+    SWEEPS=(); part=""
+    for a in "$@"; do if [ "$a" = "--then" ]; then SWEEPS+=("$part"); part=""; else part+=" $(printf '%q' "$a")"; fi; done
+    SWEEPS+=("$part")
     for ((g = 0; g < NGPU; g++)); do
-      SHARD=(); [ "$NGPU" -gt 1 ] && SHARD=(--shard "$((g + 1))/$NGPU")
+      SHARD=""; [ "$NGPU" -gt 1 ] && SHARD="--shard $((g + 1))/$NGPU"
       first=$(( (g * per) % ${#ALLOWED[@]} )); cores=$(IFS=,; echo "${ALLOWED[*]:first:per}")
       PIN=(); taskset -c "$cores" true 2>/dev/null && PIN=(taskset -c "$cores")
+      runner="$WORK/sweeps_gpu$g.sh"; : > "$runner"
+      for sweep in "${SWEEPS[@]}"; do
+        printf '[ -e %q ] || python3 -m gkabench.cli mqar --jobs %q --head-dim 64 --out %q --name mqar --run-dir %q --stop-file %q %s %s %s\n' \
+          "$STOP" "${JOBS:-2}" "$ROWS" "$WORK/runs" "$STOP" "$SHARD" "$GUARD" "$sweep" >> "$runner"
+      done
       # setsid execs in place (this shell's background child leads no group), so $! is the session's id
-      CUDA_VISIBLE_DEVICES="$g" setsid "${PIN[@]}" python3 -m gkabench.cli mqar \
-        --jobs "${JOBS:-2}" --head-dim 64 --out "$ROWS" --name mqar --run-dir "$WORK/runs" --stop-file "$STOP" \
-        "${SHARD[@]}" $GUARD "$@" > "$WORK/mqar_gpu$g.log" 2>&1 < /dev/null &
+      CUDA_VISIBLE_DEVICES="$g" setsid "${PIN[@]}" bash "$runner" > "$WORK/mqar_gpu$g.log" 2>&1 < /dev/null &
       echo $! >> "$PIDFILE"
     done
-    echo "$NGPU sweep(s) started: gkabench mqar --jobs ${JOBS:-2} $GUARD $*"
+    echo "$NGPU sweep(s) started, each running in turn:"; cat "$WORK/sweeps_gpu0.sh"
     ;;
   collect|final)
     if [ ! -s "$PIDFILE" ]; then echo "no sweep was started on this machine (a fresh one?): use start"; exit 1; fi

@@ -72,15 +72,18 @@ def test_background_sweep_brings_rows_back_across_calls(tmp_path):
     import tarfile
 
     env = _bg_env(tmp_path)
-    start = _bg("start", 0.3, env, *TINY_SWEEP, "--lrs", "1e-2,3e-3,2e-3", "--steps", "2")
+    # two sweeps one after the other (--then): lrs 1e-2, 3e-3 on both dims, then 2e-3 on the first only
+    start = _bg("start", 0.3, env, *TINY_SWEEP, "--dims", "16,8", "--lrs", "1e-2,3e-3", "--steps", "2", "--then",
+                *TINY_SWEEP, "--lrs", "2e-3", "--steps", "2")  # fmt: skip
     assert start.returncode == 0 and "2 sweep(s) started" in start.stdout, start.stdout[-2000:] + start.stderr[-2000:]
     collect = _bg("collect", 1.5, env)  # returns as soon as the sweeps have ended
     assert collect.returncode == 0 and "sweep not running" in collect.stdout, collect.stdout[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "out" / "mqar.jsonl").read_text().splitlines()]
     tiny = [r for r in rows if r["seq_len"] == 24]
-    assert sorted(r["lr"] for r in tiny) == [2e-3, 3e-3, 1e-2] and not any(r.get("error") for r in tiny)
+    assert sorted((r["dim"], r["lr"]) for r in tiny) == [(8, 3e-3), (8, 1e-2), (16, 2e-3), (16, 3e-3), (16, 1e-2)]
+    assert not any(r.get("error") for r in tiny)
     names = tarfile.open(tmp_path / "out" / "mqar_logs.tgz").getnames()
-    assert {"mqar_gpu0.log", "mqar_gpu1.log"} <= set(names) and sum(n.endswith("log.jsonl") for n in names) == 3
+    assert {"mqar_gpu0.log", "mqar_gpu1.log"} <= set(names) and sum(n.endswith("log.jsonl") for n in names) == 5
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("setsid") is None, reason="no bash / setsid")
