@@ -21,6 +21,12 @@ def package_version(name: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def git_sha() -> str | None:
+    """Short sha of the checkout (``-dirty`` with uncommitted changes to tracked files). ``GKABENCH_GIT_SHA`` overrides
+    it for a copied tree whose ``.git`` is stale (the device machine's), as ``GKABENCH_GIT_SHA=<sha> gkabench ...``."""
+    import os
+
+    if os.environ.get("GKABENCH_GIT_SHA"):
+        return os.environ["GKABENCH_GIT_SHA"]
     root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
