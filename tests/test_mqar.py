@@ -306,6 +306,8 @@ def test_cli_renders_the_gpu_grid_on_a_cpu_and_lists_what_is_missing(tmp_path):
     assert r.exit_code == 0, r.output
     md = (tmp_path / "mqar.md").read_text()
     assert f"| {done['mixer']} | 0.500" in md and (tmp_path / "mqar.png").exists()
+    # the cell's other lrs have not run: its best may still change, and the table says so
+    assert f"| {done['mixer']} | 0.500 ({done['lr']:g}) † |" in md and "† not every learning rate" in md
     assert f"Not run yet: {len(sweep.runs()) - 1} runs" in md and "all 21 (every mixer and dim)" in md
     r = CliRunner().invoke(app, ["mqar", "--grid", "tpu", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "--grid" in r.output

@@ -210,9 +210,11 @@ def best_per_cell(rows: list[dict]):
 def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | None = None) -> None:
     """One table per (seq_len, pairs): rows = mixers, columns = model dims, cells = best accuracy (its lr).
 
-    ``missing``: the sweep's runs with no finished row yet, listed at the end so a partial sweep says what it lacks.
+    ``missing``: the sweep's runs with no finished row yet, listed at the end so a partial sweep says what it lacks;
+    a cell some of whose learning rates have not run is marked with a dagger.
     """
     best = best_per_cell(rows)
+    partial = incomplete_cells(missing)
     lines = [f"# {title}", ""]
     if rows:
         env = rows[-1].get("env", {})
@@ -239,9 +241,12 @@ def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | Non
             cells = []
             for dd in dims:
                 r = m[m["dim"] == dd]
-                cells.append(f"{r['accuracy'].iloc[0]:.3f} ({r['lr'].iloc[0]:g})" if len(r) else "-")
+                mark = " †" if (mixer, T, P, dd) in partial else ""
+                cells.append(f"{r['accuracy'].iloc[0]:.3f} ({r['lr'].iloc[0]:g}){mark}" if len(r) else "-")
             lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
         lines.append("")
+        if any((mx, T, P, dd) in partial for mx in sub["mixer"] for dd in dims):
+            lines += ["† not every learning rate of the sweep has run in this cell yet (listed at the end).", ""]
     failed = [r for r in rows if r.get("error")]
     if failed:
         lines += ["## Failed runs (left out above; a rerun tries them again)", ""]
@@ -260,8 +265,14 @@ def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | Non
     _atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def write_plot(rows: list[dict], path, title: str) -> None:
-    """Accuracy vs model dim, one line per mixer, one panel per (seq_len, pairs)."""
+def incomplete_cells(missing: list[dict] | None) -> set:
+    """(mixer, seq_len, num_pairs, dim) of every cell with a run not yet finished."""
+    return {(r["mixer"], r["seq_len"], r["num_pairs"], r["dim"]) for r in missing or []}
+
+
+def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = None) -> None:
+    """Accuracy vs model dim, one line per mixer, one panel per (seq_len, pairs); hollow markers: cells where some
+    learning rates of the sweep (``missing``) have not run yet."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,13 +281,19 @@ def write_plot(rows: list[dict], path, title: str) -> None:
     best = best_per_cell(rows)
     if best.empty:
         return
+    partial = incomplete_cells(missing)
+    # one colour per mixer in every panel (explicit: the hollow markers must not advance matplotlib's colour cycle)
+    colors = {m: f"C{i % 10}" for i, m in enumerate(sorted(best["mixer"].unique()))}
     panels = sorted({(int(t), int(p)) for t, p in zip(best["seq_len"], best["num_pairs"])})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
     for ax, (T, P) in zip(axes[0], panels):
         sub = best[(best["seq_len"] == T) & (best["num_pairs"] == P)]
         for mixer, m in sub.groupby("mixer"):
             m = m.sort_values("dim")
-            ax.plot(m["dim"], m["accuracy"], marker="o", label=mixer)
+            ax.plot(m["dim"], m["accuracy"], marker="o", label=mixer, color=colors[mixer])
+            part = [(d, a) for d, a in zip(m["dim"], m["accuracy"]) if (mixer, T, P, d) in partial]
+            if part:  # hollow: the cell's best may still change
+                ax.plot(*zip(*part), linestyle="none", marker="o", markerfacecolor="white", markeredgecolor=colors[mixer])
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(sub["dim"].unique()), [str(d) for d in sorted(sub["dim"].unique())])
         ax.set_title(f"seq_len {T}, {P} pairs")
@@ -285,7 +302,7 @@ def write_plot(rows: list[dict], path, title: str) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("MQAR accuracy (best lr)")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title + ("  (hollow: not every lr has run yet)" if partial else ""))
     fig.tight_layout()
     from pathlib import Path
 
@@ -466,5 +483,5 @@ def run_mqar_sweep(
     missing = [run for run in unique if run_key(run) not in finished]
     title = f"MQAR ({sweep.name})"
     write_markdown(rows, out / f"{sweep.name}.md", title, missing=missing)
-    write_plot(rows, out / f"{sweep.name}.png", title)
+    write_plot(rows, out / f"{sweep.name}.png", title, missing=missing)
     return rows
