@@ -17,7 +17,9 @@
 # Verbs (MINUTES: how long this call lasts, under the device tool's 10-minute limit):
 #   start MINUTES [gkabench mqar options] [--then options ...]
 #                                          wheels, Triton cache, guard check (mqar_guard.sh), launch, then collect
-#   collect MINUTES                        wait MINUTES (or until the sweep ends), bring back rows and logs
+#   collect MINUTES [options]              wait MINUTES (or until the sweep ends), bring back rows and logs; with the
+#                                          start options, a machine with no sweep running (the last one went back
+#                                          between calls) starts one first, so every call may pass the same options
 #   final MINUTES                          the same; STOP_AT (minutes into the call; default see END below) touches
 #                                          the stop file (no new run starts), at the end the sweep is stopped and
 #                                          Triton's cache packed
@@ -34,9 +36,19 @@ mkdir -p "$OUT" "$WORK" "$ROWS"
 # one line per sweep (one per GPU), each the id of the process session it leads
 alive() { local pid; [ -s "$PIDFILE" ] || return 1; while read -r pid; do kill -0 "$pid" 2>/dev/null && return 0; done < "$PIDFILE"; return 1; }
 signal_sweeps() { local pid; while read -r pid; do kill "-$1" -- "-$pid" 2>/dev/null; done < "$PIDFILE"; return 0; }
-case "$VERB" in
-  start)
-    if alive; then echo "a sweep is already running on this machine: use collect or final"; exit 1; fi
+case "$VERB" in start|collect|final) ;; *) echo "unknown verb $VERB: start, collect or final"; exit 2 ;; esac
+LAUNCH=0
+if [ "$VERB" = start ]; then
+  if alive; then echo "a sweep is already running on this machine: use collect or final"; exit 1; fi
+  LAUNCH=1
+elif ! alive && [ $# -gt 0 ]; then
+  # a fresh machine (the last one went back between calls) or a sweep that ended: start again with the options
+  # given, which resumes whatever has no row yet
+  echo "no sweep running on this machine: starting one with the options given"; LAUNCH=1
+elif [ ! -s "$PIDFILE" ]; then
+  echo "no sweep was started on this machine (a fresh one?): pass the start options to collect / final to start one"; exit 1
+fi
+if [ "$LAUNCH" = 1 ]; then
     source scripts/device_prelude.sh
     [ -e results/mqar/mqar.jsonl ] && cp -n results/mqar/mqar.jsonl "$ROWS/"
     touch "$WORK/phase_start"
@@ -66,13 +78,9 @@ case "$VERB" in
       echo $! >> "$PIDFILE"
     done
     echo "$NGPU sweep(s) started, each running in turn:"; cat "$WORK/sweeps_gpu0.sh"
-    ;;
-  collect|final)
-    if [ ! -s "$PIDFILE" ]; then echo "no sweep was started on this machine (a fresh one?): use start"; exit 1; fi
+else
     export GKABENCH_PRELUDE_DONE=1; source scripts/device_prelude.sh   # environment only: the running sweep's wheels stay
-    ;;
-  *) echo "unknown verb $VERB: start, collect or final"; exit 2 ;;
-esac
+fi
 # this call ends at MINUTES less time for the files (END); `final` touches the stop file at STOP_AT minutes, by
 # default RUN_MIN (a run's expected minutes; session 8, 2 runs at once at 512 tokens: ~2.3) before END, so the runs
 # started last can still finish (session 8 stopped 88 s before END and lost the 2 runs in flight)

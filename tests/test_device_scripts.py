@@ -84,6 +84,12 @@ def test_background_sweep_brings_rows_back_across_calls(tmp_path):
     assert not any(r.get("error") for r in tiny)
     names = tarfile.open(tmp_path / "out" / "mqar_logs.tgz").getnames()
     assert {"mqar_gpu0.log", "mqar_gpu1.log"} <= set(names) and sum(n.endswith("log.jsonl") for n in names) == 5
+    # collect with the options on a machine whose sweeps have ended (or a fresh one) starts them again: resumes
+    again = _bg("collect", 1.5, env, *TINY_SWEEP, "--lrs", "2e-3,1e-3", "--steps", "2")
+    assert "starting one with the options given" in again.stdout and "sweep not running" in again.stdout, again.stdout[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "mqar.jsonl").read_text().splitlines()]
+    assert sorted((r["dim"], r["lr"]) for r in rows if r["seq_len"] == 24)[:2] == [(8, 3e-3), (8, 1e-2)]
+    assert sum(r["seq_len"] == 24 for r in rows) == 6  # only (16, 1e-3) was new
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("setsid") is None, reason="no bash / setsid")
