@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..io import save_figure_atomic, write_atomic
 from .config import MODES, PRESETS
 
 MODE_TITLES = {"fwd": "forward", "fwdbwd": "forward + backward", "prefill": "prefill (forward + final state, no grad)",
@@ -42,18 +41,6 @@ def output_stem(out: Path, device_name: str, tag: str, *, resume: bool = False, 
             return found[-1].with_suffix("")
     date = date or datetime.now(timezone.utc).strftime("%Y-%m-%d")
     return out / f"{date}-{dev}-{slug(tag)}"
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def latest_rows(rows: list[dict]) -> list[dict]:
@@ -286,10 +273,7 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
         axes.flat[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    save_figure_atomic(fig, path, dpi=120)
 
 
 def same_sizes(row: dict, header: dict) -> bool:

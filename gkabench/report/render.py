@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
+from ..io import save_figure_atomic
 from .read import LONG_TASKS, fmt_len
 from .tables import Cell, Table, data_source, mqar_tables, speed_tables
 
@@ -175,18 +174,6 @@ def eval_csv_rows(tables: list[Table], mixers: dict) -> list[dict]:
     return out
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_long_task(path: Path, t: Table, mixers: dict) -> None:
     """Score vs input length, one line per model; a panel per flavour plus the average."""
     import matplotlib
@@ -223,9 +210,6 @@ def plot_long_task(path: Path, t: Table, mixers: dict) -> None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(t.title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    _write_bytes_atomic(path, buf.getvalue())
+    save_figure_atomic(fig, path, dpi=110)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .mqar import MQARConfig
+from .mqar_tables import best_per_cell, incomplete_cells, write_markdown, write_plot  # noqa: F401  (importable from here too)
 
 # Named variants: the paper's MQAR figure ran GKA without the forgetting gate and without alpha.
 MIXER_VARIANTS: dict[str, tuple[str, dict]] = {
@@ -192,134 +193,6 @@ def current_rows(rows: list[dict], wanted: set) -> list[dict]:
         if key in wanted and (not r.get("error") or key not in latest or latest[key].get("error")):
             latest[key] = r
     return list(latest.values())
-
-
-def best_per_cell(rows: list[dict]):
-    """DataFrame of the best accuracy over learning rates per (mixer, seq_len, num_pairs, dim), with its lr."""
-    import pandas as pd
-
-    df = pd.DataFrame([r for r in rows if not r.get("error")])
-    if df.empty:
-        return df
-    idx = df.groupby(["mixer", "seq_len", "num_pairs", "dim"])["accuracy"].idxmax()
-    best = df.loc[idx, ["mixer", "seq_len", "num_pairs", "dim", "accuracy", "lr"]]
-    runs = df.groupby(["mixer", "seq_len", "num_pairs", "dim"]).size().rename("lrs_tried").reset_index()
-    return best.merge(runs, on=["mixer", "seq_len", "num_pairs", "dim"]).sort_values(["seq_len", "mixer", "dim"])
-
-
-def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | None = None) -> None:
-    """One table per (seq_len, pairs): rows = mixers, columns = model dims, cells = best accuracy (its lr).
-
-    ``missing``: the sweep's runs with no finished row yet, listed at the end so a partial sweep says what it lacks;
-    a cell some of whose learning rates have not run is marked with a dagger.
-    """
-    best = best_per_cell(rows)
-    partial = incomplete_cells(missing)
-    lines = [f"# {title}", ""]
-    if rows:
-        env = rows[-1].get("env", {})
-        r0 = rows[0]
-        lines += [
-            f"2-layer models, vocab {r0['vocab_size']}, {r0['steps']} steps x batch {r0['batch_size']}"
-            + (", trained on Zoology's mixture of pair counts P/16..P (weights 5:1:1:1:1), evaluated on P" if r0.get("curriculum") else ", trained on P pairs only")
-            + (f" (a run ends early once its eval accuracy reaches {r0['early_stop_acc']:g})" if r0.get("early_stop_acc") else "")
-            + ", "
-            f"best accuracy over the learning rates tried (in parentheses: that lr). Accuracy on "
-            f"{r0.get('eval_examples', '?')} fresh examples per run.",
-            "",
-            f"Environment: {env.get('device')}, torch {env.get('torch')}, git {env.get('git_sha')} (code {env.get('code_hash', '?')}); command: `{env.get('command')}`",
-            "",
-        ]
-        options = {r["mixer"]: r["options"] for r in rows if r.get("options")}
-        if options:
-            lines += ["Layer options: " + "; ".join(f"{m} {o}" for m, o in sorted(options.items())) + ".", ""]
-    for (T, P), sub in best.groupby(["seq_len", "num_pairs"]) if not best.empty else []:
-        dims = sorted(sub["dim"].unique())
-        lines += [f"## seq_len {T}, {P} pairs", "", "| mixer | " + " | ".join(f"d={d}" for d in dims) + " |",
-                  "|---|" + "---|" * len(dims)]  # fmt: skip
-        for mixer, m in sub.groupby("mixer", sort=False):
-            cells = []
-            for dd in dims:
-                r = m[m["dim"] == dd]
-                mark = " †" if (mixer, T, P, dd) in partial else ""
-                cells.append(f"{r['accuracy'].iloc[0]:.3f} ({r['lr'].iloc[0]:g}){mark}" if len(r) else "-")
-            lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
-        lines.append("")
-        if any((mx, T, P, dd) in partial for mx in sub["mixer"] for dd in dims):
-            lines += ["† not every learning rate of the sweep has run in this cell yet (listed at the end).", ""]
-    failed = [r for r in rows if r.get("error")]
-    if failed:
-        lines += ["## Failed runs (left out above; a rerun tries them again)", ""]
-        lines += [f"- {r['mixer']} d={r['dim']} T={r['seq_len']} P={r['num_pairs']} lr={r['lr']:g}: {r['error']}" for r in failed]
-        lines.append("")
-    if missing:
-        lines += [f"## Not run yet: {len(missing)} runs of this sweep (the cells above are the best over the lrs that ran)", ""]
-        groups: dict = {}
-        for r in missing:
-            groups.setdefault((r["seq_len"], r["num_pairs"], r["lr"]), []).append(f"{r['mixer']} d={r['dim']}")
-        n_mixers, n_dims = len({r["mixer"] for r in missing}), len({r["dim"] for r in missing})
-        for (T, P, lr), what in sorted(groups.items()):
-            listed = f"all {len(what)} (every mixer and dim)" if len(what) == n_mixers * n_dims and len(what) > 3 else ", ".join(what)
-            lines.append(f"- T={T} P={P} lr={lr:g}: {listed}")
-        lines.append("")
-    _atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def incomplete_cells(missing: list[dict] | None) -> set:
-    """(mixer, seq_len, num_pairs, dim) of every cell with a run not yet finished."""
-    return {(r["mixer"], r["seq_len"], r["num_pairs"], r["dim"]) for r in missing or []}
-
-
-def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = None) -> None:
-    """Accuracy vs model dim, one line per mixer, one panel per (seq_len, pairs); hollow markers: cells where some
-    learning rates of the sweep (``missing``) have not run yet."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    best = best_per_cell(rows)
-    if best.empty:
-        return
-    partial = incomplete_cells(missing)
-    # one colour per mixer in every panel (explicit: the hollow markers must not advance matplotlib's colour cycle)
-    colors = {m: f"C{i % 10}" for i, m in enumerate(sorted(best["mixer"].unique()))}
-    panels = sorted({(int(t), int(p)) for t, p in zip(best["seq_len"], best["num_pairs"])})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
-    for ax, (T, P) in zip(axes[0], panels):
-        sub = best[(best["seq_len"] == T) & (best["num_pairs"] == P)]
-        for mixer, m in sub.groupby("mixer"):
-            m = m.sort_values("dim")
-            ax.plot(m["dim"], m["accuracy"], marker="o", label=mixer, color=colors[mixer])
-            part = [(d, a) for d, a in zip(m["dim"], m["accuracy"]) if (mixer, T, P, d) in partial]
-            if part:  # hollow: the cell's best may still change
-                ax.plot(*zip(*part), linestyle="none", marker="o", markerfacecolor="white", markeredgecolor=colors[mixer])
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(sub["dim"].unique()), [str(d) for d in sorted(sub["dim"].unique())])
-        ax.set_title(f"seq_len {T}, {P} pairs")
-        ax.set_xlabel("model dim")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("MQAR accuracy (best lr)")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle(title + ("  (hollow: not every lr has run yet)" if partial else ""))
-    fig.tight_layout()
-    from pathlib import Path
-
-    p = Path(path)
-    tmp = p.with_name(p.stem + ".tmp" + p.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(p)
-
-
-def _atomic_write_text(path, text: str) -> None:
-    from pathlib import Path
-
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(p)
 
 
 def _append_row_locked(jsonl, row: dict) -> None:
