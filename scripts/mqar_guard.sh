@@ -4,6 +4,7 @@
 # A machine kept warm between calls checks once: the verdict stays in $WORK/guard_check_*.rc.
 # FUSED=1: norms and gates run compiled (gkabench.layers.fused; off by default), and only once this machine has
 # shown them equal to float64 (with PROFILE also whole training steps equal to eager ones for every profiled mixer).
+# FUSED=measure: only if also faster with JOBS runs sharing the GPU (mqar_step_profile.py --procs), measured here.
 # PROFILE="--dim 128 --seq-len 512 --pairs 128 --mixers gka,attention": where a training step's time goes, eager vs fused
 GUARD=""
 if [ "${NO_GUARD:-0}" != "1" ]; then
@@ -19,11 +20,16 @@ if [ "${NO_GUARD:-0}" != "1" ]; then
   if [ $ok = 1 ]; then GUARD="--lift-fla-guard"; echo "fla guard: check passed at head dim 64 (the shapes these runs use), lifted for training"
   else echo "fla guard: check did not pass; kept (gated_deltanet / mamba2 runs will fail with fla's message)"; fi
 fi
-if [ -n "${PROFILE:-}" ]; then
+if [ "${FUSED:-0}" = "measure" ]; then
+  # decide by measurement: whole GKA training steps (512/128, d = 128) eager vs fused must agree, and JOBS processes
+  # training at once must make more steps per second fused than eager (5% margin); ~2-3 minutes
+  timeout 420 python3 scripts/mqar_step_profile.py --mixers gka --dim 128 --seq-len 512 --pairs 128 --steps 30 \
+    --procs "${JOBS:-2}" --timeout 200 --json "$OUT/step_profile.json" ${GUARD:+--lift-fla-guard} > "$WORK/step_profile.log" 2>&1
+elif [ -n "${PROFILE:-}" ]; then
   timeout 400 python3 scripts/mqar_step_profile.py $PROFILE --json "$OUT/step_profile.json" ${GUARD:+--lift-fla-guard} > "$WORK/step_profile.log" 2>&1
 elif [ "${FUSED:-0}" = "1" ]; then
   timeout 180 python3 scripts/mqar_step_profile.py --ops-only > "$WORK/step_profile.log" 2>&1
 fi
 [ -e "$WORK/step_profile.log" ] && tail -12 "$WORK/step_profile.log"
-if [ "${FUSED:-0}" = "1" ] && grep -q '^FUSED_OK' "$WORK/step_profile.log"; then export GKABENCH_FUSED_ELEMENTWISE=auto; echo "fused norms/gates: checked here, used"
+if [ "${FUSED:-0}" != "0" ] && grep -q '^FUSED_OK' "$WORK/step_profile.log"; then export GKABENCH_FUSED_ELEMENTWISE=auto; echo "fused norms/gates: checked here, used"
 else export GKABENCH_FUSED_ELEMENTWISE=off; fi

@@ -105,3 +105,23 @@ def test_background_sweep_final_stops_it(tmp_path):
     assert "acc " not in final.stdout  # neither run finished: both were stopped in flight
     if shutil.which("pgrep"):
         assert subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True).returncode != 0
+
+
+def test_step_profile_runs_on_cpu_with_concurrent_processes(tmp_path):
+    """scripts/mqar_step_profile.py (FUSED=measure on the device) end to end on the CPU: the per-mixer row, the
+    eager-vs-fused loss agreement, 2 processes timed at once, and a verdict line for the shell to read."""
+    import json
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "scripts/mqar_step_profile.py", "--device", "cpu", "--mixers", "attention", "--dim", "16",
+         "--seq-len", "16", "--pairs", "2", "--batch", "2", "--steps", "2", "--procs", "2", "--timeout", "240",
+         "--json", str(tmp_path / "p.json")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] in ("FUSED_OK", "FUSED_NOT_OK")
+    out = json.loads((tmp_path / "p.json").read_text())
+    row, shared = out["rows"][0], out["concurrent"]
+    assert row["mixer"] == "attention" and row["fused_err"] < 4e-3 and row["eager_ms"] > 0
+    assert shared["procs"] == 2 and shared["off"]["steps_per_s"] > 0 and shared["auto"]["steps_per_s"] > 0
