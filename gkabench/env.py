@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -23,8 +24,6 @@ def package_version(name: str) -> str | None:
 def git_sha() -> str | None:
     """Short sha of the checkout (``-dirty`` with uncommitted changes to tracked files). ``GKABENCH_GIT_SHA`` overrides
     it for a copied tree whose ``.git`` is stale (the device machine's), as ``GKABENCH_GIT_SHA=<sha> gkabench ...``."""
-    import os
-
     if os.environ.get("GKABENCH_GIT_SHA"):
         return os.environ["GKABENCH_GIT_SHA"]
     root = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ PLATEAU_MARGIN = 0.8
 
 def read_logs(archives: list[str]) -> dict[tuple, list[dict]]:
     """(mixer tag, hidden, seq_len, pairs, lr, batch, steps, curriculum) -> the log's events, furthest copy kept."""
-    logs: dict[tuple, list[dict]] = {}
+    logs: dict[tuple, tuple[int, list[dict]]] = {}  # key -> (last step, events)
     for path in archives:
         with tarfile.open(path) as tar:
             for m in tar.getmembers():
@@ -47,9 +47,9 @@ def read_logs(archives: list[str]) -> dict[tuple, list[dict]]:
                 tag = named.group(1)  # the sweep's mixer name (variants such as gka_plain)
                 key = (tag, c["hidden_size"], c["seq_len"], c["mqar_pairs"], c["lr"], c["batch_size"], c["steps"], c.get("mqar_curriculum"))
                 last = max((e.get("step", 0) for e in events), default=0)
-                if key not in logs or last > max((e.get("step", 0) for e in logs[key]), default=0):
-                    logs[key] = events
-    return logs
+                if key not in logs or last > logs[key][0]:
+                    logs[key] = (last, events)
+    return {key: events for key, (_, events) in logs.items()}
 
 
 def best_rows(rows_path: str) -> list[dict]:
@@ -86,6 +86,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     from gkabench.io import save_figure_atomic, write_text_atomic
+    from gkabench.report.render import write_csv_rows
 
     panels = sorted({(t["seq_len"], t["pairs"], t["dim"]) for t in table})
     lengths = sorted({(T, P) for T, P, _ in panels})
@@ -112,8 +113,7 @@ def main() -> None:
     fig.tight_layout()
     save_figure_atomic(fig, a.out + ".png", dpi=110)
     cols = ["mixer", "seq_len", "pairs", "dim", "lr", "accuracy", "steps_done", "left_plateau_at", "final_train_loss"]
-    csv = [",".join(cols)] + [",".join("" if t[c] is None else (f"{t[c]:.4g}" if isinstance(t[c], float) else str(t[c])) for c in cols) for t in table]
-    write_text_atomic(a.out + ".csv", "\n".join(csv) + "\n")
+    write_text_atomic(a.out + ".csv", write_csv_rows(cols, [{c: t[c] for c in cols} for t in table]))
     missing = [t for t in table if not t["curve"]]
     print(f"{len(table)} cells, {len(table) - len(missing)} with a training log ({len(archives)} archives) -> {a.out}.png / .csv")
     for t in missing:

@@ -98,8 +98,8 @@ alive && echo "sweep still running after ${SECONDS} s: call collect or final wit
 cp "$ROWS/mqar.jsonl" "$OUT/" 2>/dev/null
 cat "$WORK"/mqar_gpu*.log | grep -v "━" | grep -E "acc |FAILED" | tail -40
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
-mkdir -p "$WORK/logs"; (cd "$WORK/runs" 2>/dev/null && find . -name 'log.jsonl' -exec cp --parents {} "$WORK/logs/" \; 2>/dev/null)
-(cd "$WORK" && tar czf "$OUT/mqar_logs.tgz" guard_check_* mqar_gpu*.log step_profile.log logs 2>/dev/null)
+# the sweeps' and checks' logs and each run's training log (runs/mqar/<run>/log.jsonl), not its other files
+(cd "$WORK" && { ls guard_check_* mqar_gpu*.log step_profile.log 2>/dev/null; find runs -name log.jsonl 2>/dev/null; } | tar czf "$OUT/mqar_logs.tgz" -T -)
 if [ "$VERB" = final ]; then
   # autotune choices made by runs sharing the GPU are noisy: keep the compiled kernels, drop the choices
   find "$TRITON_CACHE_DIR" -name '*.autotune.json' -newer "$WORK/phase_start" -delete
