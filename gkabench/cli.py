@@ -390,6 +390,8 @@ def mqar(
     shard: str = typer.Option(None, "--shard", help="I/N: run only every N-th run from the I-th (one process per GPU)"),
     max_minutes: float = typer.Option(None, "--max-minutes", help="start no run after this long (rerun to resume)"),
     stop_file: str = typer.Option(None, "--stop-file", help="start no run once this file exists (runs in flight finish): winds down a sweep left running in the background"),
+    deadline_file: str = typer.Option(None, "--deadline-file", help="once this file exists it holds a Unix time: only runs expected (from finished rows on this kind of machine) to end before it start"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the runs not yet in the results file and stop (trains nothing, writes nothing)"),
     lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="run fla's gated backward despite its Hopper/Triton<3.7.1 guard (only after `gkabench check` passed at these shapes); recorded in every row"),
     grid: str = typer.Option("auto", "--grid", help="default grid: gpu (the paper-scale sweep), cpu (tiny), auto (by device); e.g. --grid gpu --max-minutes 0 renders a GPU sweep's table and plot on a CPU machine"),
 ):
@@ -397,7 +399,7 @@ def mqar(
     import torch
     from rich.progress import Progress
 
-    from .tasks.mqar_sweep import MIXER_VARIANTS, SweepConfig, parse_shard, run_mqar_sweep
+    from .tasks.mqar_sweep import MIXER_VARIANTS, SweepConfig, parse_shard, pending_runs, run_mqar_sweep, shard_runs
 
     gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if gpu and not torch.cuda.is_available():
@@ -422,12 +424,22 @@ def mqar(
         head_dim=head_dim, eval_examples=eval_examples, out_dir=out, name=name, device=device, run_dir=run_dir,
         lift_fla_guard=lift_fla_guard or None, early_stop_acc=early_stop_acc, curriculum=curriculum,
     )  # fmt: skip
-    if not gpu and grid == "gpu" and max_minutes != 0:
+    if dry_run:
+        pass
+    elif not gpu and grid == "gpu" and max_minutes != 0:
         console.print("[yellow]The GPU grid on a CPU: any run not yet in the file trains through the slow reference ops; --max-minutes 0 only renders.[/yellow]")
     elif not gpu and grid != "gpu":
         console.print("[yellow]No GPU: a CPU-tiny sweep through the pure-PyTorch reference ops; it shows the pipeline works, not the paper's result.[/yellow]")
     shard_i, shard_n = parse_shard(shard)
-    total = len(range(shard_i, len(sweep.runs()), shard_n))
+    if dry_run:
+        from .tasks.mqar_tables import missing_summary
+
+        todo = pending_runs(sweep, (shard_i, shard_n))
+        console.print(f"{len(todo)} of {len(shard_runs(sweep, (shard_i, shard_n)))} runs not yet in {out}/{sweep.name}.jsonl (by length and lr):")
+        for line in missing_summary(todo) if todo else []:
+            console.print(f"  {line}", highlight=False)
+        return
+    total = len(shard_runs(sweep, (shard_i, shard_n)))
     with Progress(console=console) as progress:
         task = progress.add_task(f"MQAR {sweep.name}", total=total)
 
@@ -437,7 +449,7 @@ def mqar(
             progress.advance(task)
 
         try:
-            rows = run_mqar_sweep(sweep, on_run=on_run, jobs=jobs, shard=(shard_i, shard_n), max_minutes=max_minutes, stop_file=stop_file)
+            rows = run_mqar_sweep(sweep, on_run=on_run, jobs=jobs, shard=(shard_i, shard_n), max_minutes=max_minutes, stop_file=stop_file, deadline_file=deadline_file)
         except KeyboardInterrupt as exc:
             err_console.print(f"[yellow]{exc or 'MQAR sweep interrupted; finished runs are kept, rerun to resume'}[/yellow]", highlight=False)
             raise typer.Exit(code=130) from None

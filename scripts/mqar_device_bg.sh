@@ -4,7 +4,7 @@
 #   run(command="JOBS=2 bash scripts/mqar_device_bg.sh start 9.5 --lengths 512:128 --lrs 3e-3,1e-2",
 #       carry=[".whl", ".triton_cache"], timeout_s=600)
 #   run(command="bash scripts/mqar_device_bg.sh collect 9.6", timeout_s=600)   # at once: the machine stays warm 30 s
-#   run(command="RUN_MIN=2.5 bash scripts/mqar_device_bg.sh final 9.7", timeout_s=600)   # the session's last
+#   run(command="bash scripts/mqar_device_bg.sh final 9.7", timeout_s=600)   # the session's last
 #
 # Why (session 7): a training step of these models is GPU-bound, so a GPU finishes ~one 512-token run per ~65 s
 # whatever runs at once, and each call of scripts/mqar_device.sh lost time that no run used: the machine's start
@@ -20,9 +20,11 @@
 #   collect MINUTES [options]              wait MINUTES (or until the sweep ends), bring back rows and logs; with the
 #                                          start options, a machine with no sweep running (the last one went back
 #                                          between calls) starts one first, so every call may pass the same options
-#   final MINUTES                          the same; STOP_AT (minutes into the call; default see END below) touches
-#                                          the stop file (no new run starts), at the end the sweep is stopped and
-#                                          Triton's cache packed
+#   final MINUTES                          the same, but first writes the call's end into the deadline file: from
+#                                          then on a run starts only if the finished rows of this GPU model say it
+#                                          ends in time (gkabench mqar --deadline-file); at the end whatever still
+#                                          runs is stopped and Triton's cache packed. STOP_AT (minutes into the
+#                                          call) also touches the stop file then: no new run starts at all
 # On a machine of several GPUs, one sweep per GPU (GPUS=N to choose), each `--shard i/N` with JOBS runs at once.
 # WORK (default /tmp/gkabench_mqar_bg) holds the rows, logs and the sweeps' ids between calls.
 # Every call returns $OUT/mqar.jsonl (all rows so far, seeded from results/mqar/mqar.jsonl), mqar_logs.tgz (the
@@ -31,7 +33,7 @@ set -uo pipefail
 VERB="${1:?start, collect or final}"; MINUTES="${2:?minutes this call may last}"; shift 2
 OUT="${OUT:-/tmp/gkabench_mqar_out}"
 WORK="${WORK:-/tmp/gkabench_mqar_bg}"
-ROWS="$WORK/rows"; STOP="$WORK/stop"; PIDFILE="$WORK/sweep.pids"
+ROWS="$WORK/rows"; STOP="$WORK/stop"; DEADLINE="$WORK/deadline"; PIDFILE="$WORK/sweep.pids"
 mkdir -p "$OUT" "$WORK" "$ROWS"
 # one line per sweep (one per GPU), each the id of the process session it leads
 alive() { local pid; [ -s "$PIDFILE" ] || return 1; while read -r pid; do kill -0 "$pid" 2>/dev/null && return 0; done < "$PIDFILE"; return 1; }
@@ -53,7 +55,7 @@ if [ "$LAUNCH" = 1 ]; then
     [ -e results/mqar/mqar.jsonl ] && cp -n results/mqar/mqar.jsonl "$ROWS/"
     touch "$WORK/phase_start"
     source scripts/mqar_guard.sh   # GUARD: fla's Hopper guard lifted only after its check passes here
-    rm -f "$STOP" "$PIDFILE"
+    rm -f "$STOP" "$DEADLINE" "$PIDFILE"
     # GPUS sweeps (default: one per visible GPU), sweep i on GPU i with `--shard i+1/GPUS` and its own slice of the
     # CPU cores; all append to the same rows file under its lock
     NGPU="${GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}"; [ "${NGPU:-0}" -ge 1 ] || NGPU=1
@@ -70,8 +72,8 @@ if [ "$LAUNCH" = 1 ]; then
       PIN=(); taskset -c "$cores" true 2>/dev/null && PIN=(taskset -c "$cores")
       runner="$WORK/sweeps_gpu$g.sh"; : > "$runner"
       for sweep in "${SWEEPS[@]}"; do
-        printf '[ -e %q ] || python3 -m gkabench.cli mqar --jobs %q --head-dim 64 --out %q --name mqar --run-dir %q --stop-file %q %s %s %s\n' \
-          "$STOP" "${JOBS:-2}" "$ROWS" "$WORK/runs" "$STOP" "$SHARD" "$GUARD" "$sweep" >> "$runner"
+        printf '[ -e %q ] || python3 -m gkabench.cli mqar --jobs %q --head-dim 64 --out %q --name mqar --run-dir %q --stop-file %q --deadline-file %q %s %s %s\n' \
+          "$STOP" "${JOBS:-2}" "$ROWS" "$WORK/runs" "$STOP" "$DEADLINE" "$SHARD" "$GUARD" "$sweep" >> "$runner"
       done
       # setsid execs in place (this shell's background child leads no group), so $! is the session's id
       CUDA_VISIBLE_DEVICES="$g" setsid "${PIN[@]}" bash "$runner" > "$WORK/mqar_gpu$g.log" 2>&1 < /dev/null &
@@ -81,10 +83,15 @@ if [ "$LAUNCH" = 1 ]; then
 else
     export GKABENCH_PRELUDE_DONE=1; source scripts/device_prelude.sh   # environment only: the running sweep's wheels stay
 fi
-# this call ends at MINUTES less time for the files (END); `final` touches the stop file at STOP_AT minutes, by
-# default RUN_MIN (a run's expected minutes; session 8, 2 runs at once at 512 tokens: ~2.3) before END, so the runs
-# started last can still finish (session 8 stopped 88 s before END and lost the 2 runs in flight)
-read -r END STOP_S <<< "$(python3 -c "end = int(60 * float('$MINUTES')) - (50 if '$VERB' == 'final' else 20); print(end, int(60 * float('${STOP_AT:-0}')) if '${STOP_AT:-}' else end - int(60 * float('${RUN_MIN:-2.5}')))")"
+# this call ends at MINUTES less time for the files (END). `final` sets the sweep's deadline to END: each run
+# starts only if its estimate (the longest comparable finished run) fits. Session 8 touched a stop file at a fixed
+# time instead and lost the 2 runs in flight (too late for them); session 9 did so 3 minutes before the end and
+# left the GPU idle for the last 3.5 minutes (too early for 256-token runs of ~75 s).
+read -r END STOP_S <<< "$(python3 -c "end = int(60 * float('$MINUTES')) - (50 if '$VERB' == 'final' else 20); print(end, int(60 * float('${STOP_AT:-0}')) if '${STOP_AT:-}' else 10**9)")"
+if [ "$VERB" = final ]; then
+  python3 -c "import time; print(time.time() + $END - $SECONDS - 5)" > "$DEADLINE.tmp" && mv "$DEADLINE.tmp" "$DEADLINE"
+  echo "deadline set: runs start only if expected to end within $(( END - SECONDS - 5 )) s"
+fi
 while alive && [ "$SECONDS" -lt "$END" ]; do
   if [ "$VERB" = final ] && [ "$SECONDS" -ge "$STOP_S" ] && [ ! -e "$STOP" ]; then touch "$STOP"; echo "stop file touched at ${SECONDS} s: no new run starts"; fi
   sleep 5

@@ -125,3 +125,21 @@ def test_step_profile_runs_on_cpu_with_concurrent_processes(tmp_path):
     row, shared = out["rows"][0], out["concurrent"]
     assert row["mixer"] == "attention" and row["fused_err"] < 4e-3 and row["eager_ms"] > 0
     assert shared["procs"] == 2 and shared["off"]["steps_per_s"] > 0 and shared["auto"]["steps_per_s"] > 0
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("setsid") is None, reason="no bash / setsid")
+def test_background_sweep_final_sets_a_deadline(tmp_path):
+    """final writes its end into the deadline file: runs whose estimate (from the rows finished so far) does not fit
+    before it are passed over, so the sweep winds down by itself instead of being killed with runs in flight."""
+    env = _bg_env(tmp_path)
+    lrs = "1e-2,9e-3,8e-3,7e-3,6e-3,5e-3,4e-3,3e-3,2e-3,1e-3"
+    start = _bg("start", 0.4, env, *TINY_SWEEP, "--lrs", lrs, "--steps", "300", "--early-stop-acc", "0")  # ~2 s a run
+    assert start.returncode == 0 and "2 sweep(s) started" in start.stdout, start.stdout[-2000:] + start.stderr[-2000:]
+    final = _bg("final", 1.0, env)  # its end: 10 s in, the deadline 5 s before that, under any run's estimate
+    assert final.returncode == 0 and "deadline set" in final.stdout and "sweep not running" in final.stdout, final.stdout[-2000:]
+    logs = "".join(p.read_text() for p in (tmp_path / "work").glob("mqar_gpu*.log"))
+    assert "not started before the deadline" in logs, logs[-2000:]
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "out" / "mqar.jsonl").read_text().splitlines()]
+    assert sum(r["seq_len"] == 24 for r in rows) < 10  # (the file is seeded with results/mqar's rows)

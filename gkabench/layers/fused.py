@@ -20,10 +20,10 @@ import torch
 # - "off" (default): always eager;
 # - "auto": compiled for CUDA tensors while autograd records (training); eager otherwise (eval, decode, CPU);
 # - "always": compiled on any device (tests, with FUSED_BACKEND = "aot_eager": no C++ compiler needed).
-# Off by default because it has not paid off in wall time yet. H200, session 7, one process, GKA at 512 tokens,
-# d = 128, batch 256: kernel time per training step 22.1 -> 16.2 ms, but wall time 28.7 -> 32.7 ms (the compiled
-# functions' Python-side call overhead made the step host-bound). With several runs sharing a GPU (the MQAR sweep's
-# --jobs) the kernel time is what counts; that has not been measured yet.
+# Off by default because one process alone does not gain: H200, GKA at 512 tokens, d = 128, batch 256: kernel time
+# per training step 22.0 -> 16.1 ms, but one process is host-bound either way (session 9: 26.2 ms wall both ways;
+# session 7: 28.7 -> 32.7 ms). With two runs sharing the GPU (the MQAR sweep's --jobs 2) the kernel time is what
+# counts: 39.4 -> 53.8 steps/s (1.36x, session 9), so the MQAR device sweeps turn it on (FUSED=1).
 FUSED_ELEMENTWISE = os.environ.get("GKABENCH_FUSED_ELEMENTWISE", "off")
 FUSED_BACKEND = "inductor"
 FUSED_FAILURE: str | None = None  # why compiling failed once; then every call runs eager

@@ -246,9 +246,10 @@ def _worker_run(run: dict, sweep: SweepConfig, jsonl, threads: int) -> dict:
     return row
 
 
-def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, time_left, on_run) -> None:
+def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, time_left, fits, on_run) -> None:
     """Keep ``jobs`` runs in flight in spawned workers (spawn, not fork: a forked child cannot use CUDA); submit
-    the next only while ``time_left()``. On an interrupt nothing new starts; the rows of finished runs are on disk."""
+    the next only while ``time_left()``, passing over runs for which ``fits(run)`` is False. On an interrupt nothing
+    new starts; the rows of finished runs are on disk."""
     import multiprocessing as mp
     import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -262,9 +263,13 @@ def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, tim
         running = {}
 
         def submit_next() -> None:
-            run = next(todo, None) if time_left() else None
-            if run is not None:
-                running[pool.submit(_worker_run, run, sweep, jsonl, threads)] = run
+            while time_left():
+                run = next(todo, None)
+                if run is None:
+                    return
+                if fits(run):
+                    running[pool.submit(_worker_run, run, sweep, jsonl, threads)] = run
+                    return
 
         for _ in range(jobs):
             submit_next()
@@ -281,6 +286,36 @@ def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, tim
                 submit_next()
 
 
+def _deadline_gate(deadline_file, jsonl, device):
+    if deadline_file is None:
+        return lambda run: True
+    import torch
+
+    from ..env import default_device, device_name
+    from .mqar_schedule import DeadlineGate
+
+    dev = torch.device(device) if device else default_device()
+    return DeadlineGate(deadline_file, jsonl, {"device": device_name(dev), "device_type": dev.type})
+
+
+def pending_runs(sweep: SweepConfig, shard: tuple[int, int] = (0, 1)) -> list[dict]:
+    """The runs of ``sweep`` (this shard's share) with no finished row in ``out_dir/name.jsonl`` yet, in run order."""
+    from pathlib import Path
+
+    done = {run_key(r) for r in read_rows(Path(sweep.out_dir) / f"{sweep.name}.jsonl") if not r.get("error")}
+    return [run for run in shard_runs(sweep, shard) if run_key(run) not in done]
+
+
+def unique_runs(sweep: SweepConfig) -> list[dict]:
+    """``sweep.runs()`` with a run listed twice (e.g. ``--lrs 1e-2,1e-2``) kept once."""
+    return list({run_key(run): run for run in sweep.runs()}.values())
+
+
+def shard_runs(sweep: SweepConfig, shard: tuple[int, int]) -> list[dict]:
+    """Shard ``(i, n)``'s share of the sweep's unique runs: runs i, i+n, ..."""
+    return [run for k, run in enumerate(unique_runs(sweep)) if k % shard[1] == shard[0]]
+
+
 def parse_shard(text: str | None) -> tuple[int, int]:
     """``"2/4"`` -> (1, 4): this process takes every 4th pending run starting at the 2nd (1-based, as typed)."""
     if not text:
@@ -295,7 +330,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 def run_mqar_sweep(
     sweep: SweepConfig, on_run=None, jobs: int = 1, shard: tuple[int, int] = (0, 1), max_minutes: float | None = None,
-    stop_file=None,
+    stop_file=None, deadline_file=None,
 ) -> list[dict]:
     """Run every run of ``sweep`` not yet in ``out_dir/name.jsonl``, appending each row when it finishes; then
     write ``name.md`` and ``name.png``. ``on_run(run, row_or_None)`` is called per run (row None = skipped).
@@ -306,7 +341,9 @@ def run_mqar_sweep(
     runs ``i, i+n, ...`` of the sweep (e.g. one process per GPU with ``CUDA_VISIBLE_DEVICES``); all of them append to
     the same JSONL under a lock, and a rerun resumes whatever is missing. ``max_minutes``: start no run after
     that long (runs in flight finish); the tables are written from what is done. ``stop_file``: likewise, start no
-    run once this path exists (a sweep left running in the background is told to wind down by touching it)."""
+    run once this path exists (a sweep left running in the background is told to wind down by touching it).
+    ``deadline_file``: once it exists it holds a Unix time, and only runs expected to finish before it start
+    (:mod:`gkabench.tasks.mqar_schedule`: estimates from the finished rows of this machine's kind)."""
     import time
     from pathlib import Path
 
@@ -328,9 +365,8 @@ def run_mqar_sweep(
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / f"{sweep.name}.jsonl"
     done = {run_key(r) for r in read_rows(jsonl) if not r.get("error")}  # failed runs are tried again
-    # a run listed twice (e.g. --lrs 1e-2,1e-2) is one run
-    unique = list({run_key(run): run for run in sweep.runs()}.values())
-    mine = [run for k, run in enumerate(unique) if k % shard[1] == shard[0]]
+    fits = _deadline_gate(deadline_file, jsonl, sweep.device)
+    unique, mine = unique_runs(sweep), shard_runs(sweep, shard)
     pending = [run for run in mine if run_key(run) not in done]
     if jobs == 1:
         for run in mine:
@@ -338,6 +374,8 @@ def run_mqar_sweep(
                 row = None
             elif not time_left():
                 break
+            elif not fits(run):
+                continue
             else:
                 row = train_or_error_row(run, sweep)
                 # one line per finished run, fsynced: an interruption loses at most the run in flight
@@ -350,7 +388,7 @@ def run_mqar_sweep(
                 if run_key(run) in done:
                     on_run(run, None)
         if pending:
-            _run_parallel(pending, sweep, jsonl, jobs, time_left, on_run)
+            _run_parallel(pending, sweep, jsonl, jobs, time_left, fits, on_run)
     rows = current_rows(read_rows(jsonl), {run_key(r) for r in sweep.runs()})
     finished = {run_key(r) for r in rows if not r.get("error")}
     missing = [run for run in unique if run_key(run) not in finished]

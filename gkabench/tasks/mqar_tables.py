@@ -30,7 +30,6 @@ def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | Non
     partial = incomplete_cells(missing)
     lines = [f"# {title}", ""]
     if rows:
-        env = rows[-1].get("env", {})
         r0 = rows[0]
         lines += [
             f"2-layer models, vocab {r0['vocab_size']}, {r0['steps']} steps x batch {r0['batch_size']}"
@@ -40,7 +39,7 @@ def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | Non
             f"best accuracy over the learning rates tried (in parentheses: that lr). Accuracy on "
             f"{r0.get('eval_examples', '?')} fresh examples per run.",
             "",
-            f"Environment: {env.get('device')}, torch {env.get('torch')}, git {env.get('git_sha')} (code {env.get('code_hash', '?')}); command: `{env.get('command')}`",
+            environment_summary(rows),
             "",
         ]
         options = {r["mixer"]: r["options"] for r in rows if r.get("options")}
@@ -67,15 +66,41 @@ def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | Non
         lines.append("")
     if missing:
         lines += [f"## Not run yet: {len(missing)} runs of this sweep (the cells above are the best over the lrs that ran)", ""]
-        groups: dict = {}
-        for r in missing:
-            groups.setdefault((r["seq_len"], r["num_pairs"], r["lr"]), []).append(f"{r['mixer']} d={r['dim']}")
-        n_mixers, n_dims = len({r["mixer"] for r in missing}), len({r["dim"] for r in missing})
-        for (T, P, lr), what in sorted(groups.items()):
-            listed = f"all {len(what)} (every mixer and dim)" if len(what) == n_mixers * n_dims and len(what) > 3 else ", ".join(what)
-            lines.append(f"- T={T} P={P} lr={lr:g}: {listed}")
+        lines += [f"- {line}" for line in missing_summary(missing)]
         lines.append("")
     write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def environment_summary(rows: list[dict]) -> str:
+    """One line on where the rows ran, counted over all of them (a sweep accumulates over sessions and commits):
+    devices, torch versions, commits, whether fla's Hopper guard was lifted, eager or compiled norms / gates."""
+    from collections import Counter
+
+    def counted(values) -> str:
+        c = Counter(values)
+        return ", ".join(f"{v} ({n})" for v, n in c.most_common()) if len(c) > 1 else f"{next(iter(c))} (all {len(rows)})"
+
+    env = [r.get("env", {}) for r in rows]
+    commits = sorted({e.get("code_hash") or "?" for e in env})
+    return (
+        f"Environment (runs in parentheses): {counted(e.get('device') for e in env)}; torch {counted(e.get('torch') for e in env)}; "
+        f"fla guard lifted: {counted('yes' if r.get('fla_guard_lifted') else 'no' for r in rows)}; "
+        f"norms / gates: {counted(r.get('elementwise', 'eager') for r in rows)}; {len(commits)} code version(s) "
+        f"(each row's git sha, code hash and command are in the JSONL); last command: `{env[-1].get('command')}`."
+    )
+
+
+def missing_summary(missing: list[dict]) -> list[str]:
+    """Runs not finished yet, one line per (seq_len, pairs, lr): ``"T=512 P=128 lr=0.001: all 21 (every mixer and dim)"``
+    or ``"T=256 P=64 lr=0.001: gla d=64, mesanet d=64"``."""
+    groups: dict = {}
+    for r in missing:
+        groups.setdefault((r["seq_len"], r["num_pairs"], r["lr"]), []).append(f"{r['mixer']} d={r['dim']}")
+    n_mixers, n_dims = len({r["mixer"] for r in missing}), len({r["dim"] for r in missing})
+    return [
+        f"T={T} P={P} lr={lr:g}: " + (f"all {len(what)} (every mixer and dim)" if len(what) == n_mixers * n_dims and len(what) > 3 else ", ".join(what))
+        for (T, P, lr), what in sorted(groups.items())
+    ]
 
 
 def incomplete_cells(missing: list[dict] | None) -> set:

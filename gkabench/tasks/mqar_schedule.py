@@ -1,0 +1,93 @@
+"""When an MQAR sweep may start its next run: a deadline that only runs expected to finish before it may start.
+
+A sweep left running in the background of a lent machine (``scripts/mqar_device_bg.sh``) must be done by the time
+the machine goes back; a run still in flight then is lost with all its GPU time. A fixed "start nothing after
+minute X" either loses runs (X too late for a long run) or leaves the GPU idle (X too early for a short one).
+Instead the sweep reads a deadline (a Unix time, written into ``--deadline-file`` by whoever knows when the
+machine goes) and estimates each run's duration from the rows already finished on the same kind of machine:
+a run that does not fit is passed over, and a shorter one later in the order may still start.
+
+    fits = DeadlineGate(path, jsonl, device)   # fits(run) -> bool, re-reading both files each time
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+# An estimate is the longest comparable run so far times this, plus a few seconds for the worker's start.
+ESTIMATE_MARGIN = 1.1
+ESTIMATE_EXTRA_S = 10.0
+
+
+def run_seconds(row: dict) -> float | None:
+    """A finished row's duration as if it had trained every step (early stops scaled up): conservative."""
+    elapsed, done, steps = row.get("elapsed_s"), row.get("steps_done"), row.get("steps")
+    if row.get("error") or not elapsed:
+        return None
+    return float(elapsed) * (steps / done if done and steps and done < steps else 1.0)
+
+
+def same_machine(env: dict, device: dict) -> bool:
+    """Rows from this kind of machine: the same GPU model on CUDA; any CPU on CPU (its name carries a thread count)."""
+    if env.get("device_type") != device.get("device_type"):
+        return False
+    return device.get("device_type") != "cuda" or env.get("device") == device.get("device")
+
+
+def estimate_run_seconds(run: dict, rows: list[dict], device: dict) -> float | None:
+    """Seconds ``run`` (a sweep run: mixer, dim, seq_len, ...) is expected to take on ``device`` (an ``environment()``
+    dict), from finished ``rows``: the longest one of the same mixer, dim and seq_len; else the longest of any mixer
+    at that dim and seq_len; else the longest at that seq_len (any dim) x 1.25; else the longest at the nearest
+    shorter seq_len scaled by the length ratio. Every step counted (an early stop is not assumed), times
+    ESTIMATE_MARGIN plus ESTIMATE_EXTRA_S. None when no row from this kind of machine exists."""
+    timed = [(r, s) for r in rows if same_machine(r.get("env", {}), device) and (s := run_seconds(r)) is not None]
+    T, dim = run["seq_len"], run["dim"]
+    tiers = [
+        (lambda r: r["seq_len"] == T and r["dim"] == dim and r["mixer"] == run["mixer"], 1.0),
+        (lambda r: r["seq_len"] == T and r["dim"] == dim, 1.0),
+        (lambda r: r["seq_len"] == T, 1.25),
+    ]
+    for match, factor in tiers:
+        found = [s for r, s in timed if match(r)]
+        if found:
+            return ESTIMATE_MARGIN * factor * max(found) + ESTIMATE_EXTRA_S
+    shorter = [r["seq_len"] for r, _ in timed if r["seq_len"] < T]
+    if shorter:
+        near = max(shorter)
+        return ESTIMATE_MARGIN * (T / near) * max(s for r, s in timed if r["seq_len"] == near) + ESTIMATE_EXTRA_S
+    return None
+
+
+def read_deadline(path) -> float | None:
+    """The Unix time in ``path``; None while the file does not exist. A file that cannot be read as a number (e.g.
+    written by hand as a bare stop signal) is a deadline of now: nothing more starts."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    try:
+        return float(p.read_text().strip())
+    except (OSError, ValueError):
+        return time.time()
+
+
+class DeadlineGate:
+    """``gate(run)``: True while no deadline is set, or when the run's estimate fits before it. A run with no
+    estimate (nothing finished on this kind of machine) does not start once a deadline is set."""
+
+    def __init__(self, deadline_file, jsonl, device: dict, log=print):
+        self.deadline_file, self.jsonl, self.device, self.log = deadline_file, Path(jsonl), device, log
+
+    def __call__(self, run: dict) -> bool:
+        if self.deadline_file is None or (deadline := read_deadline(self.deadline_file)) is None:
+            return True
+        from .mqar_sweep import read_rows
+
+        left = deadline - time.time()
+        need = estimate_run_seconds(run, read_rows(self.jsonl), self.device)
+        if need is not None and need <= left:
+            return True
+        what = f"{run['mixer']} d={run['dim']} T={run['seq_len']} lr={run['lr']:g}"
+        need_text = "no finished run on this machine to estimate it from" if need is None else f"needs ~{need:.0f} s"
+        self.log(f"not started before the deadline: {what} ({need_text}, {max(left, 0):.0f} s left)", flush=True)
+        return False
