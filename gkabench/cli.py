@@ -275,14 +275,19 @@ def speed(
         raise typer.Exit(code=130)
 
 
-def _parse_list(text: str | None, cast, what: str) -> list | None:
+def _parse_list(text: str | None, cast, what: str, example: str = "64,128") -> list | None:
     """``"64,128"`` -> ``[64, 128]``; None stays None. A bad item raises a one-line error naming the option."""
     if text is None:
         return None
     try:
         return [cast(t.strip()) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"{what}: could not read {text!r}; pass comma-separated values, e.g. {what} 64,128") from None
+        raise ValueError(f"{what}: could not read {text!r}; pass comma-separated values, e.g. {what} {example}") from None
+
+
+def _lr_item(text: str) -> float | str:
+    """A learning rate, or ``best`` (the MQAR sweep's per-cell best so far)."""
+    return "best" if text == "best" else float(text)
 
 
 def _parse_mixer_options(items: list[str] | None) -> dict:
@@ -372,7 +377,8 @@ def mqar(
     mixers: str = typer.Option(None, "--mixers", help="comma-separated mixers / variants (gka_plain = GKA without gate and alpha); all = every one"),
     dims: str = typer.Option(None, "--dims", help="model dims, e.g. 64,128,256"),
     lengths: str = typer.Option(None, "--lengths", help="SEQ_LEN:PAIRS list, e.g. 256:64,512:128,1024:256"),
-    lrs: str = typer.Option(None, "--lrs", help="learning rates, e.g. 3e-4,1e-3,3e-3,1e-2"),
+    lrs: str = typer.Option(None, "--lrs", help="learning rates, e.g. 3e-4,1e-3,3e-3,1e-2; best = each cell's best lr so far (e.g. with --seeds 1,2)"),
+    seeds: str = typer.Option(None, "--seeds", help="seeds per run, e.g. 0,1,2 (default 0); tables pick the lr on the first seed and average the seeds at it"),
     steps: int = typer.Option(None, "--steps"),
     batch_size: int = typer.Option(None, "--batch-size"),
     vocab: int = typer.Option(None, "--vocab"),
@@ -419,7 +425,7 @@ def mqar(
     if grid not in ("auto", "gpu", "cpu"):
         raise ValueError(f"--grid must be auto, gpu or cpu, got {grid!r}")
     sweep = SweepConfig.defaults_for(
-        gpu if grid == "auto" else grid == "gpu", mixers=mixer_list, dims=_parse_list(dims, int, "--dims"), lengths=length_list, lrs=_parse_list(lrs, float, "--lrs"),
+        gpu if grid == "auto" else grid == "gpu", mixers=mixer_list, dims=_parse_list(dims, int, "--dims"), lengths=length_list, lrs=_parse_list(lrs, _lr_item, "--lrs", "1e-3,3e-3"), seeds=_parse_list(seeds, int, "--seeds", "0,1,2"),
         steps=steps, batch_size=batch_size, vocab_size=vocab, num_layers=num_layers, num_heads=num_heads,
         head_dim=head_dim, eval_examples=eval_examples, out_dir=out, name=name, device=device, run_dir=run_dir,
         lift_fla_guard=lift_fla_guard or None, early_stop_acc=early_stop_acc, curriculum=curriculum,

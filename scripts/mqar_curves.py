@@ -45,7 +45,7 @@ def read_logs(archives: list[str]) -> dict[tuple, list[dict]]:
                 if named is None:
                     continue
                 tag = named.group(1)  # the sweep's mixer name (variants such as gka_plain)
-                key = (tag, c["hidden_size"], c["seq_len"], c["mqar_pairs"], c["lr"], c["batch_size"], c["steps"], c.get("mqar_curriculum"))
+                key = (tag, c["hidden_size"], c["seq_len"], c["mqar_pairs"], c["lr"], c["batch_size"], c["steps"], c.get("mqar_curriculum"), c.get("seed") or 0)
                 last = max((e.get("step", 0) for e in events), default=0)
                 if key not in logs or last > logs[key][0]:
                     logs[key] = (last, events)
@@ -58,7 +58,8 @@ def best_rows(rows_path: str) -> list[dict]:
 
     rows = [r for r in read_rows(rows_path) if not r.get("error")]
     best = best_per_cell(rows)
-    full = {(r["mixer"], r["seq_len"], r["num_pairs"], r["dim"], r["lr"]): r for r in rows}
+    # one run per cell: the first seed's at the chosen lr (the run the lr was chosen on)
+    full = {(r["mixer"], r["seq_len"], r["num_pairs"], r["dim"], r["lr"]): r for r in sorted(rows, key=lambda r: -(r.get("seed") or 0))}
     return [full[(b.mixer, b.seq_len, b.num_pairs, b.dim, b.lr)] for b in best.itertuples()]
 
 
@@ -72,7 +73,7 @@ def main() -> None:
     logs = read_logs(archives)
     table = []
     for r in best_rows(a.rows):
-        key = (r["mixer"], r["dim"], r["seq_len"], r["num_pairs"], r["lr"], r["batch_size"], r["steps"], r.get("curriculum"))
+        key = (r["mixer"], r["dim"], r["seq_len"], r["num_pairs"], r["lr"], r["batch_size"], r["steps"], r.get("curriculum"), r.get("seed") or 0)
         events = logs.get(key)
         train = [(e["step"], e["loss"]) for e in events or [] if "loss" in e and "step" in e and "event" not in e]
         plateau = math.log(r["vocab_size"] // 2)  # values come from half the vocabulary

@@ -317,3 +317,47 @@ def test_cli_renders_the_gpu_grid_on_a_cpu_and_lists_what_is_missing(tmp_path):
     assert (tmp_path / "mqar.md").read_text() == before and len((tmp_path / "mqar.jsonl").read_text().splitlines()) == 1
     r = CliRunner().invoke(app, ["mqar", "--grid", "tpu", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "--grid" in r.output
+
+
+def test_seeds_choose_the_lr_on_the_first_seed_and_average_at_it():
+    """Several seeds: the lr is chosen on the first seed (the one every lr ran), the cell reports the mean and the
+    range over the seeds at that lr, not the luckiest seed of any lr."""
+    from gkabench.tasks.mqar_tables import best_per_cell, cell_text
+
+    cell = dict(mixer="gka", seq_len=512, num_pairs=128, dim=256)
+    rows = [
+        {**cell, "lr": 1e-2, "seed": 0, "accuracy": 0.9}, {**cell, "lr": 1e-2, "seed": 1, "accuracy": 0.1},
+        {**cell, "lr": 1e-2, "seed": 2, "accuracy": 0.2}, {**cell, "lr": 3e-3, "seed": 0, "accuracy": 0.5},
+        {**cell, "lr": 3e-3, "seed": 1, "accuracy": 0.95},  # a lucky second seed does not pick the lr
+        {**cell, "dim": 64, "lr": 3e-3, "accuracy": 0.7},  # rows without a seed field: seed 0
+    ]  # fmt: skip
+    best = best_per_cell(rows)
+    big = best[best["dim"] == 256].iloc[0]
+    assert big["lr"] == 1e-2 and big["seeds"] == 3 and big["lrs_tried"] == 2
+    assert abs(big["accuracy"] - 0.4) < 1e-12 and (big["acc_min"], big["acc_max"]) == (0.1, 0.9)
+    assert cell_text(next(best[best["dim"] == 256].itertuples())) == "0.400 [0.10-0.90, 3 seeds] (0.01)"
+    assert cell_text(next(best[best["dim"] == 64].itertuples())) == "0.700 (0.003)"
+
+
+def test_more_seeds_at_each_cells_best_lr(tmp_path):
+    """`--lrs best --seeds 1,2` adds seeds only at each cell's best lr so far; cells with no row get none; each
+    seed trains into its own log folder, and the table shows the mean and range."""
+    from gkabench.tasks.mqar_sweep import SweepConfig, read_rows, run_mqar_sweep
+
+    def sweep(lrs, seeds=None, dims=(16,)):
+        return SweepConfig.defaults_for(
+            False, mixers=["attention"], dims=list(dims), lengths=[(24, 4)], lrs=lrs, seeds=seeds, vocab_size=32,
+            steps=3, batch_size=8, eval_examples=16, head_dim=8, out_dir=str(tmp_path / "res"),
+            run_dir=str(tmp_path / "runs"), name="s",
+        )  # fmt: skip
+
+    first = run_mqar_sweep(sweep([1e-2, 3e-3]))
+    best_lr = max(first, key=lambda r: r["accuracy"])["lr"]
+    assert [(r["lr"], r["seed"]) for r in sweep(["best"], [1, 2], dims=(16, 8)).runs(first)] == [(best_lr, 1), (best_lr, 2)]
+    rows = run_mqar_sweep(sweep(["best"], [1, 2], dims=(16, 8)))
+    assert sorted((r["lr"], r["seed"]) for r in rows) == [(best_lr, 1), (best_lr, 2)]
+    assert len(read_rows(tmp_path / "res" / "s.jsonl")) == 4
+    assert {p.name for p in (tmp_path / "runs" / "s").iterdir()} >= {f"attention_d16_T24_P4_lr{best_lr:g}_s1", f"attention_d16_T24_P4_lr{best_lr:g}_s2"}
+    run_mqar_sweep(sweep([1e-2, 3e-3], [0, 1, 2]), max_minutes=0)  # renders the whole grid's table, trains nothing
+    md = (tmp_path / "res" / "s.md").read_text()
+    assert "3 seeds]" in md and "mean [min-max] over the seeds" in md

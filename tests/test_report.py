@@ -244,6 +244,22 @@ def test_mqar_best_lr_per_training_setting(tmp_path):
     assert md.count("### MQAR best accuracy") == 3 and "steps 20000" in md
 
 
+def test_mqar_seeds_are_averaged_at_the_lr_of_the_first_seed(tmp_path):
+    """More seeds of one setting share its table (seed is not a setting): the lr is chosen on seed 0 and the cell is
+    the mean over the seeds at it, as in the sweep's own table."""
+    root = tmp_path / "results"
+    base = {"mixer": "gka", "dim": 64, "seq_len": 256, "num_pairs": 64, "vocab_size": 8192, "batch_size": 64, "steps": 3000, "env": ENV}
+    _jsonl(root / "mqar" / "mqar.jsonl", [
+        dict(base, lr=1e-2, seed=0, accuracy=0.8), dict(base, lr=1e-2, seed=1, accuracy=0.2),
+        dict(base, lr=1e-3, seed=0, accuracy=0.6), dict(base, lr=1e-3, seed=1, accuracy=0.99),
+    ])  # fmt: skip
+    make_report(root)
+    rows = _csv(root / "report" / "mqar.csv")
+    assert [(float(r["accuracy"]), float(r["lr"]), r["seeds"]) for r in rows] == [(0.5, 1e-2, "2")]
+    md = (root / "report" / "report.md").read_text()
+    assert md.count("### MQAR best accuracy") == 1 and "0.500 (0.01), mean of 2 seeds" in md
+
+
 def test_stale_rows_of_a_retrained_checkpoint_drop_out(tmp_path):
     """Per-example rows of one model from an older checkpoint (another model_fingerprint) or generator are not
     averaged with the latest ones."""

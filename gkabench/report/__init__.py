@@ -17,7 +17,8 @@ Reads (each folder optional, unknown fields ignored, unreadable lines skipped):
   per (model, task, flavour, length, metric) wins, so a rerun replaces an older score.
 - ``results/speed/*.jsonl`` (``gkabench speed``): tokens/s per mixer, length and mode; the last ``ok`` row per cell.
 - ``results/mqar/*.jsonl`` (``gkabench mqar``): the best accuracy over learning rates per cell, within one training
-  setting (vocab, steps, batch, layers, heads, head_dim, seed: a rerun with other settings gets its own table).
+  setting (vocab, steps, batch, layers, heads, head_dim: a rerun with other settings gets its own table); with
+  several seeds, the lr chosen on the first seed and the mean over the seeds at it, as in the sweep's own table.
 
 Writes to ``results/report/`` (every file atomically): ``report.md`` (all tables), ``eval.csv`` (long format:
 one row per model x task x length, with the baseline's value and the absolute / relative differences; category
@@ -147,6 +148,6 @@ def make_report(
         ]
         paths.append(write_text_atomic(out / "speed.csv", write_csv_rows(cols, speed)))
     if mqar:
-        cols = ["sweep", *MQAR_SETTINGS, "mixer", "seq_len", "num_pairs", "dim", "accuracy", "lr"]
+        cols = ["sweep", *MQAR_SETTINGS, "mixer", "seq_len", "num_pairs", "dim", "accuracy", "lr", "seeds"]
         paths.append(write_text_atomic(out / "mqar.csv", write_csv_rows(cols, mqar)))
     return ReportResult(paths, base, tables, _summary(tables), notes)

@@ -201,7 +201,7 @@ def read_speed(folder: Path) -> list[dict]:
 
 # A sweep's training settings besides the cell (mixer, seq_len, pairs, dim) and the lr: runs that differ in any of
 # these (a rerun of the same sweep file with other --steps, --vocab, --batch-size...) are not compared.
-MQAR_SETTINGS = ("vocab_size", "steps", "batch_size", "num_layers", "num_heads", "head_dim", "seed", "curriculum")
+MQAR_SETTINGS = ("vocab_size", "steps", "batch_size", "num_layers", "num_heads", "head_dim", "curriculum")
 
 
 def _mqar_setting(r: dict) -> str:
@@ -216,20 +216,23 @@ def _mqar_setting(r: dict) -> str:
 
 
 def read_mqar(folder: Path) -> list[dict]:
-    """Best accuracy over learning rates per (sweep file, training settings, mixer, seq_len, pairs, dim); the
-    settings (``MQAR_SETTINGS``: vocab, steps, batch...) as the sweep's own markdown keeps them apart."""
-    best: dict[tuple, dict] = {}
+    """Best accuracy over learning rates per (sweep file, training settings, mixer, seq_len, pairs, dim), as the
+    sweep's own tables choose it (``mqar_tables.best_per_cell``: with several seeds, the lr chosen on the first and
+    the mean over the seeds at it); the settings (``MQAR_SETTINGS``: vocab, steps, batch...) keep runs apart."""
+    from ..tasks.mqar_tables import best_per_cell
+
+    groups: dict[tuple, list[dict]] = {}
     for path in _jsonl_files(folder):
         for r in _read_jsonl(path):
-            acc = r.get("accuracy")
-            if not isinstance(acc, (int, float)) or r.get("mixer") is None:
-                continue
-            setting = _mqar_setting(r)
-            key = (path.stem, setting, r["mixer"], r.get("seq_len"), r.get("num_pairs"), r.get("dim"))
-            if key not in best or acc > best[key]["accuracy"]:
-                best[key] = {"sweep": path.stem, "setting": setting, "mixer": r["mixer"], "seq_len": r.get("seq_len"),
-                             "num_pairs": r.get("num_pairs"), "dim": r.get("dim"), "accuracy": float(acc), "lr": r.get("lr"),
-                             **{k: r.get(k) for k in MQAR_SETTINGS}}  # fmt: skip
-    return list(best.values())
+            if isinstance(r.get("accuracy"), (int, float)) and r.get("mixer") is not None and not r.get("error"):
+                groups.setdefault((path.stem, _mqar_setting(r)), []).append(r)
+    out = []
+    for (sweep, setting), rows in groups.items():
+        first = rows[0]
+        for b in best_per_cell(rows).itertuples():
+            out.append({"sweep": sweep, "setting": setting, "mixer": b.mixer, "seq_len": b.seq_len, "num_pairs": b.num_pairs,
+                        "dim": b.dim, "accuracy": float(b.accuracy), "lr": b.lr, "seeds": int(b.seeds),
+                        **{k: first.get(k) for k in MQAR_SETTINGS}})  # fmt: skip
+    return out
 
 

@@ -240,7 +240,8 @@ def mqar_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]
                     None,
                 )
                 cells.append(
-                    (f"{r['accuracy']:.3f}" + (f" ({r['lr']:g})" if isinstance(r.get("lr"), (int, float)) else ""))
+                    (f"{r['accuracy']:.3f}" + (f" ({r['lr']:g})" if isinstance(r.get("lr"), (int, float)) else "")
+                     + (f", mean of {r['seeds']} seeds" if (r.get("seeds") or 1) > 1 else ""))
                     if r
                     else "-"
                 )

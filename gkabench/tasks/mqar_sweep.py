@@ -54,6 +54,9 @@ class SweepConfig:
     weight_decay: float = 0.1
     eval_examples: int = 1000
     seed: int = 0
+    # several seeds per run (e.g. [0, 1, 2]); None = [seed]. The tables choose each cell's lr on the first seed and
+    # average the seeds at it (mqar_tables.best_per_cell)
+    seeds: list[int] | None = None
     device: str | None = None
     out_dir: str = "results/mqar"
     name: str = "mqar"
@@ -87,9 +90,12 @@ class SweepConfig:
         bad_dims = [d for d in self.dims if not isinstance(d, int) or d < 1]
         if bad_dims:
             raise ValueError(f"--dims must be integers >= 1, got {bad_dims[0]!r}")
-        bad_lrs = [lr for lr in self.lrs if not lr > 0]
+        bad_lrs = [lr for lr in self.lrs if lr != BEST_LR and not (isinstance(lr, (int, float)) and lr > 0)]
         if bad_lrs:
-            raise ValueError(f"--lrs must be > 0, got {bad_lrs[0]!r}")
+            raise ValueError(f"--lrs must be > 0 (or 'best'), got {bad_lrs[0]!r}")
+        bad_seeds = [x for x in self.seeds or [] if not isinstance(x, int) or x < 0]
+        if bad_seeds:
+            raise ValueError(f"--seeds must be integers >= 0, got {bad_seeds[0]!r}")
 
     @classmethod
     def defaults_for(cls, gpu: bool, **overrides) -> "SweepConfig":
@@ -111,22 +117,49 @@ class SweepConfig:
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
-    def runs(self) -> list[dict]:
-        """One dict per training run (the row key fields), in sweep order."""
+    def runs(self, rows: list[dict] | None = None) -> list[dict]:
+        """One dict per training run (the row key fields), in sweep order: length, dim, mixer, lr, seed.
+
+        An lr of ``"best"`` (``--lrs best``) stands for the cell's best lr among the finished ``rows`` (chosen on the
+        cell's first seed, as the tables choose it): e.g. more seeds only where they matter. A cell with no finished
+        row has no best lr yet and no run."""
+        best = _best_lrs(rows or []) if BEST_LR in self.lrs else {}
         out = []
         for seq_len, pairs in self.lengths:
             for dim in self.dims:
                 for mixer in self.mixers:
-                    for lr in self.lrs:
-                        out.append(dict(
-                            mixer=mixer, dim=dim, seq_len=seq_len, num_pairs=pairs, lr=lr, vocab_size=self.vocab_size,
-                            steps=self.steps, batch_size=self.batch_size, num_layers=self.num_layers,
-                            num_heads=self.num_heads, head_dim=self.head_dim, seed=self.seed, curriculum=self.curriculum,
-                        ))  # fmt: skip
+                    cell = dict(mixer=mixer, dim=dim, seq_len=seq_len, num_pairs=pairs, vocab_size=self.vocab_size,
+                                steps=self.steps, batch_size=self.batch_size, num_layers=self.num_layers,
+                                num_heads=self.num_heads, head_dim=self.head_dim, curriculum=self.curriculum)  # fmt: skip
+                    lrs = [best.get(_cell_key(cell)) if lr == BEST_LR else lr for lr in self.lrs]
+                    for lr in dict.fromkeys(lr for lr in lrs if lr is not None):
+                        for seed in self.seeds or [self.seed]:
+                            out.append({**cell, "lr": lr, "seed": seed})
         return out
 
 
 KEY_FIELDS = ("mixer", "dim", "seq_len", "num_pairs", "lr", "vocab_size", "steps", "batch_size", "num_layers", "num_heads", "head_dim", "seed", "curriculum")
+BEST_LR = "best"
+
+
+def _cell_key(row: dict) -> tuple:
+    """A run's cell under its training settings: every key field but lr and seed."""
+    return tuple(row.get(k) for k in KEY_FIELDS if k not in ("lr", "seed"))
+
+
+def _best_lrs(rows: list[dict]) -> dict:
+    """cell key -> the best lr among the finished rows, chosen on each cell's first seed."""
+    best: dict = {}
+    first_seed: dict = {}
+    for r in rows:
+        if r.get("error") or r.get("accuracy") is None:
+            continue
+        k, seed = _cell_key(r), r.get("seed") or 0
+        if k not in first_seed or seed < first_seed[k]:
+            first_seed[k], best[k] = seed, (r["accuracy"], r["lr"])
+        elif seed == first_seed[k] and r["accuracy"] > best[k][0]:
+            best[k] = (r["accuracy"], r["lr"])
+    return {k: lr for k, (_, lr) in best.items()}
 
 
 def run_key(row: dict) -> tuple:
@@ -149,7 +182,7 @@ def mqar_train_config(run: dict, sweep: SweepConfig):
         # Mamba2's key width is its state size (default 128), not head_dim: with --head-dim D every mixer keys and
         # values at width D, and fla's kernels (guard lifted) run only at shapes `gkabench check --shapes D64` covered.
         opts = {**opts, "state_size": run["head_dim"]}
-    tag = f"{run['mixer']}_d{run['dim']}_T{run['seq_len']}_P{run['num_pairs']}_lr{run['lr']:g}"
+    tag = f"{run['mixer']}_d{run['dim']}_T{run['seq_len']}_P{run['num_pairs']}_lr{run['lr']:g}" + (f"_s{run['seed']}" if run["seed"] else "")
     eval_batches = max(1, -(-sweep.eval_examples // sweep.batch_size))
     cfg = TrainConfig(
         out_dir=str(sweep.runs_root() / tag), mixer=base, mixer_options={base: opts} if opts else {},
@@ -302,13 +335,18 @@ def pending_runs(sweep: SweepConfig, shard: tuple[int, int] = (0, 1)) -> list[di
     """The runs of ``sweep`` (this shard's share) with no finished row in ``out_dir/name.jsonl`` yet, in run order."""
     from pathlib import Path
 
+    sweep.validate()
     done = {run_key(r) for r in read_rows(Path(sweep.out_dir) / f"{sweep.name}.jsonl") if not r.get("error")}
     return [run for run in shard_runs(sweep, shard) if run_key(run) not in done]
 
 
 def unique_runs(sweep: SweepConfig) -> list[dict]:
-    """``sweep.runs()`` with a run listed twice (e.g. ``--lrs 1e-2,1e-2``) kept once."""
-    return list({run_key(run): run for run in sweep.runs()}.values())
+    """``sweep.runs()`` with a run listed twice (e.g. ``--lrs 1e-2,1e-2``) kept once; ``--lrs best`` resolved
+    from the finished rows in ``out_dir/name.jsonl``."""
+    from pathlib import Path
+
+    rows = read_rows(Path(sweep.out_dir) / f"{sweep.name}.jsonl") if BEST_LR in sweep.lrs else None
+    return list({run_key(run): run for run in sweep.runs(rows)}.values())
 
 
 def shard_runs(sweep: SweepConfig, shard: tuple[int, int]) -> list[dict]:
@@ -389,7 +427,7 @@ def run_mqar_sweep(
                     on_run(run, None)
         if pending:
             _run_parallel(pending, sweep, jsonl, jobs, time_left, fits, on_run)
-    rows = current_rows(read_rows(jsonl), {run_key(r) for r in sweep.runs()})
+    rows = current_rows(read_rows(jsonl), {run_key(r) for r in unique})
     finished = {run_key(r) for r in rows if not r.get("error")}
     missing = [run for run in unique if run_key(run) not in finished]
     title = f"MQAR ({sweep.name})"

@@ -7,17 +7,36 @@ from __future__ import annotations
 from ..io import save_figure_atomic, write_text_atomic
 
 
+CELL = ["mixer", "seq_len", "num_pairs", "dim"]
+
+
 def best_per_cell(rows: list[dict]):
-    """DataFrame of the best accuracy over learning rates per (mixer, seq_len, num_pairs, dim), with its lr."""
+    """DataFrame with one row per cell (mixer, seq_len, num_pairs, dim): the best learning rate and its accuracy.
+
+    With one seed per run (the default grid) that is the best accuracy over the lrs. With several seeds the lr is
+    chosen on the cell's first seed alone (the one every lr ran with), and ``accuracy`` is the mean over every seed
+    run at that lr, with ``acc_min`` / ``acc_max`` and ``seeds``: choosing the lr on the same runs that are averaged
+    would favour lrs whose one lucky seed ran. ``lrs_tried``: lrs with a finished run in the cell."""
     import pandas as pd
 
     df = pd.DataFrame([r for r in rows if not r.get("error")])
     if df.empty:
         return df
-    idx = df.groupby(["mixer", "seq_len", "num_pairs", "dim"])["accuracy"].idxmax()
-    best = df.loc[idx, ["mixer", "seq_len", "num_pairs", "dim", "accuracy", "lr"]]
-    runs = df.groupby(["mixer", "seq_len", "num_pairs", "dim"]).size().rename("lrs_tried").reset_index()
-    return best.merge(runs, on=["mixer", "seq_len", "num_pairs", "dim"]).sort_values(["seq_len", "mixer", "dim"])
+    if "seed" not in df:
+        df["seed"] = 0
+    df["seed"] = df["seed"].fillna(0).astype(int)
+    first = df[df["seed"] == df.groupby(CELL)["seed"].transform("min")]
+    chosen = first.loc[first.groupby(CELL)["accuracy"].idxmax(), [*CELL, "lr"]]
+    at_lr = df.merge(chosen, on=[*CELL, "lr"])
+    stats = at_lr.groupby([*CELL, "lr"])["accuracy"].agg(accuracy="mean", acc_min="min", acc_max="max", seeds="count").reset_index()
+    tried = df.groupby(CELL)["lr"].nunique().rename("lrs_tried").reset_index()
+    return stats.merge(tried, on=CELL).sort_values(["seq_len", "mixer", "dim"]).reset_index(drop=True)
+
+
+def cell_text(r) -> str:
+    """``"0.622 (0.01)"``; with several seeds ``"0.450 [0.10-0.62, 3 seeds] (0.01)"`` (mean [min-max])."""
+    spread = f" [{r.acc_min:.2f}-{r.acc_max:.2f}, {r.seeds} seeds]" if getattr(r, "seeds", 1) > 1 else ""
+    return f"{r.accuracy:.3f}{spread} ({r.lr:g})"
 
 
 def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | None = None) -> None:
@@ -37,7 +56,9 @@ def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | Non
             + (f" (a run ends early once its eval accuracy reaches {r0['early_stop_acc']:g})" if r0.get("early_stop_acc") else "")
             + ", "
             f"best accuracy over the learning rates tried (in parentheses: that lr). Accuracy on "
-            f"{r0.get('eval_examples', '?')} fresh examples per run.",
+            f"{r0.get('eval_examples', '?')} fresh examples per run."
+            + (" Cells with several seeds: the lr is chosen on the first seed, then mean [min-max] over the seeds run at it."
+               if not best.empty and (best["seeds"] > 1).any() else ""),
             "",
             environment_summary(rows),
             "",
@@ -54,7 +75,7 @@ def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | Non
             for dd in dims:
                 r = m[m["dim"] == dd]
                 mark = " †" if (mixer, T, P, dd) in partial else ""
-                cells.append(f"{r['accuracy'].iloc[0]:.3f} ({r['lr'].iloc[0]:g}){mark}" if len(r) else "-")
+                cells.append(cell_text(next(r.itertuples())) + mark if len(r) else "-")
             lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
         lines.append("")
         if any((mx, T, P, dd) in partial for mx in sub["mixer"] for dd in dims):
@@ -95,7 +116,8 @@ def missing_summary(missing: list[dict]) -> list[str]:
     or ``"T=256 P=64 lr=0.001: gla d=64, mesanet d=64"``."""
     groups: dict = {}
     for r in missing:
-        groups.setdefault((r["seq_len"], r["num_pairs"], r["lr"]), []).append(f"{r['mixer']} d={r['dim']}")
+        seed = f" seed {r['seed']}" if r.get("seed") else ""
+        groups.setdefault((r["seq_len"], r["num_pairs"], r["lr"]), []).append(f"{r['mixer']} d={r['dim']}{seed}")
     n_mixers, n_dims = len({r["mixer"] for r in missing}), len({r["dim"] for r in missing})
     return [
         f"T={T} P={P} lr={lr:g}: " + (f"all {len(what)} (every mixer and dim)" if len(what) == n_mixers * n_dims and len(what) > 3 else ", ".join(what))
@@ -129,6 +151,10 @@ def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = 
         for mixer, m in sub.groupby("mixer"):
             m = m.sort_values("dim")
             ax.plot(m["dim"], m["accuracy"], marker="o", label=mixer, color=colors[mixer])
+            many = m[m["seeds"] > 1]
+            if len(many):  # min-max over the seeds at the chosen lr
+                spread = [many["accuracy"] - many["acc_min"], many["acc_max"] - many["accuracy"]]
+                ax.errorbar(many["dim"], many["accuracy"], yerr=spread, linestyle="none", capsize=3, color=colors[mixer])
             part = [(d, a) for d, a in zip(m["dim"], m["accuracy"]) if (mixer, T, P, d) in partial]
             if part:  # hollow: the cell's best may still change
                 ax.plot(*zip(*part), linestyle="none", marker="o", markerfacecolor="white", markeredgecolor=colors[mixer])
