@@ -3,7 +3,8 @@
 For each mixer, the exact model and batch of a sweep run (``mqar_train_config``), then:
 
 - ``eager_ms``: wall time per step of the plain loop (forward, backward, clip, AdamW), GPU synchronised at the end;
-- ``cuda_ms`` / ``kernels``: summed GPU kernel time and kernel count per step (torch.profiler);
+- ``cuda_ms`` / ``kernels``: summed GPU kernel time and kernel count per step (torch.profiler); ``top_kernels_ms``
+  the costliest kernels, ``top_ops_ms`` the aten ops whose own kernels cost most (``fused_top_*``: with compiled ops);
 - ``fused_ms`` / ``fused_cuda_ms``: the same with norms and gates compiled (``FUSED_ELEMENTWISE``); ``fused_err``:
   largest relative gap between its losses and the eager loop's over the same five steps from the same weights.
 
@@ -106,8 +107,8 @@ def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, step
         sync(device)
         wall = 1e3 * (time.perf_counter() - t0) / steps
         if not device.startswith("cuda"):  # kernel times are CUDA's
-            return {"ms": wall, "cuda_ms": None, "kernels": None, "top_kernels_ms": {}}
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            return {"ms": wall, "cuda_ms": None, "kernels": None, "top_kernels_ms": {}, "top_ops_ms": {}}
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for b in batches[:3]:
                 step(opt, b)
             sync(device)
@@ -115,11 +116,17 @@ def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, step
         top: dict[str, float] = {}
         for e in kernels:
             top[e.name[:60]] = top.get(e.name[:60], 0.0) + e.device_time / 1e3 / 3
+        # kernel names of PyTorch's elementwise ops are cut before the functor; the aten op that launched them says
+        # which op it was (self time: an op's own kernels, not its children's)
+        ops = {a.key: getattr(a, "self_device_time_total", 0) / 1e3 / 3 for a in prof.key_averages()}
+        ops = {k: v for k, v in ops.items() if v > 0}
         return {"ms": wall, "cuda_ms": sum(e.device_time for e in kernels) / 1e3 / 3, "kernels": len(kernels) // 3,
-                "top_kernels_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:8])}  # fmt: skip
+                "top_kernels_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:8]),
+                "top_ops_ms": dict(sorted(ops.items(), key=lambda kv: -kv[1])[:12])}  # fmt: skip
 
     eager = measure(make_opt())
-    row.update(eager_ms=eager["ms"], cuda_ms=eager["cuda_ms"], kernels=eager["kernels"], top_kernels_ms=eager["top_kernels_ms"])
+    row.update(eager_ms=eager["ms"], cuda_ms=eager["cuda_ms"], kernels=eager["kernels"], top_kernels_ms=eager["top_kernels_ms"],
+               top_ops_ms=eager.get("top_ops_ms", {}))
 
     # the same steps with norms and gates compiled (gkabench.layers.fused.FUSED_ELEMENTWISE), from the same weights
     # as an eager reference run: the losses must agree to float32/bf16 rounding
@@ -134,7 +141,8 @@ def profile_one(mixer: str, dim: int, seq_len: int, pairs: int, batch: int, step
     row["fused_err"] = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(losses["auto"], losses["off"]))
     row["elementwise"] = fused.fused_impl()
     compiled = measure(opt)
-    row.update(fused_ms=compiled["ms"], fused_cuda_ms=compiled["cuda_ms"], fused_kernels=compiled["kernels"])
+    row.update(fused_ms=compiled["ms"], fused_cuda_ms=compiled["cuda_ms"], fused_kernels=compiled["kernels"],
+               fused_top_kernels_ms=compiled["top_kernels_ms"], fused_top_ops_ms=compiled.get("top_ops_ms", {}))  # what is left
     return row
 
 
