@@ -438,12 +438,21 @@ def mqar(
         console.print("[yellow]No GPU: a CPU-tiny sweep through the pure-PyTorch reference ops; it shows the pipeline works, not the paper's result.[/yellow]")
     shard_i, shard_n = parse_shard(shard)
     if dry_run:
+        from pathlib import Path
+
+        from .tasks.mqar_schedule import planned_seconds
+        from .tasks.mqar_sweep import read_rows
         from .tasks.mqar_tables import missing_summary
 
         todo = pending_runs(sweep, (shard_i, shard_n))
         console.print(f"{len(todo)} of {len(shard_runs(sweep, (shard_i, shard_n)))} runs not yet in {out}/{sweep.name}.jsonl (by length and lr):")
         for line in missing_summary(todo) if todo else []:
             console.print(f"  {line}", highlight=False)
+        plan = planned_seconds(todo, read_rows(Path(out) / f"{sweep.name}.jsonl")) if todo else None
+        if plan:
+            gpu_name, seconds, unknown = plan
+            console.print(f"about {seconds / 3600:.1f} h of {gpu_name} run time summed over these runs (median of comparable finished runs; "
+                          f"~half that in wall time with 2 at a time, as they ran){f'; {unknown} with no estimate' if unknown else ''}", highlight=False)
         return
     total = len(shard_runs(sweep, (shard_i, shard_n)))
     with Progress(console=console) as progress:

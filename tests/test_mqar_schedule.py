@@ -89,3 +89,14 @@ def test_gate_says_why_a_run_waits(tmp_path):
     assert "no finished run" in said[-1]
     deadline.write_text(str(time.time() + 400))
     assert gate(run("gka", 128, 512))
+
+
+def test_planning_uses_medians_on_the_most_common_gpu():
+    from gkabench.tasks.mqar_schedule import estimate_run_seconds, planned_seconds
+
+    rows = [row("gka", 128, 512, 100.0), row("gka", 128, 512, 120.0), row("gka", 128, 512, 400.0),
+            row("gla", 64, 256, 50.0), row("gka", 64, 256, 999.0, device="NVIDIA A100")]  # fmt: skip
+    assert estimate_run_seconds(run("gka", 128, 512), rows, H200, typical=True) == 120.0
+    name, seconds, unknown = planned_seconds([run("gka", 128, 512), run("gla", 64, 256), run("gla", 64, 1024)], rows)
+    assert name == "NVIDIA H200" and unknown == 0 and seconds == 120.0 + 50.0 + 2 * 120.0  # 1024 from 512's median x2
+    assert planned_seconds([run("gka", 128, 512)], [row("gka", 16, 24, 5.0, device="CPU", device_type="cpu")]) is None

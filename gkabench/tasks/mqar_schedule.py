@@ -35,12 +35,18 @@ def same_machine(env: dict, device: dict) -> bool:
     return device.get("device_type") != "cuda" or env.get("device") == device.get("device")
 
 
-def estimate_run_seconds(run: dict, rows: list[dict], device: dict) -> float | None:
+def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: bool = False) -> float | None:
     """Seconds ``run`` (a sweep run: mixer, dim, seq_len, ...) is expected to take on ``device`` (an ``environment()``
     dict), from finished ``rows``: the longest one of the same mixer, dim and seq_len; else the longest of any mixer
     at that dim and seq_len; else the longest at that seq_len (any dim) x 1.25; else the longest at the nearest
     shorter seq_len scaled by the length ratio. Every step counted (an early stop is not assumed), times
-    ESTIMATE_MARGIN plus ESTIMATE_EXTRA_S. None when no row from this kind of machine exists."""
+    ESTIMATE_MARGIN plus ESTIMATE_EXTRA_S. None when no row from this kind of machine exists.
+
+    ``typical=True``: the median instead of the longest, with no margin (for planning, not for deadlines)."""
+    import statistics
+
+    pick = statistics.median if typical else max
+    margin, extra = (1.0, 0.0) if typical else (ESTIMATE_MARGIN, ESTIMATE_EXTRA_S)
     timed = [(r, s) for r in rows if same_machine(r.get("env", {}), device) and (s := run_seconds(r)) is not None]
     T, dim = run["seq_len"], run["dim"]
     tiers = [
@@ -51,12 +57,26 @@ def estimate_run_seconds(run: dict, rows: list[dict], device: dict) -> float | N
     for match, factor in tiers:
         found = [s for r, s in timed if match(r)]
         if found:
-            return ESTIMATE_MARGIN * factor * max(found) + ESTIMATE_EXTRA_S
+            return margin * factor * pick(found) + extra
     shorter = [r["seq_len"] for r, _ in timed if r["seq_len"] < T]
     if shorter:
         near = max(shorter)
-        return ESTIMATE_MARGIN * (T / near) * max(s for r, s in timed if r["seq_len"] == near) + ESTIMATE_EXTRA_S
+        return margin * (T / near) * pick([s for r, s in timed if r["seq_len"] == near]) + extra
     return None
+
+
+def planned_seconds(runs: list[dict], rows: list[dict]) -> tuple[str, float, int] | None:
+    """(GPU model, summed typical seconds, runs with no estimate) for ``runs`` on the GPU model most ``rows`` ran on;
+    None when no row ran on a GPU. The rows' times are those of runs sharing a GPU as they did then (2 at a time
+    on the H200 since session 7), so wall time is about the sum divided by that count."""
+    from collections import Counter
+
+    gpus = Counter(r.get("env", {}).get("device") for r in rows if r.get("env", {}).get("device_type") == "cuda")
+    if not gpus:
+        return None
+    device = {"device": gpus.most_common(1)[0][0], "device_type": "cuda"}
+    est = [estimate_run_seconds(run, rows, device, typical=True) for run in runs]
+    return device["device"], sum(e for e in est if e is not None), sum(e is None for e in est)
 
 
 def read_deadline(path) -> float | None:
