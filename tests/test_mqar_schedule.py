@@ -100,3 +100,17 @@ def test_planning_uses_medians_on_the_most_common_gpu():
     name, seconds, unknown = planned_seconds([run("gka", 128, 512), run("gla", 64, 256), run("gla", 64, 1024)], rows)
     assert name == "NVIDIA H200" and unknown == 0 and seconds == 120.0 + 50.0 + 2 * 120.0  # 1024 from 512's median x2
     assert planned_seconds([run("gka", 128, 512)], [row("gka", 16, 24, 5.0, device="CPU", device_type="cpu")]) is None
+
+
+def test_a_long_run_is_passed_over_and_a_shorter_one_after_it_starts(tmp_path):
+    """The sweep goes on down its list after a run that does not fit: a shorter one later may still start."""
+    from gkabench.io import append_jsonl
+    from gkabench.tasks.mqar_schedule import DeadlineGate
+
+    jsonl, deadline = tmp_path / "m.jsonl", tmp_path / "deadline"
+    append_jsonl(jsonl, row("gka", 128, 512, 150.0))
+    append_jsonl(jsonl, row("gka", 128, 256, 40.0))
+    deadline.write_text(str(time.time() + 100))
+    gate = DeadlineGate(deadline, jsonl, H200, log=lambda *a, **k: None)
+    todo = [run("gka", 128, 512), run("gla", 128, 512), run("gka", 128, 256), run("gla", 128, 256)]
+    assert [gate(r) for r in todo] == [False, False, True, True]  # 175 s > 100 s; 54 s fits
