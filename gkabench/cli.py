@@ -472,10 +472,12 @@ def mqar(
 
     best = best_per_cell(rows)
     table = Table(title=f"MQAR best accuracy over lrs ({len(rows)} runs) -> {out}/{sweep.name}.{{jsonl,md,png}}")
-    for col in ("mixer", "seq_len", "pairs", "dim", "accuracy", "best lr"):
+    seeded = not best.empty and (best["seeds"] > 1).any()
+    for col in ("mixer", "seq_len", "pairs", "dim", "accuracy", "best lr", *(("seeds", "min-max") if seeded else ())):
         table.add_column(col, justify="left" if col == "mixer" else "right")
     for r in best.itertuples():
-        table.add_row(r.mixer, str(r.seq_len), str(r.num_pairs), str(r.dim), f"{r.accuracy:.3f}", f"{r.lr:g}")
+        spread = (str(r.seeds), f"{r.acc_min:.3f}-{r.acc_max:.3f}") if seeded else ()
+        table.add_row(r.mixer, str(r.seq_len), str(r.num_pairs), str(r.dim), f"{r.accuracy:.3f}", f"{r.lr:g}", *spread)
     console.print(table)
 
 
