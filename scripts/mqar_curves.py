@@ -2,6 +2,7 @@
 
     python3 scripts/mqar_curves.py                      # every results/device/**/*mqar_logs*.tgz
     python3 scripts/mqar_curves.py A.tgz B.tgz --rows results/mqar/mqar.jsonl --out results/mqar/mqar_curves
+    python3 scripts/mqar_curves.py --rows results/mqar/mqar_fixed_heads.jsonl --out results/mqar/mqar_fixed_heads_curves
 
 Why: a cell's best accuracy alone does not say whether a layer cannot recall the pairs or had not yet started
 learning when the step budget ended. MQAR training sits on a plateau (loss ~ ln of the number of values, guessing
@@ -27,8 +28,18 @@ from pathlib import Path
 PLATEAU_MARGIN = 0.8
 
 
+def _preset_heads() -> int:
+    from gkabench.models.presets import PRESETS
+
+    return PRESETS["tiny"]["num_heads"]
+
+
+PRESET_HEADS = _preset_heads()
+
+
 def read_logs(archives: list[str]) -> dict[tuple, list[dict]]:
-    """(mixer tag, hidden, seq_len, pairs, lr, batch, steps, curriculum) -> the log's events, furthest copy kept."""
+    """(mixer tag, hidden, heads, seq_len, pairs, lr, batch, steps, curriculum, seed) -> the log's events, furthest
+    copy kept."""
     logs: dict[tuple, tuple[int, list[dict]]] = {}  # key -> (last step, events)
     for path in archives:
         with tarfile.open(path) as tar:
@@ -45,7 +56,9 @@ def read_logs(archives: list[str]) -> dict[tuple, list[dict]]:
                 if named is None:
                     continue
                 tag = named.group(1)  # the sweep's mixer name (variants such as gka_plain)
-                key = (tag, c["hidden_size"], c["seq_len"], c["mqar_pairs"], c["lr"], c["batch_size"], c["steps"], c.get("mqar_curriculum"), c.get("seed") or 0)
+                # heads: logs before session 9 have none (the tiny preset's, fixed at every dim)
+                heads = c.get("num_heads") or PRESET_HEADS
+                key = (tag, c["hidden_size"], heads, c["seq_len"], c["mqar_pairs"], c["lr"], c["batch_size"], c["steps"], c.get("mqar_curriculum"), c.get("seed") or 0)
                 last = max((e.get("step", 0) for e in events), default=0)
                 if key not in logs or last > logs[key][0]:
                     logs[key] = (last, events)
@@ -73,7 +86,7 @@ def main() -> None:
     logs = read_logs(archives)
     table = []
     for r in best_rows(a.rows):
-        key = (r["mixer"], r["dim"], r["seq_len"], r["num_pairs"], r["lr"], r["batch_size"], r["steps"], r.get("curriculum"), r.get("seed") or 0)
+        key = (r["mixer"], r["dim"], r.get("num_heads") or PRESET_HEADS, r["seq_len"], r["num_pairs"], r["lr"], r["batch_size"], r["steps"], r.get("curriculum"), r.get("seed") or 0)
         events = logs.get(key)
         train = [(e["step"], e["loss"]) for e in events or [] if "loss" in e and "step" in e and "event" not in e]
         plateau = math.log(r["vocab_size"] // 2)  # values come from half the vocabulary

@@ -361,3 +361,22 @@ def test_more_seeds_at_each_cells_best_lr(tmp_path):
     run_mqar_sweep(sweep([1e-2, 3e-3], [0, 1, 2]), max_minutes=0)  # renders the whole grid's table, trains nothing
     md = (tmp_path / "res" / "s.md").read_text()
     assert "3 seeds]" in md and "mean [min-max] over the seeds" in md
+
+
+def test_the_mixer_width_follows_the_model_dim():
+    """As in Zoology and the paper, a wider model has a wider mixer (a larger state): dim / head_dim heads. A fixed
+    --num-heads keeps every dim's mixer the same (sessions 3-9's grid did that by accident: mqar_fixed_heads)."""
+    from gkabench.models import preset_config
+    from gkabench.tasks.mqar_sweep import SweepConfig, mqar_train_config
+
+    sweep = SweepConfig.defaults_for(True, mixers=["gka", "mamba2"], device="cpu")
+    assert {(r["dim"], r["num_heads"], r["head_dim"]) for r in sweep.runs()} == {(64, 1, 64), (128, 2, 64), (256, 4, 64)}
+    states = {}
+    for run in sweep.runs():
+        cfg, base, opts = mqar_train_config(run, sweep)
+        states[(run["mixer"], run["dim"])] = preset_config("tiny", mixer=base, hidden_size=run["dim"], num_heads=cfg.num_heads, head_dim=cfg.head_dim)
+    assert {(k, c.num_heads) for k, c in states.items() if k[0] == "gka"} == {(("gka", 64), 1), (("gka", 128), 2), (("gka", 256), 4)}
+    fixed = SweepConfig.defaults_for(True, num_heads=2)
+    assert {r["num_heads"] for r in fixed.runs()} == {2}
+    with pytest.raises(ValueError, match="not a multiple of --head-dim 64"):
+        SweepConfig.defaults_for(True, dims=[96]).validate()

@@ -17,7 +17,7 @@ Reads (each folder optional, unknown fields ignored, unreadable lines skipped):
   per (model, task, flavour, length, metric) wins, so a rerun replaces an older score.
 - ``results/speed/*.jsonl`` (``gkabench speed``): tokens/s per mixer, length and mode; the last ``ok`` row per cell.
 - ``results/mqar/*.jsonl`` (``gkabench mqar``): the best accuracy over learning rates per cell, within one training
-  setting (vocab, steps, batch, layers, heads, head_dim: a rerun with other settings gets its own table); with
+  setting (vocab, steps, batch, layers, head_dim: a rerun with other settings gets its own table); with
   several seeds, the lr chosen on the first seed and the mean over the seeds at it, as in the sweep's own table.
 
 Writes to ``results/report/`` (every file atomically): ``report.md`` (all tables), ``eval.csv`` (long format:

@@ -201,7 +201,8 @@ def read_speed(folder: Path) -> list[dict]:
 
 # A sweep's training settings besides the cell (mixer, seq_len, pairs, dim) and the lr: runs that differ in any of
 # these (a rerun of the same sweep file with other --steps, --vocab, --batch-size...) are not compared.
-MQAR_SETTINGS = ("vocab_size", "steps", "batch_size", "num_layers", "num_heads", "head_dim", "curriculum")
+# not num_heads: in a sweep it follows the model dim (dim / head_dim), and a sweep with fixed heads is its own file
+MQAR_SETTINGS = ("vocab_size", "steps", "batch_size", "num_layers", "head_dim", "curriculum")
 
 
 def _mqar_setting(r: dict) -> str:

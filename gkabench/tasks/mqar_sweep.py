@@ -48,6 +48,10 @@ class SweepConfig:
     steps: int = 3000
     batch_size: int = 64
     num_layers: int = 2
+    # The mixer's width follows the model dim, as in Zoology and the paper (a wider model holds a larger state): with
+    # num_heads None every run has dim // head_dim heads of head_dim. A fixed num_heads keeps every dim's mixer (and
+    # state) the same size: sessions 3-9 ran that by accident (the tiny preset's 2 heads of 64 at every dim; those rows
+    # are results/mqar/mqar_fixed_heads.jsonl). head_dim None: each mixer's / the preset's own heads (fixed too).
     num_heads: int | None = None
     head_dim: int | None = None
     warmup_steps: int = 100
@@ -90,6 +94,13 @@ class SweepConfig:
         bad_dims = [d for d in self.dims if not isinstance(d, int) or d < 1]
         if bad_dims:
             raise ValueError(f"--dims must be integers >= 1, got {bad_dims[0]!r}")
+        if self.num_heads is None and self.head_dim:
+            unfit = [d for d in self.dims if d % self.head_dim]
+            if unfit:
+                raise ValueError(
+                    f"--dims: model dim {unfit[0]} is not a multiple of --head-dim {self.head_dim} (each run has dim / head_dim "
+                    f"heads); pass dims that are, another --head-dim, or --num-heads N to fix the heads at every dim"
+                )
         bad_lrs = [lr for lr in self.lrs if lr != BEST_LR and not (isinstance(lr, (int, float)) and lr > 0)]
         if bad_lrs:
             raise ValueError(f"--lrs must be > 0 (or 'best'), got {bad_lrs[0]!r}")
@@ -107,7 +118,7 @@ class SweepConfig:
             base = dict(
                 mixers=["gka", "gka_plain", "gated_deltanet", "gla", "mamba2", "mesanet", "attention"],
                 dims=[64, 128, 256], lengths=[(256, 64), (512, 128), (1024, 256)], lrs=[1e-3, 3e-3, 1e-2],
-                batch_size=256,
+                batch_size=256, head_dim=64,
             )  # fmt: skip
         else:
             base = dict(
@@ -116,6 +127,13 @@ class SweepConfig:
             )  # fmt: skip
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
+
+    def heads_for(self, dim: int) -> int | None:
+        """Heads of every mixer in a run of model dim ``dim``: ``num_heads`` when fixed, else ``dim // head_dim``
+        (None: the mixers' own defaults, when neither is given)."""
+        if self.num_heads is not None or not self.head_dim:
+            return self.num_heads
+        return max(1, dim // self.head_dim)
 
     def runs(self, rows: list[dict] | None = None) -> list[dict]:
         """One dict per training run (the row key fields), in sweep order: length, dim, mixer, lr, seed.
@@ -130,7 +148,7 @@ class SweepConfig:
                 for mixer in self.mixers:
                     cell = dict(mixer=mixer, dim=dim, seq_len=seq_len, num_pairs=pairs, vocab_size=self.vocab_size,
                                 steps=self.steps, batch_size=self.batch_size, num_layers=self.num_layers,
-                                num_heads=self.num_heads, head_dim=self.head_dim, curriculum=self.curriculum)  # fmt: skip
+                                num_heads=self.heads_for(dim), head_dim=self.head_dim, curriculum=self.curriculum)  # fmt: skip
                     lrs = [best.get(_cell_key(cell)) if lr == BEST_LR else lr for lr in self.lrs]
                     for lr in dict.fromkeys(lr for lr in lrs if lr is not None):
                         for seed in self.seeds or [self.seed]:
