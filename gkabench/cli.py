@@ -430,12 +430,6 @@ def mqar(
         head_dim=head_dim, eval_examples=eval_examples, out_dir=out, name=name, device=device, run_dir=run_dir,
         lift_fla_guard=lift_fla_guard or None, early_stop_acc=early_stop_acc, curriculum=curriculum,
     )  # fmt: skip
-    if dry_run:
-        pass
-    elif not gpu and grid == "gpu" and max_minutes != 0:
-        console.print("[yellow]The GPU grid on a CPU: any run not yet in the file trains through the slow reference ops; --max-minutes 0 only renders.[/yellow]")
-    elif not gpu and grid != "gpu":
-        console.print("[yellow]No GPU: a CPU-tiny sweep through the pure-PyTorch reference ops; it shows the pipeline works, not the paper's result.[/yellow]")
     shard_i, shard_n = parse_shard(shard)
     if dry_run:
         from pathlib import Path
@@ -454,6 +448,10 @@ def mqar(
             console.print(f"about {seconds / 3600:.1f} h of {gpu_name} run time summed over these runs (median of comparable finished runs; "
                           f"~half that in wall time with 2 at a time, as they ran){f'; {unknown} with no estimate' if unknown else ''}", highlight=False)
         return
+    if not gpu and grid == "gpu" and max_minutes != 0:
+        console.print("[yellow]The GPU grid on a CPU: any run not yet in the file trains through the slow reference ops; --max-minutes 0 only renders.[/yellow]")
+    elif not gpu and grid != "gpu":
+        console.print("[yellow]No GPU: a CPU-tiny sweep through the pure-PyTorch reference ops; it shows the pipeline works, not the paper's result.[/yellow]")
     total = len(shard_runs(sweep, (shard_i, shard_n)))
     with Progress(console=console) as progress:
         task = progress.add_task(f"MQAR {sweep.name}", total=total)

@@ -166,18 +166,16 @@ def _cell_key(row: dict) -> tuple:
 
 
 def _best_lrs(rows: list[dict]) -> dict:
-    """cell key -> the best lr among the finished rows, chosen on each cell's first seed."""
-    best: dict = {}
-    first_seed: dict = {}
+    """cell key -> the lr the tables choose for that cell (``best_per_cell``: best on the cell's first seed)."""
+    cells: dict = {}
     for r in rows:
-        if r.get("error") or r.get("accuracy") is None:
-            continue
-        k, seed = _cell_key(r), r.get("seed") or 0
-        if k not in first_seed or seed < first_seed[k]:
-            first_seed[k], best[k] = seed, (r["accuracy"], r["lr"])
-        elif seed == first_seed[k] and r["accuracy"] > best[k][0]:
-            best[k] = (r["accuracy"], r["lr"])
-    return {k: lr for k, (_, lr) in best.items()}
+        cells.setdefault(_cell_key(r), []).append(r)
+    out = {}
+    for key, cell_rows in cells.items():
+        best = best_per_cell(cell_rows)  # one cell: one row, or none when every run failed
+        if not best.empty:
+            out[key] = float(best["lr"].iloc[0])
+    return out
 
 
 def run_key(row: dict) -> tuple:
