@@ -344,6 +344,7 @@ def train(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from out/checkpoint when present"),
     lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="run fla's gated backward despite its Hopper/Triton<3.7.1 guard (only after `gkabench check` passed); recorded in the log"),
     max_minutes: float = typer.Option(None, "--max-minutes", help="checkpoint and stop after this long; rerun the command to continue"),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="after 3 eager steps, replay each step as one captured CUDA graph (small models are launch-bound); one GPU, --data mqar, no --grad-accum"),
 ):
     """Train a causal LM with any mixer on MQAR or local text (run under torchrun for several GPUs)."""
     from .train import TrainConfig
@@ -356,7 +357,7 @@ def train(
         mqar_pairs=mqar_pairs, mqar_curriculum=mqar_curriculum, facts_questions=facts_questions, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup,
         weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every, save_every=save_every,
         log_every=log_every, seed=seed, device=device, resume=resume, lift_fla_guard=lift_fla_guard,
-        max_minutes=max_minutes,
+        max_minutes=max_minutes, cuda_graph=cuda_graph,
     )  # fmt: skip
     summary = run_train(cfg)
     summary.pop("model", None)
@@ -400,6 +401,7 @@ def mqar(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs not yet in the results file and stop (trains nothing, writes nothing)"),
     lift_fla_guard: bool = typer.Option(False, "--lift-fla-guard", help="run fla's gated backward despite its Hopper/Triton<3.7.1 guard (only after `gkabench check` passed at these shapes); recorded in every row"),
     grid: str = typer.Option("auto", "--grid", help="default grid: gpu (the paper-scale sweep), cpu (tiny), auto (by device); e.g. --grid gpu --max-minutes 0 renders a GPU sweep's table and plot on a CPU machine"),
+    cuda_graph: str = typer.Option(None, "--cuda-graph", help="mixers (comma-separated, or all) whose runs replay each training step as a CUDA graph; check them first with scripts/mqar_graph_check.py"),
 ):
     """MQAR sweep: mixers x model dims x (seq_len, pairs) x learning rates; best accuracy per cell, resumable."""
     import torch
@@ -429,6 +431,7 @@ def mqar(
         steps=steps, batch_size=batch_size, vocab_size=vocab, num_layers=num_layers, num_heads=num_heads,
         head_dim=head_dim, eval_examples=eval_examples, out_dir=out, name=name, device=device, run_dir=run_dir,
         lift_fla_guard=lift_fla_guard or None, early_stop_acc=early_stop_acc, curriculum=curriculum,
+        cuda_graph_mixers=_parse_list(cuda_graph, str, "--cuda-graph"),
     )  # fmt: skip
     shard_i, shard_n = parse_shard(shard)
     if dry_run:

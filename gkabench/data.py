@@ -48,6 +48,12 @@ class MQARSource:
     def vocab_size(self) -> int:
         return self.cfg.vocab_size
 
+    def max_scored_targets(self, batch_size: int) -> int:
+        """The most answer positions a training batch of ``batch_size`` can score (every row queries all its pairs
+        at most): the fixed length CUDA-graph steps pad their loss positions to."""
+        configs = [c for c, _ in self.mixture] if self.mixture is not None else [self.cfg]
+        return batch_size * max(c.queries for c in configs)
+
     def _make(self, step: int, size: int, split: str) -> dict:
         if split == "train" and self.mixture is not None:
             b = mqar_mixed_batch(self.mixture, size, (self.seed, step))

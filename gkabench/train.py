@@ -103,6 +103,9 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (checkpoint first) once this much wall time has passed; rerun resumes
     # stop once a periodic evaluation reaches this MQAR accuracy (the MQAR sweep: a solved run needs no more steps)
     early_stop_acc: float | None = None
+    # replay each step as one captured CUDA graph after a few eager steps (gkabench.train_graph: small models are
+    # host-bound); one process, MQAR data, no accumulation, else eager with the reason in the log's end event
+    cuda_graph: bool = False
 
     def mqar(self) -> MQARConfig:
         return MQARConfig(vocab_size=self.mqar_vocab, seq_len=self.seq_len, num_pairs=self.mqar_pairs, num_queries=self.mqar_queries)
@@ -369,7 +372,13 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     model.to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
 
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    from .train_graph import graph_unsupported
+
+    graph_off = graph_unsupported(cfg, d.world, device) if cfg.cuda_graph else "not asked"
+    if cfg.cuda_graph and graph_off and d.main:
+        print(f"--cuda-graph: {graph_off}; training eagerly")
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                            fused=device.type == "cuda", capturable=graph_off is None)  # fmt: skip
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     sched = get_cosine_with_min_lr_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps), cfg.steps, min_lr_rate=cfg.min_lr_ratio)
@@ -389,7 +398,9 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
         # Ablations leave parameters unused (GKA with use_decay=False never touches a_proj / A_log / dt_bias);
         # DDP must then be told to look for them, at the cost of one graph walk per step.
         ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    # A captured step runs autocast without its weight-cast cache (casts made at capture would be replayed stale);
+    # the eager warm-up steps before it use the same setting, so compiled code sees one autocast state throughout.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=graph_off is not None) if device.type == "cuda" else nullcontext()
 
     log = JsonlLog(out / LOG_FILE, d.main, keep_until_step=step if ckpt is not None else None)
     if ckpt is None and d.main and (out / LOG_FILE).exists():
@@ -419,30 +430,72 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     tokens_per_step = cfg.batch_size * cfg.seq_len
     last = dict(last_restored or {"loss": float("nan")})
     from .models.modeling import loss_positions_of
+    from .train_graph import WARMUP_STEPS, GraphedStep, pad_loss_positions
 
     t_start, t_window, tok_window = time.perf_counter(), time.perf_counter(), 0
     start_step = step
+    graphed, graph_note = None, f"off: {graph_off}" if graph_off else "off: not captured (run shorter than the warm-up)"
+    side = torch.cuda.Stream(device) if graph_off is None else None  # warm-up before a capture runs on a side stream
     end = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
+
+    def eager_step():
+        """One optimizer step, eagerly: every micro-batch's forward and backward, clip, AdamW, schedule."""
+        loss_sum = torch.zeros((), device=device)
+        for m in range(cfg.grad_accum):
+            b = source.micro_batch(step, m * d.world + d.rank, parts, cfg.batch_size)
+            # the LM head only where a target counts (MQAR: one token in four), found on the CPU copy (no sync)
+            positions = loss_positions_of(b["labels"]) if "labels" in b else None
+            b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+            if positions is not None:
+                b["loss_positions"] = positions
+            sync = m == cfg.grad_accum - 1 or d.world == 1
+            with (ddp_model.no_sync() if (d.world > 1 and not sync) else nullcontext()), autocast:
+                loss = ddp_model(**b, use_cache=False).loss / cfg.grad_accum
+            loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return loss_sum, grad_norm
+
+    graph_capacity = graph_sentinel = 0
+    if graph_off is None:
+        graph_capacity = source.max_scored_targets(cfg.batch_size)
+        graph_sentinel = cfg.batch_size * (cfg.seq_len - 1)
+
+    def capture_step(next_step: int):
+        """(GraphedStep, note) from the next batch's shapes, or (None, why not) if the capture fails."""
+        b = source.micro_batch(next_step, 0, 1, cfg.batch_size)
+        b["loss_positions"] = pad_loss_positions(loss_positions_of(b["labels"]), graph_capacity, graph_sentinel)
+        try:
+            g = GraphedStep(model, opt, cfg.grad_clip, {k: v.to(device) for k, v in b.items()})
+        except Exception as exc:  # noqa: BLE001 - a failed capture is reported and the run goes on eagerly
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            if d.main:
+                print(f"--cuda-graph: capture failed ({why}); training eagerly")
+            opt.zero_grad(set_to_none=True)
+            return None, f"off: capture failed ({why})"
+        return g, f"on from step {next_step + 1}"
+
     with _progress(cfg.progress and d.main) as prog:
         task = prog.add_task(f"train {cfg.mixer}", total=cfg.steps, completed=step, loss="-", tps="-")
         while step < end:
-            loss_sum = torch.zeros((), device=device)
-            for m in range(cfg.grad_accum):
-                b = source.micro_batch(step, m * d.world + d.rank, parts, cfg.batch_size)
-                # the LM head only where a target counts (MQAR: one token in four), found on the CPU copy (no sync)
-                positions = loss_positions_of(b["labels"]) if "labels" in b else None
-                b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
-                if positions is not None:
-                    b["loss_positions"] = positions
-                sync = m == cfg.grad_accum - 1 or d.world == 1
-                with (ddp_model.no_sync() if (d.world > 1 and not sync) else nullcontext()), autocast:
-                    loss = ddp_model(**b, use_cache=False).loss / cfg.grad_accum
-                loss.backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            if graphed is not None:
+                b = source.micro_batch(step, 0, 1, cfg.batch_size)
+                b["loss_positions"] = pad_loss_positions(loss_positions_of(b["labels"]), graph_capacity, graph_sentinel)
+                loss_sum, grad_norm = graphed(b)
+                sched.step()
+            else:
+                if side is not None:
+                    side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side) if side is not None else nullcontext():
+                    loss_sum, grad_norm = eager_step()
+                if side is not None:
+                    torch.cuda.current_stream(device).wait_stream(side)
+                if side is not None and step + 1 - start_step >= WARMUP_STEPS and step + 1 < end:
+                    graphed, graph_note = capture_step(step + 1)
+                    side = None
             step += 1
             tokens_seen += tokens_per_step
             tok_window += tokens_per_step
@@ -501,6 +554,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
                "elapsed_s": elapsed, "out_dir": str(out), **last}  # fmt: skip
     if guard_lifted:
         summary["fla_guard_lifted"] = True
+    if cfg.cuda_graph or graphed is not None:
+        summary["cuda_graph"] = graph_note  # "on from step N", or "off: why"
     if device.type == "cuda":
         from .layers.blocks import short_conv_impl
         from .layers.fused import fused_impl

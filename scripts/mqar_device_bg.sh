@@ -26,6 +26,7 @@
 #                                          runs is stopped and Triton's cache packed. STOP_AT (minutes into the
 #                                          call) also touches the stop file then: no new run starts at all
 # On a machine of several GPUs, one sweep per GPU (GPUS=N to choose), each `--shard i/N` with JOBS runs at once.
+# GRAPH=1 (start): the mixers scripts/mqar_graph_check.py finds exact here train with replayed CUDA graphs (mqar_guard.sh).
 # WORK (default /tmp/gkabench_mqar_bg) holds the rows, logs and the sweeps' ids between calls.
 # Every call returns $OUT/mqar.jsonl (all rows so far, seeded from results/mqar/mqar.jsonl), mqar_logs.tgz (the
 # sweep's log, guard check, each run's training log) and, after `final`, tcache-part-*.
@@ -72,8 +73,8 @@ if [ "$LAUNCH" = 1 ]; then
       PIN=(); taskset -c "$cores" true 2>/dev/null && PIN=(taskset -c "$cores")
       runner="$WORK/sweeps_gpu$g.sh"; : > "$runner"
       for sweep in "${SWEEPS[@]}"; do
-        printf '[ -e %q ] || python3 -m gkabench.cli mqar --jobs %q --head-dim 64 --out %q --name mqar --run-dir %q --stop-file %q --deadline-file %q %s %s %s\n' \
-          "$STOP" "${JOBS:-2}" "$ROWS" "$WORK/runs" "$STOP" "$DEADLINE" "$SHARD" "$GUARD" "$sweep" >> "$runner"
+        printf '[ -e %q ] || python3 -m gkabench.cli mqar --jobs %q --head-dim 64 --out %q --name mqar --run-dir %q --stop-file %q --deadline-file %q %s %s %s %s\n' \
+          "$STOP" "${JOBS:-2}" "$ROWS" "$WORK/runs" "$STOP" "$DEADLINE" "$SHARD" "$GUARD" "$GRAPHS" "$sweep" >> "$runner"
       done
       # setsid execs in place (this shell's background child leads no group), so $! is the session's id
       CUDA_VISIBLE_DEVICES="$g" setsid "${PIN[@]}" bash "$runner" > "$WORK/mqar_gpu$g.log" 2>&1 < /dev/null &
@@ -106,7 +107,7 @@ cp "$ROWS/mqar.jsonl" "$OUT/" 2>/dev/null
 cat "$WORK"/mqar_gpu*.log | grep -v "━" | grep -E "acc |FAILED" | tail -40
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
 # the sweeps' and checks' logs and each run's training log (runs/mqar/<run>/log.jsonl), not its other files
-(cd "$WORK" && { ls guard_check_* mqar_gpu*.log step_profile.log 2>/dev/null; find runs -name log.jsonl 2>/dev/null; } | tar czf "$OUT/mqar_logs.tgz" -T -)
+(cd "$WORK" && { ls guard_check_* mqar_gpu*.log step_profile.log graph_check.log 2>/dev/null; find runs -name log.jsonl 2>/dev/null; } | tar czf "$OUT/mqar_logs.tgz" -T -)
 if [ "$VERB" = final ]; then
   # autotune choices made by runs sharing the GPU are noisy: keep the compiled kernels, drop the choices
   find "$TRITON_CACHE_DIR" -name '*.autotune.json' -newer "$WORK/phase_start" -delete

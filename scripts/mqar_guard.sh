@@ -6,6 +6,9 @@
 # shown them equal to float64 (with PROFILE also whole training steps equal to eager ones for every profiled mixer).
 # FUSED=measure: only if also faster with JOBS runs sharing the GPU (mqar_step_profile.py --procs), measured here.
 # PROFILE="--dim 128 --seq-len 512 --pairs 128 --mixers gka,attention": where a training step's time goes, eager vs fused
+# GRAPH=1: scripts/mqar_graph_check.py trains every mixer 40 steps eager and as replayed CUDA graphs (~2-4 minutes, all
+# mixers at once; GRAPH_CHECK adds options, e.g. "--mixers gka --dim 64"); GRAPHS="--cuda-graph <the mixers whose
+# losses agreed>" for the sweep (empty: all eager). A machine kept warm checks once ($WORK/graph_check.log).
 GUARD=""
 if [ "${NO_GUARD:-0}" != "1" ]; then
   ok=1
@@ -33,3 +36,13 @@ fi
 [ -e "$WORK/step_profile.log" ] && tail -12 "$WORK/step_profile.log"
 if [ "${FUSED:-0}" != "0" ] && grep -q '^FUSED_OK' "$WORK/step_profile.log"; then export GKABENCH_FUSED_ELEMENTWISE=auto; echo "fused norms/gates: checked here, used"
 else export GKABENCH_FUSED_ELEMENTWISE=off; fi
+GRAPHS=""
+if [ "${GRAPH:-0}" = "1" ]; then
+  if [ ! -s "$WORK/graph_check.log" ]; then
+    timeout 330 python3 scripts/mqar_graph_check.py --timeout 300 --json "$OUT/graph_check.json" ${GUARD:+--lift-fla-guard} ${GRAPH_CHECK:-} > "$WORK/graph_check.log" 2>&1
+  fi
+  grep -E '^(pass|FAIL)' "$WORK/graph_check.log" | cut -c1-220
+  gm="$(grep '^GRAPH_MIXERS=' "$WORK/graph_check.log" | tail -1 | cut -d= -f2)"
+  if [ -n "$gm" ]; then GRAPHS="--cuda-graph $gm"; echo "cuda graphs: checked here, used for $gm"
+  else echo "cuda graphs: no mixer passed the check here; all runs eager"; fi
+fi

@@ -48,11 +48,11 @@ def test_orchestrator_runs_jobs_and_survives_its_deadline(tmp_path):
 
 
 def _bg_env(tmp_path, **extra):
-    return dict(
-        os.environ, OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"), TRITON_CACHE_DIR=str(tmp_path / "tc"),
-        GKABENCH_PRELUDE_DONE="1", NO_GUARD="1", NO_PACK="1", GPUS="2", JOBS="1",
-        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **extra,
-    )  # fmt: skip
+    return {
+        **os.environ, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), "TRITON_CACHE_DIR": str(tmp_path / "tc"),
+        "GKABENCH_PRELUDE_DONE": "1", "NO_GUARD": "1", "NO_PACK": "1", "GPUS": "2", "JOBS": "1",
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **extra,
+    }  # fmt: skip
 
 
 def _bg(verb, minutes, env, *args):
@@ -90,6 +90,35 @@ def test_background_sweep_brings_rows_back_across_calls(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "out" / "mqar.jsonl").read_text().splitlines()]
     assert sorted((r["dim"], r["lr"]) for r in rows if r["seq_len"] == 24)[:2] == [(8, 3e-3), (8, 1e-2)]
     assert sum(r["seq_len"] == 24 for r in rows) == 6  # only (16, 1e-3) was new
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("setsid") is None, reason="no bash / setsid")
+def test_background_sweep_uses_cuda_graphs_only_for_mixers_the_check_passed(tmp_path):
+    """GRAPH=1: mqar_graph_check.py runs first; on this CPU no mixer can pass (no CUDA), so the sweep gets no
+    --cuda-graph. A machine whose check passed a mixer (its log kept in WORK) passes --cuda-graph MIXER to the sweep,
+    and the rows record what training did with it (here: eager, no CUDA device)."""
+    import json
+    import tarfile
+
+    env = _bg_env(tmp_path, GRAPH="1", GPUS="1", GRAPH_CHECK="--mixers attention --dim 64 --seq-len 64 --pairs 8 --steps 2")
+    start = _bg("start", 0.3, env, *TINY_SWEEP, "--lrs", "1e-2", "--steps", "2")
+    assert start.returncode == 0 and "FAIL attention: graph off: needs a CUDA device" in start.stdout, start.stdout[-2000:]
+    assert "cuda graphs: no mixer passed the check here; all runs eager" in start.stdout
+    assert "--cuda-graph" not in (tmp_path / "work" / "sweeps_gpu0.sh").read_text()
+    _bg("collect", 1.5, env)
+    assert "graph_check.log" in tarfile.open(tmp_path / "out" / "mqar_logs.tgz").getnames()
+
+    work2 = tmp_path / "w2"
+    work2.mkdir()
+    (work2 / "graph_check.log").write_text("pass attention: graph on from step 4\nGRAPH_MIXERS=attention\n")
+    env2 = _bg_env(tmp_path, GRAPH="1", GPUS="1", WORK=str(work2), OUT=str(tmp_path / "out2"))
+    start = _bg("start", 0.3, env2, *TINY_SWEEP, "--lrs", "3e-3", "--steps", "2")
+    assert "cuda graphs: checked here, used for attention" in start.stdout, start.stdout[-2000:]
+    assert "--cuda-graph attention" in (work2 / "sweeps_gpu0.sh").read_text()
+    _bg("collect", 1.5, env2)
+    rows = [json.loads(line) for line in (tmp_path / "out2" / "mqar.jsonl").read_text().splitlines()]
+    mine = [r for r in rows if r["seq_len"] == 24]
+    assert len(mine) == 1 and mine[0]["cuda_graph"] == "off: needs a CUDA device", mine
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("setsid") is None, reason="no bash / setsid")

@@ -56,6 +56,30 @@ def test_loss_on_labeled_positions_only_equals_full_loss():
     assert loss_positions_of(ids) is None  # every target counts: the plain path
 
 
+def test_padded_loss_positions_score_the_same_loss_and_gradients():
+    """CUDA-graph steps pad the scored positions to a fixed count with the sentinel B * (T - 1); the padding is
+    ignored, so loss and gradients equal the unpadded ones (float64: to rounding)."""
+    from gkabench.models.modeling import loss_positions_of
+    from gkabench.train_graph import pad_loss_positions
+
+    model = tiny("gka").train()
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, VOCAB, (3, 11), generator=gen)
+    labels = ids.masked_fill(torch.rand(3, 11, generator=gen) < 0.7, -100)
+    positions = loss_positions_of(labels)
+    padded = pad_loss_positions(positions, capacity=len(positions) + 7, sentinel=3 * 10)
+    assert padded.shape == (len(positions) + 7,) and int(padded[-1]) == 30
+    plain = model(ids, labels=labels, loss_positions=positions)
+    grads_plain = torch.autograd.grad(plain.loss, list(model.parameters()))
+    pad = model(ids, labels=labels, loss_positions=padded)
+    grads_pad = torch.autograd.grad(pad.loss, list(model.parameters()))
+    torch.testing.assert_close(pad.loss, plain.loss, rtol=1e-12, atol=0)
+    for a, b in zip(grads_pad, grads_plain):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="capacity"):
+        pad_loss_positions(positions, capacity=len(positions) - 1, sentinel=30)
+
+
 def test_hybrid_pattern():
     assert expand_pattern("gka,gka,gka,attention", 8) == ["gka", "gka", "gka", "attention"] * 2
     assert expand_pattern(["gka", "attention"], 3) == ["gka", "attention", "gka"]

@@ -380,3 +380,21 @@ def test_the_mixer_width_follows_the_model_dim():
     assert {r["num_heads"] for r in fixed.runs()} == {2}
     with pytest.raises(ValueError, match="not a multiple of --head-dim 64"):
         SweepConfig.defaults_for(True, dims=[96]).validate()
+
+
+def test_cuda_graph_is_chosen_per_mixer_and_not_part_of_a_runs_identity():
+    """--cuda-graph gka,attention: those mixers' runs train with cuda_graph, the others eagerly; the runs (and so
+    which rows count as done) are the same with or without it; unknown names are a one-line error."""
+    from gkabench.tasks.mqar_sweep import SweepConfig, mqar_train_config
+
+    plain = SweepConfig.defaults_for(True, mixers=["gka", "gka_plain", "attention"], dims=[64], device="cpu")
+    graphed = SweepConfig.defaults_for(True, mixers=["gka", "gka_plain", "attention"], dims=[64], device="cpu", cuda_graph_mixers=["gka_plain", "attention"])
+    graphed.validate()
+    assert plain.runs() == graphed.runs()
+    chosen = {run["mixer"]: mqar_train_config(run, graphed)[0].cuda_graph for run in graphed.runs()}
+    assert chosen == {"gka": False, "gka_plain": True, "attention": True}
+    assert not any(mqar_train_config(run, plain)[0].cuda_graph for run in plain.runs())
+    every = SweepConfig.defaults_for(True, mixers=["gka"], dims=[64], device="cpu", cuda_graph_mixers=["all"])
+    assert all(mqar_train_config(run, every)[0].cuda_graph for run in every.runs())
+    with pytest.raises(ValueError, match="--cuda-graph: unknown mixer 'gkaa'"):
+        SweepConfig.defaults_for(True, cuda_graph_mixers=["gkaa"]).validate()

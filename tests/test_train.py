@@ -309,3 +309,54 @@ def test_guard_lift_is_recorded_for_every_run_in_a_process(tmp_path, monkeypatch
         assert s.get("fla_guard_lifted") is True, i
         start = next(r for r in read_log(tmp_path / f"r{i}" / "log.jsonl") if r.get("event") == "start")
         assert start["fla_guard_lifted"] is True
+
+
+def test_cuda_graph_is_refused_where_it_cannot_run_and_the_run_trains_eagerly(tmp_path):
+    """--cuda-graph needs one CUDA process on MQAR without accumulation; elsewhere the run trains exactly as
+    without it and its summary and end event say why (on this CPU machine: no CUDA device)."""
+    from gkabench.train_graph import graph_unsupported
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert "CUDA" in graph_unsupported(small(tmp_path), 1, cpu)
+    assert graph_unsupported(small(tmp_path), 1, gpu) is None
+    assert "one process" in graph_unsupported(small(tmp_path), 2, gpu)
+    assert "accumulation" in graph_unsupported(small(tmp_path, grad_accum=2), 1, gpu)
+    assert "mqar" in graph_unsupported(small(tmp_path, data="notes.txt"), 1, gpu)
+    if torch.cuda.is_available():
+        pytest.skip("the CPU fallback is what this test checks")
+    plain = train(small(tmp_path / "plain", steps=6, save=False, device="cpu"))
+    graphed = train(small(tmp_path / "graph", steps=6, save=False, device="cpu", cuda_graph=True))
+    assert graphed["cuda_graph"] == "off: needs a CUDA device"
+    assert graphed["loss"] == plain["loss"] and "cuda_graph" not in plain
+    end = [r for r in read_log(tmp_path / "graph" / "log.jsonl") if r.get("event") == "end"][0]
+    assert end["cuda_graph"] == "off: needs a CUDA device"
+
+
+def test_mqar_batches_never_score_more_targets_than_the_graph_capacity():
+    """A CUDA-graph step pads each batch's scored positions to MQARSource.max_scored_targets: with the curriculum
+    mixture the count varies from batch to batch, and the largest must fit."""
+    from gkabench.data import MQARSource
+    from gkabench.models.modeling import loss_positions_of
+    from gkabench.tasks.mqar import MQARConfig
+
+    for curriculum in (False, True):
+        src = MQARSource(MQARConfig(vocab_size=64, seq_len=40, num_pairs=8), seed=0, curriculum=curriculum)
+        cap = src.max_scored_targets(16)
+        counts = [len(loss_positions_of(src.micro_batch(s, 0, 1, 16)["labels"])) for s in range(20)]
+        assert max(counts) <= cap == 16 * 8
+        assert (len(set(counts)) > 1) == curriculum  # the mixture varies the count; the target alone does not
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_steps_equal_eager_steps_on_the_gpu(tmp_path):
+    """On a GPU: the same run with and without --cuda-graph (captured after 3 eager steps) gives the same losses
+    to bf16 rounding; the summary says the graph was on."""
+    kw = dict(mixer="attention", steps=10, batch_size=16, save=False, log_every=1, eval_every=0)
+    eager = train(small(tmp_path / "eager", **kw))
+    graphed = train(small(tmp_path / "graph", cuda_graph=True, **kw))
+    assert graphed["cuda_graph"] == "on from step 4"  # steps 1-3 eager (warm-up), then replays
+    a = [r["loss"] for r in read_log(tmp_path / "eager" / "log.jsonl") if "loss" in r and "step" in r and "event" not in r]
+    b = [r["loss"] for r in read_log(tmp_path / "graph" / "log.jsonl") if "loss" in r and "step" in r and "event" not in r]
+    assert len(a) == len(b) == 10
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 2e-2 * abs(x), (a, b)

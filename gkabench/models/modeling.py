@@ -299,10 +299,16 @@ def loss_positions_of(labels: torch.Tensor) -> torch.LongTensor | None:
 
 def positions_loss(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy (float32) of ``lm_head(hidden)`` at the shifted target ``positions`` only.
-    hidden ``[B, T, D]``, labels ``[B, T]``, positions ``[n]`` (int64, flat over ``B * (T - 1)``)."""
+    hidden ``[B, T, D]``, labels ``[B, T]``, positions ``[n]`` (int64, flat over ``B * (T - 1)``).
+
+    A position equal to ``B * (T - 1)`` (one past the last) is padding and not scored: CUDA-graph training steps
+    pad to a fixed count (:func:`gkabench.train_graph.pad_loss_positions`); the mean is over the real ones."""
     positions = positions.to(hidden.device, non_blocking=True)
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, positions)
-    targets = labels[:, 1:].reshape(-1).to(hidden.device, non_blocking=True).index_select(0, positions)
+    flat_targets = labels[:, 1:].reshape(-1).to(hidden.device, non_blocking=True)
+    n = flat_targets.numel()
+    safe = positions.clamp_max(n - 1)
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, safe)
+    targets = flat_targets.index_select(0, safe).masked_fill(positions >= n, -100)  # -100: cross_entropy's ignore
     return F.cross_entropy(lm_head(h).float(), targets)
 
 

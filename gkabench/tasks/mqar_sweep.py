@@ -73,6 +73,10 @@ class SweepConfig:
     check_every: int = 250
     # train on Zoology's mixture of pair counts (curriculum_mixture); evaluation is on the cell's own (T, P)
     curriculum: bool = True
+    # sweep mixers (e.g. ["gka", "attention"], or ["all"]) whose runs replay each training step as a CUDA graph
+    # (gkabench.train_graph; the device script enables those scripts/mqar_graph_check.py found exact on the machine).
+    # How a step executes, not what it computes: not part of a run's identity; rows record cuda_graph.
+    cuda_graph_mixers: list[str] | None = None
 
     def runs_root(self):
         """Folder of the per-run training logs: ``run_dir/name`` when given, else ``out_dir/runs/name``."""
@@ -107,6 +111,13 @@ class SweepConfig:
         bad_seeds = [x for x in self.seeds or [] if not isinstance(x, int) or x < 0]
         if bad_seeds:
             raise ValueError(f"--seeds must be integers >= 0, got {bad_seeds[0]!r}")
+        if self.cuda_graph_mixers:
+            from ..layers import mixer_names
+
+            known = {"all", *mixer_names(), *MIXER_VARIANTS}
+            unknown = [m for m in self.cuda_graph_mixers if m not in known]
+            if unknown:
+                raise ValueError(f"--cuda-graph: unknown mixer {unknown[0]!r}; pass sweep mixers (e.g. gka,attention) or all")
 
     @classmethod
     def defaults_for(cls, gpu: bool, **overrides) -> "SweepConfig":
@@ -209,6 +220,7 @@ def mqar_train_config(run: dict, sweep: SweepConfig):
         eval_batches=eval_batches, log_every=max(1, run["steps"] // 50), early_stop_acc=sweep.early_stop_acc or None,
         save=False, resume=False, progress=False, seed=run["seed"], device=sweep.device,
         lift_fla_guard=sweep.lift_fla_guard,
+        cuda_graph=bool(sweep.cuda_graph_mixers) and ("all" in sweep.cuda_graph_mixers or run["mixer"] in sweep.cuda_graph_mixers),
     )  # fmt: skip
     return cfg, base, opts
 
@@ -231,6 +243,7 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
         "state_bytes_per_layer": model.model.layers[0].mixer.state_bytes(run["seq_len"]),
         "elapsed_s": time.perf_counter() - t0, "env": environment(next(model.parameters()).device),
         "fla_guard_lifted": s.get("fla_guard_lifted", False), "elementwise": s.get("elementwise", "eager"),
+        "cuda_graph": s.get("cuda_graph", "off"),
     }  # fmt: skip
 
 
