@@ -81,7 +81,8 @@ class GraphedStep:
         try:
             for g, t in zip(opt.param_groups, self.lrs):
                 g["lr"] = t
-            with torch.cuda.graph(self.graph):
+            # thread_local: the data thread preparing the next batch (CPU only) must not invalidate the capture
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 # the autocast weight cache would hold casts made at capture time across replays: off
                 with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
                     loss = model(**self.static, use_cache=False).loss
