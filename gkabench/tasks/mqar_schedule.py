@@ -35,14 +35,27 @@ def same_machine(env: dict, device: dict) -> bool:
     return device.get("device_type") != "cuda" or env.get("device") == device.get("device")
 
 
-def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: bool = False) -> float | None:
+def graphed(row: dict) -> bool:
+    """Whether a row's run trained with replayed CUDA graphs (its ``cuda_graph`` note reads "on from step N")."""
+    return str(row.get("cuda_graph", "off")).startswith("on")
+
+
+def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: bool = False, graph: bool | None = None) -> float | None:
     """Seconds ``run`` (a sweep run: mixer, dim, seq_len, ...) is expected to take on ``device`` (an ``environment()``
     dict), from finished ``rows``: the longest one of the same mixer, dim and seq_len; else the longest of any mixer
     at that dim and seq_len; else the longest at that seq_len (any dim) x 1.25; else the longest at the nearest
     shorter seq_len scaled by the length ratio. Every step counted (an early stop is not assumed), times
     ESTIMATE_MARGIN plus ESTIMATE_EXTRA_S. None when no row from this kind of machine exists.
 
-    ``typical=True``: the median instead of the longest, with no margin (for planning, not for deadlines)."""
+    ``typical=True``: the median instead of the longest, with no margin (for planning, not for deadlines).
+    ``graph``: whether ``run`` will replay CUDA graphs; rows that trained the same way are asked first (a graphed
+    run takes a fraction of an eager one), all rows when none of them gives an estimate."""
+    if graph is not None:
+        alike = [r for r in rows if graphed(r) == graph]
+        if len(alike) < len(rows):
+            est = estimate_run_seconds(run, alike, device, typical) if alike else None
+            if est is not None:
+                return est
     import statistics
 
     pick = statistics.median if typical else max
@@ -95,8 +108,9 @@ class DeadlineGate:
     """``gate(run)``: True while no deadline is set, or when the run's estimate fits before it. A run with no
     estimate (nothing finished on this kind of machine) does not start once a deadline is set."""
 
-    def __init__(self, deadline_file, jsonl, device: dict, log=print):
+    def __init__(self, deadline_file, jsonl, device: dict, log=print, graph_for=None):
         self.deadline_file, self.jsonl, self.device, self.log = deadline_file, Path(jsonl), device, log
+        self.graph_for = graph_for  # run -> whether it will replay CUDA graphs (None: estimate from every row)
 
     def __call__(self, run: dict) -> bool:
         if self.deadline_file is None or (deadline := read_deadline(self.deadline_file)) is None:
@@ -104,7 +118,8 @@ class DeadlineGate:
         from .mqar_sweep import read_rows
 
         left = deadline - time.time()
-        need = estimate_run_seconds(run, read_rows(self.jsonl), self.device)
+        graph = self.graph_for(run) if self.graph_for is not None else None
+        need = estimate_run_seconds(run, read_rows(self.jsonl), self.device, graph=graph)
         if need is not None and need <= left:
             return True
         what = f"{run['mixer']} d={run['dim']} T={run['seq_len']} lr={run['lr']:g}"

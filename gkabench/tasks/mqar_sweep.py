@@ -139,6 +139,11 @@ class SweepConfig:
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
+    def uses_cuda_graph(self, run: dict) -> bool:
+        """Whether ``run`` (one of :meth:`runs`) trains with replayed CUDA graphs (``cuda_graph_mixers``)."""
+        chosen = self.cuda_graph_mixers or []
+        return "all" in chosen or run["mixer"] in chosen
+
     def heads_for(self, dim: int) -> int | None:
         """Heads of every mixer in a run of model dim ``dim``: ``num_heads`` when fixed, else ``dim // head_dim``
         (None: the mixers' own defaults, when neither is given)."""
@@ -220,7 +225,7 @@ def mqar_train_config(run: dict, sweep: SweepConfig):
         eval_batches=eval_batches, log_every=max(1, run["steps"] // 50), early_stop_acc=sweep.early_stop_acc or None,
         save=False, resume=False, progress=False, seed=run["seed"], device=sweep.device,
         lift_fla_guard=sweep.lift_fla_guard,
-        cuda_graph=bool(sweep.cuda_graph_mixers) and ("all" in sweep.cuda_graph_mixers or run["mixer"] in sweep.cuda_graph_mixers),
+        cuda_graph=sweep.uses_cuda_graph(run),
     )  # fmt: skip
     return cfg, base, opts
 
@@ -348,7 +353,7 @@ def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, tim
                 submit_next()
 
 
-def _deadline_gate(deadline_file, jsonl, device):
+def _deadline_gate(deadline_file, jsonl, device, graph_for=None):
     if deadline_file is None:
         return lambda run: True
     import torch
@@ -357,7 +362,7 @@ def _deadline_gate(deadline_file, jsonl, device):
     from .mqar_schedule import DeadlineGate
 
     dev = torch.device(device) if device else default_device()
-    return DeadlineGate(deadline_file, jsonl, {"device": device_name(dev), "device_type": dev.type})
+    return DeadlineGate(deadline_file, jsonl, {"device": device_name(dev), "device_type": dev.type}, graph_for=graph_for)
 
 
 def pending_runs(sweep: SweepConfig, shard: tuple[int, int] = (0, 1)) -> list[dict]:
@@ -432,7 +437,7 @@ def run_mqar_sweep(
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / f"{sweep.name}.jsonl"
     done = {run_key(r) for r in read_rows(jsonl) if not r.get("error")}  # failed runs are tried again
-    fits = _deadline_gate(deadline_file, jsonl, sweep.device)
+    fits = _deadline_gate(deadline_file, jsonl, sweep.device, graph_for=sweep.uses_cuda_graph)
     unique, mine = unique_runs(sweep), shard_runs(sweep, shard)
     pending = [run for run in mine if run_key(run) not in done]
     if jobs == 1:
