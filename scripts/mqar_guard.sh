@@ -10,6 +10,10 @@
 # mixers at once; GRAPH_CHECK adds options, e.g. "--mixers gka --dim 64"); GRAPHS="--cuda-graph <the mixers whose
 # losses agreed>" for the sweep (empty: all eager). A machine kept warm checks once ($WORK/graph_check.log).
 GUARD=""
+if [ "${FUSED:-0}" = "1" ] && [ -z "${PROFILE:-}" ]; then
+  # the compiled ops' float64 check needs no guard: it runs alongside the guard checks (the `wait` below ends both)
+  (timeout 180 python3 scripts/mqar_step_profile.py --ops-only > "$WORK/step_profile.log" 2>&1) &
+fi
 if [ "${NO_GUARD:-0}" != "1" ]; then
   ok=1
   for op in gated_deltanet mamba2; do
@@ -23,6 +27,8 @@ if [ "${NO_GUARD:-0}" != "1" ]; then
   if [ $ok = 1 ]; then GUARD="--lift-fla-guard"; echo "fla guard: check passed at head dim 64 (the shapes these runs use), lifted for training"
   else echo "fla guard: check did not pass; kept (gated_deltanet / mamba2 runs will fail with fla's message)"; fi
 fi
+wait
+echo "checks: guard and compiled ops done at ${SECONDS} s into this call"
 if [ "${FUSED:-0}" = "measure" ]; then
   # decide by measurement: whole GKA training steps (512/128, d = 128) eager vs fused must agree, and JOBS processes
   # training at once must make more steps per second fused than eager (5% margin); ~2-3 minutes
@@ -30,8 +36,6 @@ if [ "${FUSED:-0}" = "measure" ]; then
     --procs "${JOBS:-2}" --timeout 200 --json "$OUT/step_profile.json" ${GUARD:+--lift-fla-guard} > "$WORK/step_profile.log" 2>&1
 elif [ -n "${PROFILE:-}" ]; then
   timeout 400 python3 scripts/mqar_step_profile.py $PROFILE --json "$OUT/step_profile.json" ${GUARD:+--lift-fla-guard} > "$WORK/step_profile.log" 2>&1
-elif [ "${FUSED:-0}" = "1" ]; then
-  timeout 180 python3 scripts/mqar_step_profile.py --ops-only > "$WORK/step_profile.log" 2>&1
 fi
 [ -e "$WORK/step_profile.log" ] && tail -12 "$WORK/step_profile.log"
 if [ "${FUSED:-0}" != "0" ] && grep -q '^FUSED_OK' "$WORK/step_profile.log"; then export GKABENCH_FUSED_ELEMENTWISE=auto; echo "fused norms/gates: checked here, used"
@@ -42,6 +46,7 @@ if [ "${GRAPH:-0}" = "1" ]; then
     timeout 330 python3 scripts/mqar_graph_check.py --timeout 300 --json "$OUT/graph_check.json" ${GUARD:+--lift-fla-guard} ${GRAPH_CHECK:-} > "$WORK/graph_check.log" 2>&1
   fi
   grep -E '^(pass|FAIL)' "$WORK/graph_check.log" | cut -c1-220
+  echo "graph check done at ${SECONDS} s into this call"
   gm="$(grep '^GRAPH_MIXERS=' "$WORK/graph_check.log" | tail -1 | cut -d= -f2)"
   if [ -n "$gm" ]; then GRAPHS="--cuda-graph $gm"; echo "cuda graphs: checked here, used for $gm"
   else echo "cuda graphs: no mixer passed the check here; all runs eager"; fi
