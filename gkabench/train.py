@@ -372,7 +372,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     model.to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
 
-    from .train_graph import graph_unsupported
+    from .train_graph import WARMUP_STEPS, GraphedStep, graph_unsupported, pad_loss_positions
 
     graph_off = graph_unsupported(cfg, d.world, device) if cfg.cuda_graph else "not asked"
     if cfg.cuda_graph and graph_off and d.main:
@@ -430,7 +430,6 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     tokens_per_step = cfg.batch_size * cfg.seq_len
     last = dict(last_restored or {"loss": float("nan")})
     from .models.modeling import loss_positions_of
-    from .train_graph import WARMUP_STEPS, GraphedStep, pad_loss_positions
 
     t_start, t_window, tok_window = time.perf_counter(), time.perf_counter(), 0
     start_step = step
@@ -459,17 +458,16 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
         opt.zero_grad(set_to_none=True)
         return loss_sum, grad_norm
 
-    graph_capacity = graph_sentinel = 0
-    if graph_off is None:
-        graph_capacity = source.max_scored_targets(cfg.batch_size)
-        graph_sentinel = cfg.batch_size * (cfg.seq_len - 1)
+    def graph_batch(at: int) -> dict:
+        """Step ``at``'s batch (CPU) in a graph's fixed shapes: scored positions padded to the most any batch has."""
+        b = source.micro_batch(at, 0, 1, cfg.batch_size)
+        capacity, sentinel = source.max_scored_targets(cfg.batch_size), cfg.batch_size * (cfg.seq_len - 1)
+        return {**b, "loss_positions": pad_loss_positions(loss_positions_of(b["labels"]), capacity, sentinel)}
 
     def capture_step(next_step: int):
         """(GraphedStep, note) from the next batch's shapes, or (None, why not) if the capture fails."""
-        b = source.micro_batch(next_step, 0, 1, cfg.batch_size)
-        b["loss_positions"] = pad_loss_positions(loss_positions_of(b["labels"]), graph_capacity, graph_sentinel)
         try:
-            g = GraphedStep(model, opt, cfg.grad_clip, {k: v.to(device) for k, v in b.items()})
+            g = GraphedStep(model, opt, cfg.grad_clip, graph_batch(next_step))
         except Exception as exc:  # noqa: BLE001 - a failed capture is reported and the run goes on eagerly
             why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             if d.main:
@@ -482,9 +480,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
         task = prog.add_task(f"train {cfg.mixer}", total=cfg.steps, completed=step, loss="-", tps="-")
         while step < end:
             if graphed is not None:
-                b = source.micro_batch(step, 0, 1, cfg.batch_size)
-                b["loss_positions"] = pad_loss_positions(loss_positions_of(b["labels"]), graph_capacity, graph_sentinel)
-                loss_sum, grad_norm = graphed(b)
+                loss_sum, grad_norm = graphed(graph_batch(step))
                 sched.step()
             else:
                 if side is not None:
@@ -554,7 +550,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
                "elapsed_s": elapsed, "out_dir": str(out), **last}  # fmt: skip
     if guard_lifted:
         summary["fla_guard_lifted"] = True
-    if cfg.cuda_graph or graphed is not None:
+    if cfg.cuda_graph:
         summary["cuda_graph"] = graph_note  # "on from step N", or "off: why"
     if device.type == "cuda":
         from .layers.blocks import short_conv_impl

@@ -63,8 +63,8 @@ def pad_loss_positions(positions: torch.Tensor | None, capacity: int, sentinel: 
 class GraphedStep:
     """One optimizer step captured from ``model``, ``opt`` (AdamW, ``capturable=True``) at ``grad_clip``.
 
-    ``example``: a batch dict on the device (``input_ids``, ``labels``, padded ``loss_positions``) whose shapes and
-    dtypes every later batch shares. Call with a batch (CPU or device tensors of those shapes): copies it into the
+    ``example``: a batch dict (``input_ids``, ``labels``, padded ``loss_positions``; CPU or device tensors) whose
+    shapes and dtypes every later batch shares; copied into the static device buffers. Call with a batch (CPU or device tensors of those shapes): copies it into the
     static buffers, sets the lrs, replays; returns ``(loss, grad_norm)``, 0-dim device tensors overwritten by the
     next call (read them before, e.g. ``loss.item()`` on logging steps).
     """
