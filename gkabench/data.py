@@ -33,16 +33,21 @@ class MQARSource:
     training mixture); evaluation is always on ``cfg`` alone.
     """
 
-    def __init__(self, cfg: MQARConfig, seed: int, curriculum: bool = False):
+    def __init__(self, cfg: MQARConfig, seed: int, curriculum: bool = False, prefetch: int | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
         self.cfg, self.seed = cfg, seed
         self.mixture = curriculum_mixture(cfg) if curriculum else None
         self._cache: tuple[tuple, dict] | None = None
-        # The next step's batch is generated in a background thread while the GPU works on this one (numpy
-        # releases the GIL), so data generation does not bound small models' step time.
-        self._pool = ThreadPoolExecutor(max_workers=1)
-        self._next = None  # (key, future)
+        # The next ``prefetch`` training batches are generated in background threads while the GPU works (numpy
+        # releases the GIL, so the threads run in parallel): one batch of 256 rows costs 10-20 ms of one core
+        # whatever its length (the key draw is over the whole key range), as long as a graphed small-model step.
+        # Default: half the torch threads, 1 to 4. Batches are a pure function of (seed, step): the prefetch depth
+        # changes nothing but when they are made.
+        self.prefetch = max(1, min(4, torch.get_num_threads() // 2)) if prefetch is None else max(1, int(prefetch))
+        self._pool = ThreadPoolExecutor(max_workers=self.prefetch)
+        self._ahead: dict[tuple, object] = {}  # key -> future
+        self.wait_s = 0.0  # time the training loop spent waiting for batches (made in its thread or not ready yet)
 
     @property
     def vocab_size(self) -> int:
@@ -63,16 +68,23 @@ class MQARSource:
         return {"input_ids": b.input_ids, "labels": b.labels}
 
     def global_batch(self, step: int, size: int, split: str = "train") -> dict:
+        import time
+
         key = (step, size, split)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        if self._next is not None and self._next[0] == key:
-            out = self._next[1].result()
-        else:
-            out = self._make(step, size, split)
-        self._cache = (key, out)
+        t0 = time.perf_counter()
+        ahead = self._ahead.pop(key, None)
+        out = ahead.result() if ahead is not None else self._make(step, size, split)
         if split == "train":
-            self._next = ((step + 1, size, split), self._pool.submit(self._make, step + 1, size, split))
+            self.wait_s += time.perf_counter() - t0
+            # the next `prefetch` steps are queued; batches outside them (a resume or a jump back) are dropped
+            for k in [k for k in self._ahead if not step < k[0] <= step + self.prefetch or k[1:] != (size, split)]:
+                self._ahead.pop(k).cancel()
+            for s in range(step + 1, step + 1 + self.prefetch):
+                if (s, size, split) not in self._ahead:
+                    self._ahead[(s, size, split)] = self._pool.submit(self._make, s, size, split)
+        self._cache = (key, out)
         return out
 
     def micro_batch(self, step: int, part: int, parts: int, size: int, split: str = "train") -> dict:

@@ -432,6 +432,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     from .models.modeling import loss_positions_of
 
     t_start, t_window, tok_window = time.perf_counter(), time.perf_counter(), 0
+    # time spent waiting for batches (MQAR's generator threads): a step bound by data, not by the GPU, shows here
+    wait_window = getattr(source, "wait_s", 0.0)
     start_step = step
     graphed, graph_note = None, f"off: {graph_off}" if graph_off else "off: not captured (run shorter than the warm-up)"
     side = torch.cuda.Stream(device) if graph_off is None else None  # warm-up before a capture runs on a side stream
@@ -517,6 +519,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
                 t_window, tok_window = now, 0
                 row = {"step": step, "loss": last["loss"], "lr": sched.get_last_lr()[0], "tokens": tokens_seen,
                        "tokens_per_s": tps, "elapsed_s": now - t_start}  # fmt: skip
+                if hasattr(source, "wait_s"):
+                    row["data_wait_s"], wait_window = source.wait_s - wait_window, source.wait_s
                 if grad_norm is not None:
                     row["grad_norm"] = float(grad_norm)
                 log.write(row)
@@ -548,6 +552,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
     elapsed = time.perf_counter() - t_start
     summary = {"step": step, "finished": step >= cfg.steps, "params": n_params, "tokens": tokens_seen,
                "elapsed_s": elapsed, "out_dir": str(out), **last}  # fmt: skip
+    if hasattr(source, "wait_s"):
+        summary["data_wait_s"] = source.wait_s  # of elapsed_s, waiting for batches (see MQARSource.prefetch)
     if guard_lifted:
         summary["fla_guard_lifted"] = True
     if cfg.cuda_graph:

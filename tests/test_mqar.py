@@ -90,6 +90,30 @@ def test_curriculum_source_trains_on_the_mixture_and_evaluates_on_the_target():
     assert ((ev["labels"] != -100).sum(1) == CFG.num_pairs).all()
 
 
+def test_prefetch_depth_changes_no_batch():
+    """Batches made ahead in threads equal those made on demand, in order, after a jump (a resume) and when an eval
+    batch comes between; the time spent waiting for them is counted."""
+    from gkabench.data import MQARSource
+
+    def stream(prefetch):
+        src = MQARSource(CFG, seed=3, curriculum=True, prefetch=prefetch)
+        steps = [0, 1, 2, 7, 8, 8, 9, 3]
+        out = []
+        for i, s in enumerate(steps):
+            out.append(src.global_batch(s, 32, "train"))
+            if i == 3:
+                out.append(src.global_batch(0, 16, "eval"))
+        return src, out
+
+    src1, one = stream(1)
+    src4, four = stream(4)
+    assert src4.prefetch == 4 and len(src4._ahead) <= 4
+    for a, b in zip(one, four):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    plain = MQARSource(CFG, seed=3, curriculum=True)._make(7, 32, "train")
+    assert torch.equal(four[3]["input_ids"], plain["input_ids"])  # step 7 (the eval batch follows it)
+    assert src1.wait_s > 0 and src4.wait_s > 0
+
 def test_power_law_places_queries_near_the_pairs():
     cfg = MQARConfig(vocab_size=512, seq_len=1024, num_pairs=16)
     b = mqar_batch(cfg, 256, seed=3)
@@ -206,6 +230,9 @@ def test_sweep_in_parallel_workers_and_shards_matches_serial(tmp_path):
     parallel = run_mqar_sweep(sweep("par"), jobs=2)
     assert {run_key(r): r["accuracy"] for r in parallel} == serial
     assert len(read_rows(tmp_path / "res" / "par.jsonl")) == 3
+    # rows say how many runs shared the device and how long each waited for its batches
+    assert {r["concurrent_runs"] for r in parallel} == {2}
+    assert all(0 <= r["data_wait_s"] <= r["elapsed_s"] for r in parallel)
     seen = []
     run_mqar_sweep(sweep("shard"), shard=(0, 2), on_run=lambda run, row: seen.append(run["lr"]))
     assert seen == [1e-2, 1e-3]

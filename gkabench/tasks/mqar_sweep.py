@@ -230,8 +230,11 @@ def mqar_train_config(run: dict, sweep: SweepConfig):
     return cfg, base, opts
 
 
-def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
-    """Train one 2-layer model on MQAR and return its result row (accuracy on fresh examples)."""
+def train_mqar_run(run: dict, sweep: SweepConfig, concurrent_runs: int = 1) -> dict:
+    """Train one 2-layer model on MQAR and return its result row (accuracy on fresh examples).
+
+    ``concurrent_runs``: how many runs of the sweep share the device meanwhile (``--jobs``), recorded with
+    ``elapsed_s`` (a run's time depends on it) and ``data_wait_s`` (of it, waiting for batches)."""
     import time
 
     from ..env import environment
@@ -248,7 +251,7 @@ def train_mqar_run(run: dict, sweep: SweepConfig) -> dict:
         "state_bytes_per_layer": model.model.layers[0].mixer.state_bytes(run["seq_len"]),
         "elapsed_s": time.perf_counter() - t0, "env": environment(next(model.parameters()).device),
         "fla_guard_lifted": s.get("fla_guard_lifted", False), "elementwise": s.get("elementwise", "eager"),
-        "cuda_graph": s.get("cuda_graph", "off"),
+        "cuda_graph": s.get("cuda_graph", "off"), "data_wait_s": s.get("data_wait_s"), "concurrent_runs": concurrent_runs,
     }  # fmt: skip
 
 
@@ -280,11 +283,11 @@ def _append_row_locked(jsonl, row: dict) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def train_or_error_row(run: dict, sweep: SweepConfig) -> dict:
+def train_or_error_row(run: dict, sweep: SweepConfig, concurrent_runs: int = 1) -> dict:
     """:func:`train_mqar_run`, or, when the run raises (OOM, divergence, a kernel refusing), an error row: the sweep
     goes on, the tables leave the run out, and a rerun tries it again. Ctrl-C still stops the sweep."""
     try:
-        return train_mqar_run(run, sweep)
+        return train_mqar_run(run, sweep, concurrent_runs)
     except Exception as exc:  # noqa: BLE001 - recorded in the row, not swallowed
         import torch
 
@@ -300,7 +303,7 @@ def train_or_error_row(run: dict, sweep: SweepConfig) -> dict:
         return {**run, "accuracy": None, "error": f"{type(exc).__name__}: {msg}", "error_detail": detail, "env": environment(None)}
 
 
-def _worker_run(run: dict, sweep: SweepConfig, jsonl, threads: int) -> dict:
+def _worker_run(run: dict, sweep: SweepConfig, jsonl, threads: int, jobs: int = 1) -> dict:
     """One run in a worker process of ``--jobs``: train, append the row (locked), return it."""
     import torch
 
@@ -308,7 +311,7 @@ def _worker_run(run: dict, sweep: SweepConfig, jsonl, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     enable_on_cuda()  # a spawned worker does not run the CLI's entry point
-    row = train_or_error_row(run, sweep)
+    row = train_or_error_row(run, sweep, jobs)
     _append_row_locked(jsonl, row)
     return row
 
@@ -335,7 +338,7 @@ def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, tim
                 if run is None:
                     return
                 if fits(run):
-                    running[pool.submit(_worker_run, run, sweep, jsonl, threads)] = run
+                    running[pool.submit(_worker_run, run, sweep, jsonl, threads, jobs)] = run
                     return
 
         for _ in range(jobs):
