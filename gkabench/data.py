@@ -47,6 +47,7 @@ class MQARSource:
         self.prefetch = max(1, min(4, torch.get_num_threads() // 2)) if prefetch is None else max(1, int(prefetch))
         self._pool = ThreadPoolExecutor(max_workers=self.prefetch)
         self._ahead: dict[tuple, object] = {}  # key -> future
+        self._closed = False
         self.wait_s = 0.0  # time the training loop spent waiting for batches (made in its thread or not ready yet)
 
     @property
@@ -81,11 +82,19 @@ class MQARSource:
             # the next `prefetch` steps are queued; batches outside them (a resume or a jump back) are dropped
             for k in [k for k in self._ahead if not step < k[0] <= step + self.prefetch or k[1:] != (size, split)]:
                 self._ahead.pop(k).cancel()
-            for s in range(step + 1, step + 1 + self.prefetch):
+            for s in range(step + 1, step + 1 + (0 if self._closed else self.prefetch)):
                 if (s, size, split) not in self._ahead:
                     self._ahead[(s, size, split)] = self._pool.submit(self._make, s, size, split)
         self._cache = (key, out)
         return out
+
+    def close(self) -> None:
+        """Stop making batches ahead (queued ones are dropped); the source still makes batches on demand."""
+        for fut in self._ahead.values():
+            fut.cancel()
+        self._ahead.clear()
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def micro_batch(self, step: int, part: int, parts: int, size: int, split: str = "train") -> dict:
         g = self.global_batch(step, size, split)

@@ -550,6 +550,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, load_tokenizer, envi
             prog.update(task, completed=step)
 
     elapsed = time.perf_counter() - t_start
+    if hasattr(source, "close"):
+        source.close()  # its batch threads are not needed any more (a sweep worker trains many runs in turn)
     summary = {"step": step, "finished": step >= cfg.steps, "params": n_params, "tokens": tokens_seen,
                "elapsed_s": elapsed, "out_dir": str(out), **last}  # fmt: skip
     if hasattr(source, "wait_s"):

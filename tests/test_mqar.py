@@ -113,6 +113,8 @@ def test_prefetch_depth_changes_no_batch():
     plain = MQARSource(CFG, seed=3, curriculum=True)._make(7, 32, "train")
     assert torch.equal(four[3]["input_ids"], plain["input_ids"])  # step 7 (the eval batch follows it)
     assert src1.wait_s > 0 and src4.wait_s > 0
+    src4.close()  # no more threads; batches are still made, the same ones
+    assert torch.equal(src4.global_batch(7, 32, "train")["input_ids"], plain["input_ids"]) and not src4._ahead
 
 def test_power_law_places_queries_near_the_pairs():
     cfg = MQARConfig(vocab_size=512, seq_len=1024, num_pairs=16)
