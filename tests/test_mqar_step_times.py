@@ -1,0 +1,36 @@
+"""scripts/mqar_step_times.py: milliseconds per MQAR step per device session, and the share spent waiting for data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_step_times_group_by_session_and_count_a_carried_run_once(tmp_path):
+    env = {"device_type": "cuda", "device": "NVIDIA H200", "git_sha": "abcdef123456"}
+    base = dict(seq_len=256, num_pairs=64, dim=64, num_heads=1, steps=3000, steps_done=3000, env=env, accuracy=0.5)
+    rows = [
+        {**base, "mixer": "gka", "lr": 3e-3, "elapsed_s": 120.0, "cuda_graph": "on from step 4", "data_wait_s": 30.0, "concurrent_runs": 2},
+        {**base, "mixer": "gla", "lr": 3e-3, "elapsed_s": 150.0, "cuda_graph": "on from step 4", "data_wait_s": 15.0, "concurrent_runs": 2},
+        {**base, "mixer": "gla", "lr": 1e-2, "elapsed_s": 90.0},  # eager, before concurrent_runs was recorded
+        {**base, "mixer": "gka", "lr": 1e-2, "elapsed_s": 60.0, "env": {**env, "device_type": "cpu"}},  # not a GPU row
+        {**base, "mixer": "gka", "lr": 1e-3, "error": "OOM"},
+    ]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "b.jsonl").write_text(json.dumps(rows[0]) + "\n")  # the same run carried into another sweep's file
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "mqar_step_times.py"), str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")],
+        capture_output=True, text=True, check=True, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    ).stdout  # fmt: skip
+    lines = [line.split() for line in out.strip().splitlines()[1:]]
+    graphed = next(line for line in lines if line[4] == "True")
+    eager = next(line for line in lines if line[4] == "False")
+    assert len(lines) == 2
+    # graphed: 2 runs (the carried copy counted once), 40 and 50 ms per step, median wait share of 0.25 and 0.1
+    assert graphed[5] == "2.0" and graphed[6] == "2" and float(graphed[7]) == 40.0 and float(graphed[9]) == 50.0
+    assert abs(float(graphed[10]) - 0.175) < 1e-9
+    assert eager[6] == "1" and float(eager[8]) == 30.0 and eager[10] == "NaN"
