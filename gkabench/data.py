@@ -90,11 +90,9 @@ class MQARSource:
 
     def close(self) -> None:
         """Stop making batches ahead (queued ones are dropped); the source still makes batches on demand."""
-        for fut in self._ahead.values():
-            fut.cancel()
         self._ahead.clear()
         self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)  # the queued batches are the pool's: cancelled here
 
     def micro_batch(self, step: int, part: int, parts: int, size: int, split: str = "train") -> dict:
         g = self.global_batch(step, size, split)

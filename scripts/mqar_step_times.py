@@ -15,6 +15,7 @@ import sys
 
 import pandas as pd
 
+from gkabench.tasks.mqar_schedule import graphed
 from gkabench.tasks.mqar_sweep import read_rows
 
 
@@ -28,7 +29,7 @@ def step_table(paths: list[str]) -> pd.DataFrame:
         wait = r.get("data_wait_s")
         recs.append({
             "commit": str(env.get("git_sha", "?"))[:7], "T": r["seq_len"], "dim": r["dim"], "heads": r.get("num_heads"),
-            "graph": str(r.get("cuda_graph", "off")).startswith("on"), "jobs": r.get("concurrent_runs"),
+            "graph": graphed(r), "jobs": r.get("concurrent_runs"),
             "mixer": r["mixer"], "lr": r["lr"], "elapsed_s": r["elapsed_s"],
             "ms_per_step": 1000 * r["elapsed_s"] / r["steps_done"],
             "wait_share": None if wait is None else wait / r["elapsed_s"],

@@ -116,6 +116,7 @@ def test_prefetch_depth_changes_no_batch():
     src4.close()  # no more threads; batches are still made, the same ones
     assert torch.equal(src4.global_batch(7, 32, "train")["input_ids"], plain["input_ids"]) and not src4._ahead
 
+
 def test_power_law_places_queries_near_the_pairs():
     cfg = MQARConfig(vocab_size=512, seq_len=1024, num_pairs=16)
     b = mqar_batch(cfg, 256, seed=3)
