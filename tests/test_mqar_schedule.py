@@ -19,7 +19,7 @@ def run(mixer, dim, T):
 def test_estimate_prefers_the_closest_comparable_runs():
     from gkabench.tasks.mqar_schedule import ESTIMATE_EXTRA_S as extra
     from gkabench.tasks.mqar_schedule import ESTIMATE_MARGIN as m
-    from gkabench.tasks.mqar_schedule import estimate_run_seconds
+    from gkabench.tasks.mqar_schedule import LONGER_FACTOR, estimate_run_seconds
 
     rows = [
         row("gka", 128, 512, 100.0), row("gka", 128, 512, 120.0), row("mamba2", 128, 512, 170.0),
@@ -32,6 +32,8 @@ def test_estimate_prefers_the_closest_comparable_runs():
     assert estimate_run_seconds(run("gla", 256, 512), rows, H200) == pytest.approx(m * 1.25 * 170 + extra)  # any dim
     assert estimate_run_seconds(run("gla", 64, 256), rows, H200) == pytest.approx(m * 90 + extra)
     assert estimate_run_seconds(run("gka", 64, 1024), rows, H200) == pytest.approx(m * 2 * 170 + extra)  # length ratio
+    # the same mixer and dim one length down, scaled by the ratio x LONGER_FACTOR
+    assert estimate_run_seconds(run("gka", 128, 1024), rows, H200) == pytest.approx(m * LONGER_FACTOR * 2 * 120 + extra)
     assert estimate_run_seconds(run("gka", 64, 128), rows, {"device": "NVIDIA H100", "device_type": "cuda"}) is None
     cpu = {"device": "CPU (x86_64, 2 threads)", "device_type": "cpu"}
     cpu_rows = [row("gka", 16, 24, 5.0, device="CPU (x86_64, 1 threads)", device_type="cpu")]
@@ -43,7 +45,7 @@ def test_estimate_asks_rows_that_trained_the_same_way_first():
     eager one from eager rows; with no such row at all, from every row, as before."""
     from gkabench.tasks.mqar_schedule import ESTIMATE_EXTRA_S as extra
     from gkabench.tasks.mqar_schedule import ESTIMATE_MARGIN as m
-    from gkabench.tasks.mqar_schedule import estimate_run_seconds
+    from gkabench.tasks.mqar_schedule import LONGER_FACTOR, estimate_run_seconds
 
     rows = [row("gka", 128, 256, 150.0), row("gka", 128, 256, 50.0, cuda_graph="on from step 4"),
             row("gla", 128, 256, 160.0, cuda_graph="off: capture failed (RuntimeError)")]  # fmt: skip
@@ -51,7 +53,7 @@ def test_estimate_asks_rows_that_trained_the_same_way_first():
     assert estimate_run_seconds(run("gka", 128, 256), rows, H200, graph=False) == pytest.approx(m * 150 + extra)
     assert estimate_run_seconds(run("gka", 128, 256), rows, H200) == pytest.approx(m * 150 + extra)  # every row
     assert estimate_run_seconds(run("gla", 128, 256), rows, H200, graph=True) == pytest.approx(m * 50 + extra)  # any mixer there
-    assert estimate_run_seconds(run("gka", 128, 512), rows[:1], H200, graph=True) == pytest.approx(m * 2 * 150 + extra)  # none graphed
+    assert estimate_run_seconds(run("gka", 128, 512), rows[:1], H200, graph=True) == pytest.approx(m * LONGER_FACTOR * 2 * 150 + extra)  # none graphed
 
 
 def test_read_deadline(tmp_path):

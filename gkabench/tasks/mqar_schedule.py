@@ -18,6 +18,9 @@ from pathlib import Path
 # An estimate is the longest comparable run so far times this, plus a few seconds for the worker's start.
 ESTIMATE_MARGIN = 1.1
 ESTIMATE_EXTRA_S = 10.0
+# A run one length up from the same mixer and dim: this much over the length ratio (1024 / 512 tokens on the H200
+# not measured yet when this was set; a run cut by the machine's return loses all its time, so err long).
+LONGER_FACTOR = 1.25
 
 
 def run_seconds(row: dict) -> float | None:
@@ -43,8 +46,9 @@ def graphed(row: dict) -> bool:
 def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: bool = False, graph: bool | None = None) -> float | None:
     """Seconds ``run`` (a sweep run: mixer, dim, seq_len, ...) is expected to take on ``device`` (an ``environment()``
     dict), from finished ``rows``: the longest one of the same mixer, dim and seq_len; else the longest of any mixer
-    at that dim and seq_len; else the longest at that seq_len (any dim) x 1.25; else the longest at the nearest
-    shorter seq_len scaled by the length ratio. Every step counted (an early stop is not assumed), times
+    at that dim and seq_len; else the longest at that seq_len (any dim) x 1.25; else, at the nearest shorter
+    seq_len, the longest of the same mixer and dim scaled by the length ratio x LONGER_FACTOR, or the longest of
+    any run there scaled by the length ratio. Every step counted (an early stop is not assumed), times
     ESTIMATE_MARGIN plus ESTIMATE_EXTRA_S. None when no row from this kind of machine exists.
 
     ``typical=True``: the median instead of the longest, with no margin (for planning, not for deadlines).
@@ -74,7 +78,13 @@ def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: boo
     shorter = [r["seq_len"] for r, _ in timed if r["seq_len"] < T]
     if shorter:
         near = max(shorter)
-        return margin * (T / near) * pick([s for r, s in timed if r["seq_len"] == near]) + extra
+        at_near = [(r, s) for r, s in timed if r["seq_len"] == near]
+        # the same mixer and dim one length down, scaled by the length ratio and 1.25 for what grows faster than
+        # the length (attention's scores); else any run one length down, the longest, scaled by the ratio
+        same = [s for r, s in at_near if r["dim"] == dim and r["mixer"] == run["mixer"]]
+        if same:
+            return margin * LONGER_FACTOR * (T / near) * pick(same) + extra
+        return margin * (T / near) * pick([s for _, s in at_near]) + extra
     return None
 
 

@@ -440,7 +440,10 @@ def run_mqar_sweep(
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / f"{sweep.name}.jsonl"
     done = {run_key(r) for r in read_rows(jsonl) if not r.get("error")}  # failed runs are tried again
-    fits = _deadline_gate(deadline_file, jsonl, sweep.device, graph_for=sweep.uses_cuda_graph)
+    # Estimates from every finished row, graphed or not: in the sweep (two runs sharing a GPU) graphed steps were no
+    # faster than eager ones (H200, sessions 11-12), and preferring rows trained the same way made an eager run's
+    # estimate come from smaller cells whenever only graphed rows existed at its own (e.g. 1024 from d = 128 rows).
+    fits = _deadline_gate(deadline_file, jsonl, sweep.device)
     unique, mine = unique_runs(sweep), shard_runs(sweep, shard)
     pending = [run for run in mine if run_key(run) not in done]
     if jobs == 1:
