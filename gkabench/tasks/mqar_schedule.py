@@ -43,7 +43,7 @@ def graphed(row: dict) -> bool:
     return str(row.get("cuda_graph", "off")).startswith("on")
 
 
-def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: bool = False, graph: bool | None = None) -> float | None:
+def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: bool = False) -> float | None:
     """Seconds ``run`` (a sweep run: mixer, dim, seq_len, ...) is expected to take on ``device`` (an ``environment()``
     dict), from finished ``rows``: the longest one of the same mixer, dim and seq_len; else the longest of any mixer
     at that dim and seq_len; else the longest at that seq_len (any dim) x 1.25; else, at the nearest shorter
@@ -51,15 +51,10 @@ def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: boo
     any run there scaled by the length ratio. Every step counted (an early stop is not assumed), times
     ESTIMATE_MARGIN plus ESTIMATE_EXTRA_S. None when no row from this kind of machine exists.
 
-    ``typical=True``: the median instead of the longest, with no margin (for planning, not for deadlines).
-    ``graph``: whether ``run`` will replay CUDA graphs; rows that trained the same way are asked first (a graphed
-    run takes a fraction of an eager one), all rows when none of them gives an estimate."""
-    if graph is not None:
-        alike = [r for r in rows if graphed(r) == graph]
-        if len(alike) < len(rows):
-            est = estimate_run_seconds(run, alike, device, typical) if alike else None
-            if est is not None:
-                return est
+    ``typical=True``: the median instead of the longest, with no margin or LONGER_FACTOR (for planning, not for
+    deadlines).
+    Graphed and eager rows count alike: in the sweep (two runs sharing a GPU) graphed steps were no faster (H200,
+    sessions 11-12)."""
     import statistics
 
     pick = statistics.median if typical else max
@@ -83,7 +78,7 @@ def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: boo
         # the length (attention's scores); else any run one length down, the longest, scaled by the ratio
         same = [s for r, s in at_near if r["dim"] == dim and r["mixer"] == run["mixer"]]
         if same:
-            return margin * LONGER_FACTOR * (T / near) * pick(same) + extra
+            return margin * (1.0 if typical else LONGER_FACTOR) * (T / near) * pick(same) + extra
         return margin * (T / near) * pick([s for _, s in at_near]) + extra
     return None
 
@@ -118,9 +113,8 @@ class DeadlineGate:
     """``gate(run)``: True while no deadline is set, or when the run's estimate fits before it. A run with no
     estimate (nothing finished on this kind of machine) does not start once a deadline is set."""
 
-    def __init__(self, deadline_file, jsonl, device: dict, log=print, graph_for=None):
+    def __init__(self, deadline_file, jsonl, device: dict, log=print):
         self.deadline_file, self.jsonl, self.device, self.log = deadline_file, Path(jsonl), device, log
-        self.graph_for = graph_for  # run -> whether it will replay CUDA graphs (None: estimate from every row)
 
     def __call__(self, run: dict) -> bool:
         if self.deadline_file is None or (deadline := read_deadline(self.deadline_file)) is None:
@@ -128,8 +122,7 @@ class DeadlineGate:
         from .mqar_sweep import read_rows
 
         left = deadline - time.time()
-        graph = self.graph_for(run) if self.graph_for is not None else None
-        need = estimate_run_seconds(run, read_rows(self.jsonl), self.device, graph=graph)
+        need = estimate_run_seconds(run, read_rows(self.jsonl), self.device)
         if need is not None and need <= left:
             return True
         what = f"{run['mixer']} d={run['dim']} T={run['seq_len']} lr={run['lr']:g}"

@@ -356,7 +356,7 @@ def _run_parallel(pending: list[dict], sweep: SweepConfig, jsonl, jobs: int, tim
                 submit_next()
 
 
-def _deadline_gate(deadline_file, jsonl, device, graph_for=None):
+def _deadline_gate(deadline_file, jsonl, device):
     if deadline_file is None:
         return lambda run: True
     import torch
@@ -365,7 +365,7 @@ def _deadline_gate(deadline_file, jsonl, device, graph_for=None):
     from .mqar_schedule import DeadlineGate
 
     dev = torch.device(device) if device else default_device()
-    return DeadlineGate(deadline_file, jsonl, {"device": device_name(dev), "device_type": dev.type}, graph_for=graph_for)
+    return DeadlineGate(deadline_file, jsonl, {"device": device_name(dev), "device_type": dev.type})
 
 
 def pending_runs(sweep: SweepConfig, shard: tuple[int, int] = (0, 1)) -> list[dict]:
@@ -440,9 +440,6 @@ def run_mqar_sweep(
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / f"{sweep.name}.jsonl"
     done = {run_key(r) for r in read_rows(jsonl) if not r.get("error")}  # failed runs are tried again
-    # Estimates from every finished row, graphed or not: in the sweep (two runs sharing a GPU) graphed steps were no
-    # faster than eager ones (H200, sessions 11-12), and preferring rows trained the same way made an eager run's
-    # estimate come from smaller cells whenever only graphed rows existed at its own (e.g. 1024 from d = 128 rows).
     fits = _deadline_gate(deadline_file, jsonl, sweep.device)
     unique, mine = unique_runs(sweep), shard_runs(sweep, shard)
     pending = [run for run in mine if run_key(run) not in done]
