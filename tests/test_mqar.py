@@ -306,6 +306,22 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert len(read_rows(tmp_path / "res" / "f.jsonl")) == 3 and len(rows) == 2
 
 
+def test_out_of_memory_row_names_the_fix(monkeypatch):
+    """An OOM (two runs share the GPU's memory) becomes an error row whose one line says what to rerun with."""
+    import torch
+
+    from gkabench.tasks import mqar_sweep
+
+    def oom(run, sweep, concurrent_runs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore lines")
+
+    monkeypatch.setattr(mqar_sweep, "train_mqar_run", oom)
+    run = {"mixer": "gka", "dim": 256, "seq_len": 1024, "num_pairs": 256, "lr": 3e-3}
+    row = mqar_sweep.train_or_error_row(run, None, concurrent_runs=2)
+    assert row["accuracy"] is None and row["error"].startswith("OutOfMemoryError: CUDA out of memory.")
+    assert "2 runs sharing the GPU" in row["error"] and "--jobs 1" in row["error"] and "\n" not in row["error"]
+
+
 def test_mamba2_keys_at_head_dim_in_the_sweep(tmp_path):
     """--head-dim D: Mamba2's key width (its state size, default 128) is D too, as for every other mixer."""
     from gkabench.tasks.mqar_sweep import SweepConfig, run_mqar_sweep

@@ -298,6 +298,9 @@ def train_or_error_row(run: dict, sweep: SweepConfig, concurrent_runs: int = 1) 
         import traceback
 
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        if isinstance(exc, torch.OutOfMemoryError):  # name the fix: the runs sharing the GPU share its memory too
+            share = f" with {concurrent_runs} runs sharing the GPU" if concurrent_runs > 1 else ""
+            msg = f"{msg[:200]} (out of GPU memory{share}; rerun this cell with --jobs 1 or a smaller --batch-size)"
         # the first line names the failure; a compiler's message continues on the next lines, so keep their end too
         detail = "".join(traceback.format_exception(exc))[-4000:]
         return {**run, "accuracy": None, "error": f"{type(exc).__name__}: {msg}", "error_detail": detail, "env": environment(None)}
