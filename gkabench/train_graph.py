@@ -1,10 +1,11 @@
 """A whole training step (forward, backward, gradient clipping, AdamW) captured once as a CUDA graph and replayed.
 
-Why: the MQAR models (2 layers, d = 64-256, batch 256) are host-bound on the H200. One step launches ~500 kernels
-from Python (autograd, Triton launchers, compiled norms' guards) and that costs more than the GPU needs to run them:
-session 9 measured 26 ms of wall time per step for 16 ms of kernels (512 tokens, d = 128), and in the sweeps a
-256-token step took as long as a 512-token one (~50 ms with two runs sharing the GPU). Replaying a captured graph
-costs one launch, so the GPU's own time becomes the step time.
+Why: one MQAR training step (2 layers, d = 64-256, batch 256) launches ~500 kernels from Python (autograd, Triton
+launchers, compiled norms' guards), which alone costs more than the GPU needs to run them: session 9 measured 26 ms
+of wall time per step for 16 ms of kernels (512 tokens, d = 128). Replaying a captured graph costs one launch, so
+the GPU's own time becomes the step time: 1.2-3.5x the steps per second alone on the H200 (sessions 11-12). In the
+MQAR sweep, where two runs share the GPU and one hides the other's launching, graphed steps were no faster
+(sessions 11-12), so the device sweeps no longer use them.
 
 What a graph needs and how the loop provides it (:func:`gkabench.train._train` with ``cuda_graph=True``):
 
@@ -45,6 +46,12 @@ def graph_unsupported(cfg, world: int, device: torch.device) -> str | None:
     if cfg.data != "mqar":
         return "--data mqar only (text batches change shape with their documents)"
     return None
+
+
+def graphed(row: dict) -> bool:
+    """Whether a training summary or MQAR row trained with replayed graphs (its ``cuda_graph`` note, written by
+    :func:`gkabench.train.train`, reads "on from step N"; "off: why" or absent otherwise)."""
+    return str(row.get("cuda_graph", "off")).startswith("on")
 
 
 def pad_loss_positions(positions: torch.Tensor | None, capacity: int, sentinel: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ import time
 def check_one(mixer: str, dim: int, seq_len: int, pairs: int, steps: int, lift_guard: bool, rtol: float) -> dict:
     from gkabench.tasks.mqar_sweep import SweepConfig, mqar_train_config
     from gkabench.train import train
+    from gkabench.train_graph import graphed
 
     sweep = SweepConfig.defaults_for(True, mixers=[mixer], dims=[dim], lengths=[(seq_len, pairs)], lrs=[3e-3])
     sweep.lift_fla_guard = lift_guard
@@ -51,7 +52,7 @@ def check_one(mixer: str, dim: int, seq_len: int, pairs: int, steps: int, lift_g
     a, b = losses["eager"], losses["graph"]
     row["eager_losses"], row["graph_losses"] = a, b
     row["max_rel_diff"] = max((abs(x - y) / max(abs(x), 1e-6) for x, y in zip(a, b)), default=float("nan"))
-    row["pass"] = bool(str(row.get("cuda_graph", "")).startswith("on") and len(a) == len(b) == steps and row["max_rel_diff"] <= rtol)
+    row["pass"] = bool(graphed(row) and len(a) == len(b) == steps and row["max_rel_diff"] <= rtol)
     return row
 
 

@@ -15,8 +15,8 @@ import sys
 
 import pandas as pd
 
-from gkabench.tasks.mqar_schedule import graphed
 from gkabench.tasks.mqar_sweep import read_rows
+from gkabench.train_graph import graphed
 
 
 def step_table(paths: list[str]) -> pd.DataFrame:

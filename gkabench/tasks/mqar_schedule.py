@@ -38,11 +38,6 @@ def same_machine(env: dict, device: dict) -> bool:
     return device.get("device_type") != "cuda" or env.get("device") == device.get("device")
 
 
-def graphed(row: dict) -> bool:
-    """Whether a row's run trained with replayed CUDA graphs (its ``cuda_graph`` note reads "on from step N")."""
-    return str(row.get("cuda_graph", "off")).startswith("on")
-
-
 def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: bool = False) -> float | None:
     """Seconds ``run`` (a sweep run: mixer, dim, seq_len, ...) is expected to take on ``device`` (an ``environment()``
     dict), from finished ``rows``: the longest one of the same mixer, dim and seq_len; else the longest of any mixer
@@ -74,8 +69,8 @@ def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: boo
     if shorter:
         near = max(shorter)
         at_near = [(r, s) for r, s in timed if r["seq_len"] == near]
-        # the same mixer and dim one length down, scaled by the length ratio and 1.25 for what grows faster than
-        # the length (attention's scores); else any run one length down, the longest, scaled by the ratio
+        # the same mixer and dim one length down, scaled by the length ratio and LONGER_FACTOR for what grows faster
+        # than the length (attention's scores); else any run one length down, the longest, scaled by the ratio
         same = [s for r, s in at_near if r["dim"] == dim and r["mixer"] == run["mixer"]]
         if same:
             return margin * (1.0 if typical else LONGER_FACTOR) * (T / near) * pick(same) + extra
