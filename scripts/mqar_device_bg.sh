@@ -25,6 +25,8 @@
 #                                          ends in time (gkabench mqar --deadline-file); at the end whatever still
 #                                          runs is stopped and Triton's cache packed. STOP_AT (minutes into the
 #                                          call) also touches the stop file then: no new run starts at all
+#   SESSION_MIN=M (start / collect)        the session's last run must end M minutes after this call starts (its
+#                                          deadline file): runs that would outlive the session are not started
 # On a machine of several GPUs, one sweep per GPU (GPUS=N to choose), each `--shard i/N` with JOBS runs at once.
 # GRAPH=1 (start): the mixers scripts/mqar_graph_check.py finds exact here train with replayed CUDA graphs (mqar_guard.sh).
 # WORK (default /tmp/gkabench_mqar_bg) holds the rows, logs and the sweeps' ids between calls.
@@ -92,6 +94,13 @@ read -r END STOP_S <<< "$(python3 -c "end = int(60 * float('$MINUTES')) - (50 if
 if [ "$VERB" = final ]; then
   python3 -c "import time; print(time.time() + $END - $SECONDS - 5)" > "$DEADLINE.tmp" && mv "$DEADLINE.tmp" "$DEADLINE"
   echo "deadline set: runs start only if expected to end within $(( END - SECONDS - 5 )) s"
+elif [ -n "${SESSION_MIN:-}" ]; then
+  # The session's end, known before its last call: a run started late in `collect` may need more than what is left
+  # of the whole session (a 1024-token run: up to ~12 minutes) and be cut by `final` with its work lost. With the
+  # deadline at the session's end, such runs are passed over for shorter ones; `final` then sets its own.
+  read -r SESSION_S <<< "$(python3 -c "print(int(60 * float('$SESSION_MIN')) - $SECONDS)")"
+  python3 -c "import time; print(time.time() + $SESSION_S)" > "$DEADLINE.tmp" && mv "$DEADLINE.tmp" "$DEADLINE"
+  echo "session deadline set: runs start only if expected to end within ${SESSION_S} s"
 fi
 while alive && [ "$SECONDS" -lt "$END" ]; do
   if [ "$VERB" = final ] && [ "$SECONDS" -ge "$STOP_S" ] && [ ! -e "$STOP" ]; then touch "$STOP"; echo "stop file touched at ${SECONDS} s: no new run starts"; fi

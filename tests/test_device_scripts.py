@@ -172,3 +172,18 @@ def test_background_sweep_final_sets_a_deadline(tmp_path):
 
     rows = [json.loads(line) for line in (tmp_path / "out" / "mqar.jsonl").read_text().splitlines()]
     assert sum(r["seq_len"] == 24 for r in rows) < 10  # (the file is seeded with results/mqar's rows)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("setsid") is None, reason="no bash / setsid")
+def test_background_sweep_collect_honours_the_session_end(tmp_path):
+    """SESSION_MIN on collect writes the session's end into the deadline file before the last call: runs that
+    would outlive the session are passed over and the sweep winds down by itself."""
+    env = _bg_env(tmp_path)
+    lrs = "1e-2,9e-3,8e-3,7e-3,6e-3,5e-3,4e-3,3e-3,2e-3,1e-3"
+    start = _bg("start", 0.4, env, *TINY_SWEEP, "--lrs", lrs, "--steps", "300", "--early-stop-acc", "0")
+    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    collect = _bg("collect", 1.5, {**env, "SESSION_MIN": "0.05"})  # the session ends 3 s into this call
+    assert collect.returncode == 0 and "session deadline set" in collect.stdout, collect.stdout[-2000:]
+    assert "sweep not running" in collect.stdout, collect.stdout[-2000:]  # ended by itself, well before 1.5 minutes
+    logs = "".join(p.read_text() for p in (tmp_path / "work").glob("mqar_gpu*.log"))
+    assert "not started before the deadline" in logs, logs[-2000:]
