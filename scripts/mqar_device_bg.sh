@@ -30,7 +30,8 @@
 # On a machine of several GPUs, one sweep per GPU (GPUS=N to choose), each `--shard i/N` with JOBS runs at once.
 # GRAPH=1 (start): the mixers scripts/mqar_graph_check.py finds exact here train with replayed CUDA graphs (mqar_guard.sh).
 # WORK (default /tmp/gkabench_mqar_bg) holds the rows, logs and the sweeps' ids between calls.
-# Every call returns $OUT/mqar.jsonl (all rows so far, seeded from results/mqar/mqar.jsonl), mqar_logs.tgz (the
+# Every call returns $OUT/mqar.jsonl (all rows so far, seeded from results/mqar/mqar.jsonl; a sweep given its own
+# `--name X` after the others' options writes X.jsonl, returned too), mqar_logs.tgz (the
 # sweep's log, guard check, each run's training log) and, after `final`, tcache-part-*.
 set -uo pipefail
 VERB="${1:?start, collect or final}"; MINUTES="${2:?minutes this call may last}"; shift 2
@@ -112,7 +113,7 @@ if [ "$VERB" = final ] && alive; then
   echo "sweep stopped at ${SECONDS} s (runs in flight lost; rerun resumes them)"
 fi
 alive && echo "sweep still running after ${SECONDS} s: call collect or final within 30 s" || echo "sweep not running"
-cp "$ROWS/mqar.jsonl" "$OUT/" 2>/dev/null
+cp "$ROWS"/*.jsonl "$OUT/" 2>/dev/null   # mqar.jsonl and any side sweep run with its own --name
 cat "$WORK"/mqar_gpu*.log | grep -v "━" | grep -E "acc |FAILED" | tail -40
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
 # the sweeps' and checks' logs and each run's training log (runs/mqar/<run>/log.jsonl), not its other files
