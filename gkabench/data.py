@@ -14,6 +14,7 @@ batches an uninterrupted single-GPU run would), and ``vocab_size``:
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,8 +70,6 @@ class MQARSource:
         return {"input_ids": b.input_ids, "labels": b.labels}
 
     def global_batch(self, step: int, size: int, split: str = "train") -> dict:
-        import time
-
         key = (step, size, split)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]

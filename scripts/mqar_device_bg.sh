@@ -92,15 +92,17 @@ fi
 # time instead and lost the 2 runs in flight (too late for them); session 9 did so 3 minutes before the end and
 # left the GPU idle for the last 3.5 minutes (too early for 256-token runs of ~75 s).
 read -r END STOP_S <<< "$(python3 -c "end = int(60 * float('$MINUTES')) - (50 if '$VERB' == 'final' else 20); print(end, int(60 * float('${STOP_AT:-0}')) if '${STOP_AT:-}' else 10**9)")"
+# set_deadline S: from now on a run starts only if expected to end within S seconds (written atomically)
+set_deadline() { python3 -c "import time; print(time.time() + $1)" > "$DEADLINE.tmp" && mv "$DEADLINE.tmp" "$DEADLINE"; }
 if [ "$VERB" = final ]; then
-  python3 -c "import time; print(time.time() + $END - $SECONDS - 5)" > "$DEADLINE.tmp" && mv "$DEADLINE.tmp" "$DEADLINE"
+  set_deadline $(( END - SECONDS - 5 ))
   echo "deadline set: runs start only if expected to end within $(( END - SECONDS - 5 )) s"
 elif [ -n "${SESSION_MIN:-}" ]; then
   # The session's end, known before its last call: a run started late in `collect` may need more than what is left
   # of the whole session (a 1024-token run: up to ~12 minutes) and be cut by `final` with its work lost. With the
   # deadline at the session's end, such runs are passed over for shorter ones; `final` then sets its own.
-  read -r SESSION_S <<< "$(python3 -c "print(int(60 * float('$SESSION_MIN')) - $SECONDS)")"
-  python3 -c "import time; print(time.time() + $SESSION_S)" > "$DEADLINE.tmp" && mv "$DEADLINE.tmp" "$DEADLINE"
+  SESSION_S=$(( $(python3 -c "print(int(60 * float('$SESSION_MIN')))") - SECONDS ))
+  set_deadline "$SESSION_S"
   echo "session deadline set: runs start only if expected to end within ${SESSION_S} s"
 fi
 while alive && [ "$SECONDS" -lt "$END" ]; do
