@@ -34,6 +34,8 @@ def test_estimate_prefers_the_closest_comparable_runs():
     assert estimate_run_seconds(run("gka", 64, 1024), rows, H200) == pytest.approx(m * 2 * 170 + extra)  # length ratio
     # the same mixer and dim one length down, scaled by the ratio x LONGER_FACTOR
     assert estimate_run_seconds(run("gka", 128, 1024), rows, H200) == pytest.approx(m * LONGER_FACTOR * 2 * 120 + extra)
+    # a run of 4x the rows' steps takes 4x as long at their pace
+    assert estimate_run_seconds({**run("gka", 128, 512), "steps": 12000}, rows, H200) == pytest.approx(m * 4 * 120 + extra)
     assert estimate_run_seconds(run("gka", 64, 128), rows, {"device": "NVIDIA H100", "device_type": "cuda"}) is None
     cpu = {"device": "CPU (x86_64, 2 threads)", "device_type": "cpu"}
     cpu_rows = [row("gka", 16, 24, 5.0, device="CPU (x86_64, 1 threads)", device_type="cpu")]

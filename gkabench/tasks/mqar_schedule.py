@@ -23,12 +23,14 @@ ESTIMATE_EXTRA_S = 10.0
 LONGER_FACTOR = 1.25
 
 
-def run_seconds(row: dict) -> float | None:
-    """A finished row's duration as if it had trained every step (early stops scaled up): conservative."""
-    elapsed, done, steps = row.get("elapsed_s"), row.get("steps_done"), row.get("steps")
+def run_seconds(row: dict, steps: int | None = None) -> float | None:
+    """A finished row's duration as if it had trained every step (early stops scaled up): conservative. ``steps``:
+    the duration of that many steps at the row's pace instead (a run of another length of training)."""
+    elapsed, done, planned = row.get("elapsed_s"), row.get("steps_done"), row.get("steps")
     if row.get("error") or not elapsed:
         return None
-    return float(elapsed) * (steps / done if done and steps and done < steps else 1.0)
+    seconds = float(elapsed) * (planned / done if done and planned and done < planned else 1.0)
+    return seconds * (steps / planned if steps and planned else 1.0)
 
 
 def same_machine(env: dict, device: dict) -> bool:
@@ -44,7 +46,9 @@ def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: boo
     at that dim and seq_len; else the longest at that seq_len (any dim) x 1.25; else, at the nearest shorter
     seq_len, the longest of the same mixer and dim scaled by the length ratio x LONGER_FACTOR, or the longest of
     any run there scaled by the length ratio. Every step counted (an early stop is not assumed), times
-    ESTIMATE_MARGIN plus ESTIMATE_EXTRA_S. None when no row from this kind of machine exists.
+    ESTIMATE_MARGIN plus ESTIMATE_EXTRA_S; rows of another step count are scaled to the run's ``steps`` (a
+    12000-step side sweep is timed from the grid's 3000-step rows). None when no row from this kind of machine
+    exists.
 
     ``typical=True``: the median instead of the longest, with no margin or LONGER_FACTOR (for planning, not for
     deadlines).
@@ -54,7 +58,8 @@ def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: boo
 
     pick = statistics.median if typical else max
     margin, extra = (1.0, 0.0) if typical else (ESTIMATE_MARGIN, ESTIMATE_EXTRA_S)
-    timed = [(r, s) for r in rows if same_machine(r.get("env", {}), device) and (s := run_seconds(r)) is not None]
+    steps = run.get("steps")
+    timed = [(r, s) for r in rows if same_machine(r.get("env", {}), device) and (s := run_seconds(r, steps)) is not None]
     T, dim = run["seq_len"], run["dim"]
     tiers = [
         (lambda r: r["seq_len"] == T and r["dim"] == dim and r["mixer"] == run["mixer"], 1.0),
