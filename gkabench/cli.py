@@ -437,7 +437,7 @@ def mqar(
     if dry_run:
         from pathlib import Path
 
-        from .tasks.mqar_schedule import planned_seconds
+        from .tasks.mqar_schedule import other_sweeps_rows, planned_seconds
         from .tasks.mqar_sweep import read_rows
         from .tasks.mqar_tables import missing_summary
 
@@ -445,7 +445,8 @@ def mqar(
         console.print(f"{len(todo)} of {len(shard_runs(sweep, (shard_i, shard_n)))} runs not yet in {out}/{sweep.name}.jsonl (by length and lr):")
         for line in missing_summary(todo) if todo else []:
             console.print(f"  {line}", highlight=False)
-        plan = planned_seconds(todo, read_rows(Path(out) / f"{sweep.name}.jsonl")) if todo else None
+        jsonl = Path(out) / f"{sweep.name}.jsonl"
+        plan = planned_seconds(todo, read_rows(jsonl), other_sweeps_rows(jsonl)) if todo else None
         if plan:
             gpu_name, seconds, unknown = plan
             console.print(f"about {seconds / 3600:.1f} h of {gpu_name} run time summed over these runs (median of comparable finished runs; "

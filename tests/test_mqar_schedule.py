@@ -129,3 +129,27 @@ def test_a_long_run_is_passed_over_and_a_shorter_one_after_it_starts(tmp_path):
     gate = DeadlineGate(deadline, jsonl, H200, log=lambda *a, **k: None)
     todo = [run("gka", 128, 512), run("gla", 128, 512), run("gka", 128, 256), run("gla", 128, 256)]
     assert [gate(r) for r in todo] == [False, False, True, True]  # 175 s > 100 s; 54 s fits
+
+
+def test_a_side_sweep_with_no_rows_is_timed_from_the_other_sweeps_in_its_folder(tmp_path):
+    """A new side sweep (own file, no finished run yet) is estimated from the grid's rows of the same batch size,
+    scaled to its steps; with no estimate it could never start once a deadline is set."""
+    from gkabench.io import append_jsonl
+    from gkabench.tasks.mqar_schedule import ESTIMATE_EXTRA_S as extra
+    from gkabench.tasks.mqar_schedule import ESTIMATE_MARGIN as m
+    from gkabench.tasks.mqar_schedule import DeadlineGate, planned_seconds
+
+    grid, side, deadline = tmp_path / "mqar.jsonl", tmp_path / "mqar_side.jsonl", tmp_path / "deadline"
+    append_jsonl(grid, row("attention", 128, 256, 70.0, batch_size=256))
+    append_jsonl(grid, row("attention", 128, 256, 900.0, batch_size=64))  # another batch size: not comparable
+    said = []
+    gate = DeadlineGate(deadline, side, H200, log=lambda *a, **k: said.append(a[0]))
+    long_run = {**run("attention", 128, 256), "steps": 12000, "batch_size": 256}
+    deadline.write_text(str(time.time() + m * 4 * 70 + extra + 30))
+    assert gate(long_run)  # 4 x 70 s (x margin) fits
+    deadline.write_text(str(time.time() + m * 4 * 70 + extra - 30))
+    assert not gate(long_run) and f"needs ~{m * 4 * 70 + extra:.0f} s" in said[-1]
+    from gkabench.tasks.mqar_sweep import read_rows
+
+    name, seconds, unknown = planned_seconds([long_run], [], read_rows(grid))
+    assert name == "NVIDIA H200" and unknown == 0 and seconds == pytest.approx(4 * 70.0)

@@ -83,17 +83,38 @@ def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: boo
     return None
 
 
-def planned_seconds(runs: list[dict], rows: list[dict]) -> tuple[str, float, int] | None:
-    """(GPU model, summed typical seconds, runs with no estimate) for ``runs`` on the GPU model most ``rows`` ran on;
-    None when no row ran on a GPU. The rows' times are those of runs sharing a GPU as they did then (2 at a time
-    on the H200 since session 7), so wall time is about the sum divided by that count."""
+def other_sweeps_rows(jsonl) -> list[dict]:
+    """Rows of every other sweep (``*.jsonl``) in ``jsonl``'s folder: a side sweep with no finished run of its own
+    is timed from the grid's rows (see :func:`estimate_or_fallback`)."""
+    from .mqar_sweep import read_rows
+
+    jsonl = Path(jsonl)
+    return [r for p in sorted(jsonl.parent.glob("*.jsonl")) if p.name != jsonl.name for r in read_rows(p)]
+
+
+def estimate_or_fallback(run: dict, rows: list[dict], others: list[dict], device: dict, typical: bool = False) -> float | None:
+    """:func:`estimate_run_seconds` from this sweep's ``rows``; when they give none, from ``others`` (other sweeps'
+    rows) of the run's batch size, the one setting besides steps (scaled) that changes a step's time by much."""
+    est = estimate_run_seconds(run, rows, device, typical)
+    if est is None and others:
+        same_batch = [r for r in others if r.get("batch_size") == run.get("batch_size")]
+        est = estimate_run_seconds(run, same_batch, device, typical)
+    return est
+
+
+def planned_seconds(runs: list[dict], rows: list[dict], others: list[dict] = ()) -> tuple[str, float, int] | None:
+    """(GPU model, summed typical seconds, runs with no estimate) for ``runs`` on the GPU model most rows ran on
+    (this sweep's ``rows``, else ``others``: see :func:`estimate_or_fallback`); None when no row ran on a GPU. The
+    rows' times are those of runs sharing a GPU as they did then (2 at a time on the H200 since session 7), so
+    wall time is about the sum divided by that count."""
     from collections import Counter
 
-    gpus = Counter(r.get("env", {}).get("device") for r in rows if r.get("env", {}).get("device_type") == "cuda")
+    others = list(others)
+    gpus = Counter(r.get("env", {}).get("device") for r in (rows or others) if r.get("env", {}).get("device_type") == "cuda")
     if not gpus:
         return None
     device = {"device": gpus.most_common(1)[0][0], "device_type": "cuda"}
-    est = [estimate_run_seconds(run, rows, device, typical=True) for run in runs]
+    est = [estimate_or_fallback(run, rows, others, device, typical=True) for run in runs]
     return device["device"], sum(e for e in est if e is not None), sum(e is None for e in est)
 
 
@@ -111,7 +132,8 @@ def read_deadline(path) -> float | None:
 
 class DeadlineGate:
     """``gate(run)``: True while no deadline is set, or when the run's estimate fits before it. A run with no
-    estimate (nothing finished on this kind of machine) does not start once a deadline is set."""
+    estimate (nothing finished on this kind of machine, in this sweep or the other sweeps of its folder) does not
+    start once a deadline is set."""
 
     def __init__(self, deadline_file, jsonl, device: dict, log=print):
         self.deadline_file, self.jsonl, self.device, self.log = deadline_file, Path(jsonl), device, log
@@ -122,7 +144,7 @@ class DeadlineGate:
         from .mqar_sweep import read_rows
 
         left = deadline - time.time()
-        need = estimate_run_seconds(run, read_rows(self.jsonl), self.device)
+        need = estimate_or_fallback(run, read_rows(self.jsonl), other_sweeps_rows(self.jsonl), self.device)
         if need is not None and need <= left:
             return True
         what = f"{run['mixer']} d={run['dim']} T={run['seq_len']} lr={run['lr']:g}"
