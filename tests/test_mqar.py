@@ -444,3 +444,18 @@ def test_cuda_graph_is_chosen_per_mixer_and_not_part_of_a_runs_identity():
     assert all(mqar_train_config(run, every)[0].cuda_graph for run in every.runs())
     with pytest.raises(ValueError, match="--cuda-graph: unknown mixer 'gkaa'"):
         SweepConfig.defaults_for(True, cuda_graph_mixers=["gkaa"]).validate()
+
+
+def test_plot_legend_names_every_mixer_when_a_panel_lacks_some(tmp_path, monkeypatch):
+    """One legend for the figure: a length that has run for some mixers only must not hide the others' names."""
+    from gkabench.tasks import mqar_tables
+
+    saved = {}
+    monkeypatch.setattr(mqar_tables, "save_figure_atomic", lambda fig, path, dpi: saved.setdefault("fig", fig))
+    cell = dict(num_pairs=4, lr=1e-3, seed=0)
+    rows = [dict(mixer="gka", seq_len=32, dim=16, accuracy=0.9, **cell), dict(mixer="attention", seq_len=32, dim=16, accuracy=0.5, **cell),
+            dict(mixer="gka", seq_len=64, dim=16, accuracy=0.4, **cell)]  # fmt: skip
+    mqar_tables.write_plot(rows, tmp_path / "p.png", "t")
+    fig = saved["fig"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["attention", "gka"]
+    assert all(ax.get_legend() is None for ax in fig.axes)

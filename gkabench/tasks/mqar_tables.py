@@ -137,6 +137,7 @@ def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     best = best_per_cell(rows)
     if best.empty:
@@ -145,7 +146,7 @@ def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = 
     # one colour per mixer in every panel (explicit: the hollow markers must not advance matplotlib's colour cycle)
     colors = {m: f"C{i % 10}" for i, m in enumerate(sorted(best["mixer"].unique()))}
     panels = sorted({(int(t), int(p)) for t, p in zip(best["seq_len"], best["num_pairs"])})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.3, 3.6), squeeze=False, sharey=True)
     for ax, (T, P) in zip(axes[0], panels):
         sub = best[(best["seq_len"] == T) & (best["num_pairs"] == P)]
         for mixer, m in sub.groupby("mixer"):
@@ -165,7 +166,9 @@ def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = 
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("MQAR accuracy (best lr)")
-    axes[0][-1].legend(fontsize=8)
+    # one legend for the figure, naming every mixer: a panel may lack some (a length not run for them yet)
+    handles = [Line2D([], [], marker="o", color=c, label=m) for m, c in colors.items()]
+    fig.legend(handles=handles, loc="center right", fontsize=8)
     fig.suptitle(title + ("  (hollow: not every lr has run yet)" if partial else ""))
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 1.3 / fig.get_figwidth(), 1))
     save_figure_atomic(fig, path, dpi=120)
