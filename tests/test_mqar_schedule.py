@@ -138,6 +138,7 @@ def test_a_side_sweep_with_no_rows_is_timed_from_the_other_sweeps_in_its_folder(
     from gkabench.tasks.mqar_schedule import ESTIMATE_EXTRA_S as extra
     from gkabench.tasks.mqar_schedule import ESTIMATE_MARGIN as m
     from gkabench.tasks.mqar_schedule import DeadlineGate, planned_seconds
+    from gkabench.tasks.mqar_sweep import read_rows
 
     grid, side, deadline = tmp_path / "mqar.jsonl", tmp_path / "mqar_side.jsonl", tmp_path / "deadline"
     append_jsonl(grid, row("attention", 128, 256, 70.0, batch_size=256))
@@ -149,7 +150,5 @@ def test_a_side_sweep_with_no_rows_is_timed_from_the_other_sweeps_in_its_folder(
     assert gate(long_run)  # 4 x 70 s (x margin) fits
     deadline.write_text(str(time.time() + m * 4 * 70 + extra - 30))
     assert not gate(long_run) and f"needs ~{m * 4 * 70 + extra:.0f} s" in said[-1]
-    from gkabench.tasks.mqar_sweep import read_rows
-
     name, seconds, unknown = planned_seconds([long_run], [], read_rows(grid))
     assert name == "NVIDIA H200" and unknown == 0 and seconds == pytest.approx(4 * 70.0)
