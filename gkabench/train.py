@@ -62,6 +62,7 @@ class TrainConfig:
     head_dim: int | None = None
     intermediate_size: int | None = None
     mixer_options: dict = field(default_factory=dict)  # {"gka": {"use_alpha": False}}
+    learned_positions: int = 0  # > 0: learned absolute position embeddings for this many tokens (GKABenchConfig)
     backend: str = "auto"
     # data
     data: str = "mqar"  # "mqar", "facts" (generated long-context documents) or comma-separated local .txt / .jsonl / .json files
@@ -170,6 +171,8 @@ def build_model(cfg: TrainConfig, vocab_size: int, tokenizer):
     from .models import GKABenchForCausalLM, preset_config
 
     overrides = {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size") if getattr(cfg, k) is not None}
+    if cfg.learned_positions:
+        overrides["learned_positions"] = int(cfg.learned_positions)
     if cfg.hidden_size is not None and cfg.intermediate_size is None:
         overrides["intermediate_size"] = None  # let the config derive it from the new hidden size
     special = {}

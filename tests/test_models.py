@@ -223,3 +223,58 @@ def test_byte_tokenizer_round_trip_and_local_loading(tmp_path):
         assert again(text)["input_ids"] == ids and again.eos_token_id == 257
     with pytest.raises(FileNotFoundError, match="no hub downloads"):
         load_tokenizer(tmp_path / "nope")
+
+
+def abspos_model(**kw) -> GKABenchForCausalLM:
+    """Zoology-style attention: learned absolute positions added to the embeddings, no RoPE in the layer."""
+    return tiny("attention", learned_positions=16, mixer_options={"attention": {"use_rope": False}}, **kw)
+
+
+def test_learned_positions_generate_equals_full_forward_and_matter():
+    model = abspos_model()
+    assert model.model.embed_positions.num_embeddings == 16 and model.model.layers[0].mixer.rotary is None
+    ids = torch.randint(0, VOCAB - 1, (2, 6))
+    with torch.no_grad():
+        gen = model.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=VOCAB - 1)
+        full = model(gen.sequences[:, :-1], use_cache=False).logits[:, 5:]
+        # Without its positions a causal attention model without RoPE is order-blind at the last token: swapping two
+        # earlier tokens would not change its output. With learned positions it does.
+        swapped = gen.sequences[:, :-1].clone()
+        swapped[:, [0, 1]] = swapped[:, [1, 0]]
+        moved = model(swapped, use_cache=False).logits[:, -1]
+    torch.testing.assert_close(torch.stack(gen.logits, 1).double(), full, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(moved, full[:, -1], atol=1e-6)
+
+
+def test_learned_positions_left_padding_packing_and_beams():
+    """Positions count real tokens: a left-padded prompt and a packed document start at position 0."""
+    model = abspos_model()
+    a, b = torch.randint(0, VOCAB - 1, (1, 6)), torch.randint(0, VOCAB - 1, (1, 4))
+    batch = torch.cat([a, torch.cat([torch.zeros(1, 2, dtype=torch.long), b], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, :2] = 0
+    with torch.no_grad():
+        both = model.generate(batch, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=VOCAB - 1)
+        alone_b = model.generate(b, max_new_tokens=4, do_sample=False, pad_token_id=VOCAB - 1)
+        packed = model(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 6, 10], dtype=torch.int32)).logits
+        sep = torch.cat([model(a).logits, model(b).logits], 1)
+        kw = dict(max_new_tokens=4, num_beams=3, do_sample=False, pad_token_id=VOCAB - 1)
+        beams = model.generate(a, use_cache=True, **kw), model.generate(a, use_cache=False, **kw)
+    assert torch.equal(both[1, -4:], alone_b[0, -4:])
+    torch.testing.assert_close(packed, sep, rtol=1e-9, atol=1e-9)
+    assert torch.equal(*beams)
+
+
+def test_learned_positions_limit_is_a_one_line_error_and_round_trips(tmp_path):
+    model = abspos_model(dtype=torch.float32)
+    with pytest.raises(ValueError, match="at most 16 tokens"):
+        model(torch.randint(0, VOCAB, (1, 17)))
+    out = model(torch.randint(0, VOCAB, (1, 12)), use_cache=True)
+    with pytest.raises(ValueError, match="reaches 18"):
+        model(torch.randint(0, VOCAB, (1, 6)), past_key_values=out.cache, use_cache=True)
+    model.save_pretrained(tmp_path)
+    loaded = GKABenchForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, VOCAB, (2, 9))
+    assert loaded.config.learned_positions == 16
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)

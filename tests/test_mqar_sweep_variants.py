@@ -25,3 +25,20 @@ def test_gla_conv_has_short_conv_and_gla_has_none():
 def test_unknown_variant_names_the_choices():
     with pytest.raises(ValueError, match="gka_plain"):
         resolve_variant("no_such_mixer")
+
+
+def test_attention_abspos_is_zoologys_attention_and_trains(tmp_path):
+    """attention_abspos: learned absolute positions (one per token of the run's length) and no RoPE; the row says so."""
+    from gkabench.tasks.mqar_sweep import SweepConfig, mqar_train_config, run_mqar_sweep
+
+    sweep = SweepConfig.defaults_for(
+        False, mixers=["attention_abspos", "attention"], dims=[16], lengths=[(24, 4)], lrs=[1e-2], vocab_size=32, steps=3,
+        batch_size=8, eval_examples=16, head_dim=8, out_dir=str(tmp_path / "res"), run_dir=str(tmp_path / "runs"), name="t",
+    )  # fmt: skip
+    cfgs = {run["mixer"]: mqar_train_config(run, sweep)[0] for run in sweep.runs()}
+    assert cfgs["attention_abspos"].learned_positions == 24 and cfgs["attention_abspos"].mixer_options == {"attention": {"use_rope": False}}
+    assert cfgs["attention"].learned_positions == 0 and cfgs["attention"].mixer_options == {}
+    rows = {r["mixer"]: r for r in run_mqar_sweep(sweep)}
+    assert rows["attention_abspos"]["learned_positions"] == 24 and rows["attention"]["learned_positions"] == 0
+    assert rows["attention_abspos"]["params"] == rows["attention"]["params"] + 24 * 16
+    assert all(0 <= r["accuracy"] <= 1 for r in rows.values())

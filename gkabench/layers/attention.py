@@ -4,7 +4,7 @@ device (no fla), causal, with a growing KV cache.
 Layer (defaults from fla 0.6.0 ``fla/layers/attn.py``)::
 
     q, k, v = Wq x, Wk x, Wv x                 (num_kv_heads < num_heads: grouped-query attention)
-    q, k    = RoPE(q, k) at each token's position in its own sequence (theta 10000)
+    q, k    = RoPE(q, k) at each token's position in its own sequence (theta 10000; use_rope=False: none)
     o       = softmax(q k^T / sqrt(D) + causal mask) v
     y       = Wo o
 
@@ -33,6 +33,9 @@ DEFAULTS = {
     "num_heads": "round(hidden_size / head_dim)",
     "num_kv_heads": None,
     "rope_theta": 10000.0,
+    # False: no position encoding in the layer (order then comes from the model's learned absolute positions,
+    # ``GKABenchConfig.learned_positions``, as in Zoology's MQAR attention baseline)
+    "use_rope": True,
     "qkv_bias": False,
     "qk_norm": False,
 }
@@ -54,7 +57,7 @@ def _known_issues() -> list[str]:
 class AttentionMixer(Mixer):
     """Causal softmax attention. ``x [B, T, hidden]`` -> ``y [B, T, hidden]``; see the module docstring.
 
-    Options: ``num_kv_heads`` (must divide num_heads), ``rope_theta``, ``qkv_bias``, ``qk_norm``.
+    Options: ``num_kv_heads`` (must divide num_heads), ``rope_theta``, ``use_rope``, ``qkv_bias``, ``qk_norm``.
     Cache tensors: ``k``, ``v [B, S, num_kv_heads, head_dim]`` (after RoPE) and ``mask [B, S]`` (bool, real keys).
     Both backends are the same code (SDPA); ``backend`` only checks the device.
     """
@@ -77,11 +80,18 @@ class AttentionMixer(Mixer):
         self.qk_norm = bool(opts["qk_norm"])
         if self.qk_norm:
             self.q_norm, self.k_norm = RMSNorm(head_dim), RMSNorm(head_dim)
-        self.rotary = RotaryEmbedding(head_dim, base=float(opts["rope_theta"]))
+        self.rotary = RotaryEmbedding(head_dim, base=float(opts["rope_theta"])) if opts["use_rope"] else None
 
     def state_bytes(self, seq_len: int = 0, dtype: torch.dtype = torch.bfloat16) -> int:
         """KV cache bytes after ``seq_len`` tokens: ``2 * seq_len * num_kv_heads * head_dim`` elements of ``dtype``."""
         return 2 * seq_len * self.num_kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
+
+    def _rotate(self, q, k, positions):
+        """RoPE on q, k ``[B, T, H, D]`` at ``positions()`` (a callable: no work without RoPE); as given without it."""
+        if self.rotary is None:
+            return q, k
+        p = positions()
+        return self.rotary(q, p), self.rotary(k, p)
 
     def _sdpa(self, q, k, v, mask=None, is_causal=False):
         """q ``[B, T, H, D]``, k, v ``[B, S, Hkv, D]`` -> ``[B, T, H, D]``."""
@@ -107,8 +117,7 @@ class AttentionMixer(Mixer):
         if cu_seqlens is not None:
             if attention_mask is not None and not bool(attention_mask.all()):
                 raise ValueError("attention: packed sequences (cu_seqlens) carry no padding; drop the padded tokens or the mask")
-            positions = token_positions(cu_seqlens, T)
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+            q, k = self._rotate(q, k, lambda: token_positions(cu_seqlens, T))
             bounds = cu_seqlens.tolist()
             outs = [
                 self._sdpa(q[:, a:b], k[:, a:b], v[:, a:b], is_causal=True)
@@ -137,7 +146,7 @@ class AttentionMixer(Mixer):
             # Positions count real tokens only, so left padding does not shift RoPE.
             positions = (past.sum(1, keepdim=True) + cur.long().cumsum(1) - 1).clamp_min(0)
             keys = torch.cat([past, cur], dim=1)  # [B, S]
-        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        q, k = self._rotate(q, k, lambda: positions)
         if cache is not None:
             k = torch.cat([cache["k"].to(k.dtype), k], dim=1)
             v = torch.cat([cache["v"].to(v.dtype), v], dim=1)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..layers import MixerCache, build_mixer
-from ..layers.blocks import RMSNorm, RotaryEmbedding, fused_call, silu_mul
+from ..layers.blocks import RMSNorm, RotaryEmbedding, fused_call, silu_mul, token_positions
 from .configuration import GKABenchConfig
 
 
@@ -62,8 +62,11 @@ class GKABenchCache:
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, layers: list[MixerCache | None]):
+    def __init__(self, layers: list[MixerCache | None], positions: torch.Tensor | None = None):
         self.layers = list(layers)
+        # [B] int64: real (unpadded) tokens each sequence has consumed, the next token's learned position; kept
+        # only by models with learned_positions
+        self.positions = positions
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -90,6 +93,8 @@ class GKABenchCache:
         for cache in self.layers:
             if cache is not None:
                 cache.reorder(beam_idx)
+        if self.positions is not None:
+            self.positions = self.positions.index_select(0, beam_idx.to(self.positions.device))
 
     def nbytes(self) -> int:
         return sum(c.nbytes() for c in self.layers if c is not None)
@@ -173,6 +178,8 @@ class GKABenchModel(GKABenchPreTrainedModel):
     def __init__(self, config: GKABenchConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        n_pos = int(config.learned_positions or 0)
+        self.embed_positions = nn.Embedding(n_pos, config.hidden_size) if n_pos > 0 else None
         self.layers = nn.ModuleList(GKABenchBlock(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_init()
@@ -190,6 +197,9 @@ class GKABenchModel(GKABenchPreTrainedModel):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} layers, the model {len(self.layers)}; pass the cache this model returned")
+        next_positions = None
+        if self.embed_positions is not None:
+            x, next_positions = self._add_positions(x, attention_mask, cu_seqlens, cache)
         if attention_mask is not None:
             # generate() passes a mask over cached + new tokens; every mixer keeps what it needs of the past in
             # its own cache, so the mixers get the columns of the new tokens only (T' = T, allowed by the contract).
@@ -203,7 +213,35 @@ class GKABenchModel(GKABenchPreTrainedModel):
                 cache=cache[i] if cache is not None else None, use_cache=use_cache,
             )  # fmt: skip
             new_layers.append(layer_cache)
-        return self.norm(x), (GKABenchCache(new_layers) if use_cache else None)
+        return self.norm(x), (GKABenchCache(new_layers, next_positions) if use_cache else None)
+
+    def _add_positions(self, x, attention_mask, cu_seqlens, cache):
+        """x ``[B, T, hidden]`` + its learned position embeddings -> (x, positions after it ``[B]`` or None).
+
+        A token's position counts the real tokens before it in its own sequence: packed documents start at 0,
+        left padding does not shift positions (as attention's RoPE positions), and a cache continues its count."""
+        B, T = x.shape[:2]
+        limit = self.embed_positions.num_embeddings
+        seen = cache.get_seq_length() if cache is not None else 0
+        if seen + T > limit:  # shapes only (no GPU sync): padding can only lower positions
+            raise ValueError(
+                f"the model has learned position embeddings for {limit} tokens but this input reaches {seen + T}; "
+                f"use sequences of at most {limit} tokens (or a model built with a larger learned_positions)"
+            )
+        if cu_seqlens is not None:
+            positions, after = token_positions(cu_seqlens, T)[None], None
+        else:
+            real = attention_mask[:, -T:].long() if attention_mask is not None else None
+            past = getattr(cache, "positions", None) if cache is not None else None
+            if past is None:
+                past = torch.full((B,), seen, dtype=torch.long, device=x.device)
+            if real is None:
+                positions = past[:, None] + torch.arange(T, device=x.device)
+                after = past + T
+            else:
+                positions = (past[:, None] + real.cumsum(1) - 1).clamp_min(0)
+                after = past + real.sum(1)
+        return x + self.embed_positions(positions).to(x.dtype), after
 
 
 class GKABenchForCausalLM(GKABenchPreTrainedModel, GenerationMixin):
