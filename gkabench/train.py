@@ -316,7 +316,7 @@ def evaluate(model, source, cfg: TrainConfig, device, autocast) -> dict:
 # Settings a resumed run must share with the checkpoint: the model, the data and their order.
 RESUME_MUST_MATCH = (
     "mixer", "preset", "hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size", "mixer_options",
-    "data", "text_field", "tokenizer", "seq_len", "packing", "mqar_vocab", "mqar_pairs", "mqar_queries", "mqar_curriculum", "facts_questions",
+    "learned_positions", "data", "text_field", "tokenizer", "seq_len", "packing", "mqar_vocab", "mqar_pairs", "mqar_queries", "mqar_curriculum", "facts_questions",
     "batch_size", "seed",
 )  # fmt: skip
 

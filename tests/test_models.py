@@ -278,3 +278,19 @@ def test_learned_positions_limit_is_a_one_line_error_and_round_trips(tmp_path):
     assert loaded.config.learned_positions == 16
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_blocks_without_mlp_generate_and_round_trip(tmp_path):
+    """intermediate_size 0: each block is its mixer alone (Zoology's MQAR models); the cache path is unchanged."""
+    model = tiny("gka,attention", intermediate_size=0)
+    assert all(b.mlp is None and b.mlp_norm is None for b in model.model.layers)
+    ids = torch.randint(0, VOCAB - 1, (2, 6))
+    with torch.no_grad():
+        gen = model.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=VOCAB - 1)
+        full = model(gen.sequences[:, :-1], use_cache=False).logits[:, 5:]
+    torch.testing.assert_close(torch.stack(gen.logits, 1).double(), full, rtol=1e-6, atol=1e-6)
+    model.save_pretrained(tmp_path)
+    loaded = GKABenchForCausalLM.from_pretrained(tmp_path).to(torch.float64).eval()
+    assert loaded.config.intermediate_size == 0
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)

@@ -27,18 +27,23 @@ def test_unknown_variant_names_the_choices():
         resolve_variant("no_such_mixer")
 
 
-def test_attention_abspos_is_zoologys_attention_and_trains(tmp_path):
-    """attention_abspos: learned absolute positions (one per token of the run's length) and no RoPE; the row says so."""
+def test_zoology_attention_variants_change_one_thing_each_and_train(tmp_path):
+    """attention_abspos: learned absolute positions (one per token of the run) and no RoPE; attention_nomlp: blocks
+    without the MLP. Rows record the model settings."""
     from gkabench.tasks.mqar_sweep import SweepConfig, mqar_train_config, run_mqar_sweep
 
+    mixers = ["attention_abspos", "attention_nomlp", "attention"]
     sweep = SweepConfig.defaults_for(
-        False, mixers=["attention_abspos", "attention"], dims=[16], lengths=[(24, 4)], lrs=[1e-2], vocab_size=32, steps=3,
+        False, mixers=mixers, dims=[16], lengths=[(24, 4)], lrs=[1e-2], vocab_size=32, steps=3,
         batch_size=8, eval_examples=16, head_dim=8, out_dir=str(tmp_path / "res"), run_dir=str(tmp_path / "runs"), name="t",
     )  # fmt: skip
     cfgs = {run["mixer"]: mqar_train_config(run, sweep)[0] for run in sweep.runs()}
-    assert cfgs["attention_abspos"].learned_positions == 24 and cfgs["attention_abspos"].mixer_options == {"attention": {"use_rope": False}}
-    assert cfgs["attention"].learned_positions == 0 and cfgs["attention"].mixer_options == {}
+    assert (cfgs["attention_abspos"].learned_positions, cfgs["attention_abspos"].mixer_options) == (24, {"attention": {"use_rope": False}})
+    assert (cfgs["attention_nomlp"].intermediate_size, cfgs["attention_nomlp"].learned_positions) == (0, 0)
+    assert (cfgs["attention"].learned_positions, cfgs["attention"].intermediate_size, cfgs["attention"].mixer_options) == (0, None, {})
     rows = {r["mixer"]: r for r in run_mqar_sweep(sweep)}
-    assert rows["attention_abspos"]["learned_positions"] == 24 and rows["attention"]["learned_positions"] == 0
+    assert rows["attention_abspos"]["model_options"] == {"learned_positions": 24} and rows["attention"]["model_options"] == {}
     assert rows["attention_abspos"]["params"] == rows["attention"]["params"] + 24 * 16
+    # each of the 2 blocks loses its SwiGLU (3 matrices of 16 x 64: the default width for hidden 16) and its norm
+    assert rows["attention_nomlp"]["params"] == rows["attention"]["params"] - 2 * (3 * 16 * 64 + 16)
     assert all(0 <= r["accuracy"] <= 1 for r in rows.values())

@@ -46,7 +46,7 @@ class GKABenchConfig(PretrainedConfig):
     mixer_options: dict | None = None
     num_heads: int | None = None
     head_dim: int | None = None
-    intermediate_size: int | None = None
+    intermediate_size: int | None = None  # SwiGLU width; None: 8/3 x hidden; 0: no MLP (mixer-only blocks, as Zoology's MQAR models)
     rms_norm_eps: float = 1e-6
     # > 0: learned absolute position embeddings for this many positions, added to the token embeddings (GPT-2 /
     # Zoology style; Zoology's MQAR attention baseline has them and no RoPE). 0: none, each mixer sees order itself.

@@ -114,7 +114,7 @@ class SwiGLU(nn.Module):
 
 
 class GKABenchBlock(nn.Module):
-    """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``."""
+    """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (no MLP when intermediate_size is 0)."""
 
     def __init__(self, config: GKABenchConfig, layer_idx: int):
         super().__init__()
@@ -125,8 +125,10 @@ class GKABenchBlock(nn.Module):
             name, config.hidden_size, config.num_heads, config.head_dim,
             backend=config.backend, layer_idx=layer_idx, **config.options_for(name),
         )  # fmt: skip
-        self.mlp_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+        # intermediate_size 0: a block is its mixer alone (Zoology's MQAR models have no MLP)
+        has_mlp = bool(config.intermediate_size)
+        self.mlp_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps) if has_mlp else None
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size) if has_mlp else None
         # from_pretrained builds the model on the meta device and refills only saved tensors; RoPE frequencies are
         # a non-persistent buffer, so _init_weights recomputes them and needs the base the mixer was built with.
         theta = float(getattr(self.mixer, "options", {}).get("rope_theta", 10000.0))
@@ -138,7 +140,8 @@ class GKABenchBlock(nn.Module):
         """x ``[B, T, hidden]`` -> (x ``[B, T, hidden]``, new MixerCache or None)."""
         y, new_cache = self.mixer(self.mixer_norm(x), attention_mask=attention_mask, cu_seqlens=cu_seqlens, cache=cache, use_cache=use_cache)
         x = x + y
-        x = x + self.mlp(self.mlp_norm(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
         return x, new_cache
 
 

@@ -21,12 +21,23 @@ MIXER_VARIANTS: dict[str, tuple[str, dict]] = {
     # fla's GLA layer has no short convolution by default (and so neither has our "gla"); every other linear mixer
     # here has one, and MQAR leans on it (a key must be bound to the token after it)
     "gla_conv": ("gla", {"use_short_conv": True}),
-    # Zoology's MQAR attention baseline: learned absolute position embeddings (as many as the run's seq_len) added
-    # to the token embeddings, and no RoPE; ours ("attention") has RoPE and no learned positions
+    # Zoology's MQAR attention baseline differs from ours ("attention": RoPE, SwiGLU MLP in every block) in its
+    # position scheme (learned absolute position embeddings added to the token embeddings, no RoPE) and in having
+    # no MLP; these variants take one difference each (MODEL_VARIANTS: the model side)
     "attention_abspos": ("attention", {"use_rope": False}),
+    "attention_nomlp": ("attention", {}),
 }
-# Variants whose models also get learned absolute position embeddings, one per token of the run's seq_len.
-LEARNED_POSITION_VARIANTS = {"attention_abspos"}
+SEQ_LEN = "seq_len"  # in MODEL_VARIANTS: the run's sequence length
+# Model settings of variants (GKABenchConfig fields), beyond the mixer's options.
+MODEL_VARIANTS: dict[str, dict] = {
+    "attention_abspos": {"learned_positions": SEQ_LEN},  # one learned position per token of the run
+    "attention_nomlp": {"intermediate_size": 0},  # blocks of the mixer alone
+}
+
+
+def model_options(run: dict) -> dict:
+    """GKABenchConfig settings of ``run``'s variant (empty for a plain mixer), ``SEQ_LEN`` resolved."""
+    return {k: run["seq_len"] if v == SEQ_LEN else v for k, v in MODEL_VARIANTS.get(run["mixer"], {}).items()}
 
 
 def resolve_variant(name: str) -> tuple[str, dict]:
@@ -223,8 +234,7 @@ def mqar_train_config(run: dict, sweep: SweepConfig):
     eval_batches = max(1, -(-sweep.eval_examples // sweep.batch_size))
     cfg = TrainConfig(
         out_dir=str(sweep.runs_root() / tag), mixer=base, mixer_options={base: opts} if opts else {},
-        learned_positions=run["seq_len"] if run["mixer"] in LEARNED_POSITION_VARIANTS else 0,
-        preset="tiny", hidden_size=run["dim"], num_layers=run["num_layers"], num_heads=run["num_heads"], head_dim=run["head_dim"],
+        **model_options(run), preset="tiny", hidden_size=run["dim"], num_layers=run["num_layers"], num_heads=run["num_heads"], head_dim=run["head_dim"],
         data="mqar", seq_len=run["seq_len"], mqar_vocab=run["vocab_size"], mqar_pairs=run["num_pairs"], mqar_curriculum=run["curriculum"],
         steps=run["steps"], batch_size=run["batch_size"], lr=run["lr"], warmup_steps=min(sweep.warmup_steps, run["steps"]),
         weight_decay=sweep.weight_decay, eval_every=min(sweep.check_every, run["steps"]) if sweep.early_stop_acc else run["steps"],
@@ -251,7 +261,7 @@ def train_mqar_run(run: dict, sweep: SweepConfig, concurrent_runs: int = 1) -> d
     s = train(cfg)
     model = s.pop("model")
     return {
-        **run, "base_mixer": base, "options": opts, "learned_positions": cfg.learned_positions, "accuracy": s["eval_acc"], "eval_loss": s["eval_loss"],
+        **run, "base_mixer": base, "options": opts, "model_options": model_options(run), "accuracy": s["eval_acc"], "eval_loss": s["eval_loss"],
         "train_loss": s["loss"], "params": s["params"], "eval_examples": cfg.eval_batches * run["batch_size"],
         "steps_done": s["step"], "early_stop_acc": sweep.early_stop_acc or None,
         "state_bytes_per_layer": model.model.layers[0].mixer.state_bytes(run["seq_len"]),
