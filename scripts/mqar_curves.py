@@ -65,11 +65,12 @@ def read_logs(archives: list[str]) -> dict[tuple, list[dict]]:
     return {key: events for key, (_, events) in logs.items()}
 
 
-def best_rows(rows_path: str) -> list[dict]:
+def best_rows(rows_path: str, lrs: list[float] | None = None) -> list[dict]:
+    """Each cell's best-lr row (the first seed's), among the rows at ``lrs`` (None: every lr in the file)."""
     from gkabench.tasks.mqar_sweep import read_rows
     from gkabench.tasks.mqar_tables import best_per_cell
 
-    rows = [r for r in read_rows(rows_path) if not r.get("error")]
+    rows = [r for r in read_rows(rows_path) if not r.get("error") and (lrs is None or any(math.isclose(r["lr"], x) for x in lrs))]
     best = best_per_cell(rows)
     # one run per cell: the first seed's at the chosen lr (the run the lr was chosen on)
     full = {(r["mixer"], r["seq_len"], r["num_pairs"], r["dim"], r["lr"]): r for r in sorted(rows, key=lambda r: -(r.get("seed") or 0))}
@@ -81,11 +82,19 @@ def main() -> None:
     ap.add_argument("archives", nargs="*")
     ap.add_argument("--rows", default="results/mqar/mqar.jsonl")
     ap.add_argument("--out", default="results/mqar/mqar_curves", help="writes OUT.png and OUT.csv")
+    ap.add_argument("--lrs", default="grid", help="learning rates a cell's best run is chosen among: grid = the GPU grid's "
+                    "(as its table: an off-grid side run, e.g. lr 3e-4, is left out), all, or a comma list")
     a = ap.parse_args()
+    if a.lrs == "grid":
+        from gkabench.tasks.mqar_sweep import SweepConfig
+
+        lrs = SweepConfig.defaults_for(True).lrs
+    else:
+        lrs = None if a.lrs == "all" else [float(x) for x in a.lrs.split(",")]
     archives = a.archives or sorted(glob.glob("results/device/**/*mqar_logs*.tgz", recursive=True))
     logs = read_logs(archives)
     table = []
-    for r in best_rows(a.rows):
+    for r in best_rows(a.rows, lrs):
         key = (r["mixer"], r["dim"], r.get("num_heads") or PRESET_HEADS, r["seq_len"], r["num_pairs"], r["lr"], r["batch_size"], r["steps"], r.get("curriculum"), r.get("seed") or 0)
         events = logs.get(key)
         train = [(e["step"], e["loss"]) for e in events or [] if "loss" in e and "step" in e and "event" not in e]

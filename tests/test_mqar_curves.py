@@ -25,6 +25,7 @@ def test_curves_pick_each_cells_best_run_and_find_where_it_left_the_plateau(tmp_
         {**row, "mixer": "gka_plain", "dim": 32, "lr": 1e-2, "accuracy": 0.9},
         {**row, "mixer": "gka_plain", "dim": 32, "lr": 3e-3, "accuracy": 0.2},
         {**row, "mixer": "gated_deltanet", "dim": 32, "lr": 3e-3, "accuracy": 0.0},
+        {**row, "mixer": "gated_deltanet", "dim": 32, "lr": 3e-4, "accuracy": 0.5},  # off the grid's lrs: left out
     ]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # plateau = ln(256 / 2) = 4.85; "left" = first loss under 4.05
