@@ -319,6 +319,7 @@ def train(
     num_heads: int = typer.Option(None, "--num-heads"),
     head_dim: int = typer.Option(None, "--head-dim"),
     intermediate_size: int = typer.Option(None, "--intermediate-size", help="SwiGLU width (default 8/3 x hidden); 0 = blocks without an MLP"),
+    embed_dropout: float = typer.Option(0.0, "--embed-dropout", help="dropout on the input embeddings while training"),
     mixer_option: list[str] = typer.Option(None, "--mixer-option", help="MIXER.OPTION=VALUE, repeatable (gka.use_alpha=false)"),
     learned_positions: int = typer.Option(0, "--learned-positions", help="N > 0: learned absolute position embeddings for N tokens (Zoology's attention: with --mixer-option attention.use_rope=false)"),
     data: str = typer.Option("mqar", "--data", help="mqar, facts (generated rag/longqa/niah documents with answers; --seq-len 1024 or more), or comma-separated local .txt / .jsonl files"),
@@ -354,7 +355,7 @@ def train(
 
     cfg = TrainConfig(
         out_dir=out, mixer=mixer, preset=preset, hidden_size=hidden, num_layers=num_layers, num_heads=num_heads,
-        head_dim=head_dim, intermediate_size=intermediate_size, mixer_options=_parse_mixer_options(mixer_option), learned_positions=learned_positions, data=data, eval_data=eval_data,
+        head_dim=head_dim, intermediate_size=intermediate_size, mixer_options=_parse_mixer_options(mixer_option), learned_positions=learned_positions, embed_dropout=embed_dropout, data=data, eval_data=eval_data,
         text_field=text_field, tokenizer=tokenizer, seq_len=seq_len, packing=packing, mqar_vocab=mqar_vocab,
         mqar_pairs=mqar_pairs, mqar_curriculum=mqar_curriculum, facts_questions=facts_questions, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup,
         weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every, save_every=save_every,

@@ -63,6 +63,7 @@ class TrainConfig:
     intermediate_size: int | None = None
     mixer_options: dict = field(default_factory=dict)  # {"gka": {"use_alpha": False}}
     learned_positions: int = 0  # > 0: learned absolute position embeddings for this many tokens (GKABenchConfig)
+    embed_dropout: float = 0.0  # dropout on the input embeddings while training (GKABenchConfig)
     backend: str = "auto"
     # data
     data: str = "mqar"  # "mqar", "facts" (generated long-context documents) or comma-separated local .txt / .jsonl / .json files
@@ -173,6 +174,8 @@ def build_model(cfg: TrainConfig, vocab_size: int, tokenizer):
     overrides = {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size") if getattr(cfg, k) is not None}
     if cfg.learned_positions:
         overrides["learned_positions"] = int(cfg.learned_positions)
+    if cfg.embed_dropout:
+        overrides["embed_dropout"] = float(cfg.embed_dropout)
     if cfg.hidden_size is not None and cfg.intermediate_size is None:
         overrides["intermediate_size"] = None  # let the config derive it from the new hidden size
     special = {}
@@ -316,7 +319,7 @@ def evaluate(model, source, cfg: TrainConfig, device, autocast) -> dict:
 # Settings a resumed run must share with the checkpoint: the model, the data and their order.
 RESUME_MUST_MATCH = (
     "mixer", "preset", "hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size", "mixer_options",
-    "learned_positions", "data", "text_field", "tokenizer", "seq_len", "packing", "mqar_vocab", "mqar_pairs", "mqar_queries", "mqar_curriculum", "facts_questions",
+    "learned_positions", "embed_dropout", "data", "text_field", "tokenizer", "seq_len", "packing", "mqar_vocab", "mqar_pairs", "mqar_queries", "mqar_curriculum", "facts_questions",
     "batch_size", "seed",
 )  # fmt: skip
 

@@ -281,7 +281,7 @@ def test_learned_positions_limit_is_a_one_line_error_and_round_trips(tmp_path):
 
 
 def test_blocks_without_mlp_generate_and_round_trip(tmp_path):
-    """intermediate_size 0: each block is its mixer alone (Zoology's MQAR models); the cache path is unchanged."""
+    """intermediate_size 0: each block is its mixer alone (as Zoology's MQAR sweep configs); the cache path is unchanged."""
     model = tiny("gka,attention", intermediate_size=0)
     assert all(b.mlp is None and b.mlp_norm is None for b in model.model.layers)
     ids = torch.randint(0, VOCAB - 1, (2, 6))
@@ -294,3 +294,22 @@ def test_blocks_without_mlp_generate_and_round_trip(tmp_path):
     assert loaded.config.intermediate_size == 0
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_dropout_only_while_training_and_off_by_default():
+    """Zoology-style dropout (attention probabilities, embeddings) changes training forwards only; at its default 0
+    a model draws no random numbers, so earlier runs are unchanged."""
+    model = tiny("attention", torch.float32, embed_dropout=0.1, mixer_options={"attention": {"dropout": 0.1}})
+    plain = tiny("attention", torch.float32)
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, plain(ids).logits, rtol=0, atol=0)  # eval: same weights, no dropout
+        model.train()
+        a, b = model(ids).logits, model(ids).logits
+        assert not torch.allclose(a, b)
+        plain.train()
+        state = torch.get_rng_state()
+        plain(ids)
+        assert torch.equal(state, torch.get_rng_state())
+    with pytest.raises(ValueError, match="dropout must be in"):
+        tiny("attention", mixer_options={"attention": {"dropout": 1.0}})

@@ -32,7 +32,7 @@ def test_zoology_attention_variants_change_one_thing_each_and_train(tmp_path):
     without the MLP. Rows record the model settings."""
     from gkabench.tasks.mqar_sweep import SweepConfig, mqar_train_config, run_mqar_sweep
 
-    mixers = ["attention_abspos", "attention_nomlp", "attention"]
+    mixers = ["attention_abspos", "attention_nomlp", "attention_zoology", "attention"]
     sweep = SweepConfig.defaults_for(
         False, mixers=mixers, dims=[16], lengths=[(24, 4)], lrs=[1e-2], vocab_size=32, steps=3,
         batch_size=8, eval_examples=16, head_dim=8, out_dir=str(tmp_path / "res"), run_dir=str(tmp_path / "runs"), name="t",
@@ -46,4 +46,7 @@ def test_zoology_attention_variants_change_one_thing_each_and_train(tmp_path):
     assert rows["attention_abspos"]["params"] == rows["attention"]["params"] + 24 * 16
     # each of the 2 blocks loses its SwiGLU (3 matrices of 16 x 64: the default width for hidden 16) and its norm
     assert rows["attention_nomlp"]["params"] == rows["attention"]["params"] - 2 * (3 * 16 * 64 + 16)
+    z = cfgs["attention_zoology"]
+    assert (z.learned_positions, z.intermediate_size, z.embed_dropout, z.mixer_options) == (24, 0, 0.1, {"attention": {"use_rope": False, "dropout": 0.1}})
+    assert rows["attention_zoology"]["params"] == rows["attention_nomlp"]["params"] + 24 * 16
     assert all(0 <= r["accuracy"] <= 1 for r in rows.values())

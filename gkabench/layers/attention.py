@@ -38,6 +38,8 @@ DEFAULTS = {
     "use_rope": True,
     "qkv_bias": False,
     "qk_norm": False,
+    # dropout on the attention probabilities while training (Zoology's MQAR attention: 0.1)
+    "dropout": 0.0,
 }
 _OPTIONS = {k: v for k, v in DEFAULTS.items() if k not in ("head_dim", "num_heads")}
 
@@ -57,7 +59,8 @@ def _known_issues() -> list[str]:
 class AttentionMixer(Mixer):
     """Causal softmax attention. ``x [B, T, hidden]`` -> ``y [B, T, hidden]``; see the module docstring.
 
-    Options: ``num_kv_heads`` (must divide num_heads), ``rope_theta``, ``use_rope``, ``qkv_bias``, ``qk_norm``.
+    Options: ``num_kv_heads`` (must divide num_heads), ``rope_theta``, ``use_rope``, ``qkv_bias``, ``qk_norm``,
+    ``dropout`` (on the attention probabilities, training only).
     Cache tensors: ``k``, ``v [B, S, num_kv_heads, head_dim]`` (after RoPE) and ``mask [B, S]`` (bool, real keys).
     Both backends are the same code (SDPA); ``backend`` only checks the device.
     """
@@ -81,6 +84,9 @@ class AttentionMixer(Mixer):
         if self.qk_norm:
             self.q_norm, self.k_norm = RMSNorm(head_dim), RMSNorm(head_dim)
         self.rotary = RotaryEmbedding(head_dim, base=float(opts["rope_theta"])) if opts["use_rope"] else None
+        self.dropout = float(opts["dropout"])
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"attention: dropout must be in [0, 1), got {self.dropout}")
 
     def state_bytes(self, seq_len: int = 0, dtype: torch.dtype = torch.bfloat16) -> int:
         """KV cache bytes after ``seq_len`` tokens: ``2 * seq_len * num_kv_heads * head_dim`` elements of ``dtype``."""
@@ -97,7 +103,7 @@ class AttentionMixer(Mixer):
         """q ``[B, T, H, D]``, k, v ``[B, S, Hkv, D]`` -> ``[B, T, H, D]``."""
         o = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=is_causal,
-            enable_gqa=self.num_kv_heads != self.num_heads,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.num_kv_heads != self.num_heads,
         )  # fmt: skip
         return o.transpose(1, 2)
 

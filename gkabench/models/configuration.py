@@ -46,12 +46,13 @@ class GKABenchConfig(PretrainedConfig):
     mixer_options: dict | None = None
     num_heads: int | None = None
     head_dim: int | None = None
-    intermediate_size: int | None = None  # SwiGLU width; None: 8/3 x hidden; 0: no MLP (mixer-only blocks, as Zoology's MQAR models)
+    intermediate_size: int | None = None  # SwiGLU width; None: 8/3 x hidden; 0: no MLP (mixer-only blocks, as Zoology's MQAR sweep configs)
     rms_norm_eps: float = 1e-6
     # > 0: learned absolute position embeddings for this many positions, added to the token embeddings (GPT-2 /
     # Zoology style; Zoology's MQAR attention baseline has them and no RoPE). 0: none, each mixer sees order itself.
     # Not named max_position_embeddings: generic code (lm-eval) reads that as the model's context limit.
     learned_positions: int = 0
+    embed_dropout: float = 0.0  # dropout on the input embeddings while training (Zoology's default: 0.1)
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
     backend: str = "auto"  # mixer backend: auto (Triton on CUDA), reference, triton

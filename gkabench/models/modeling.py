@@ -125,7 +125,7 @@ class GKABenchBlock(nn.Module):
             name, config.hidden_size, config.num_heads, config.head_dim,
             backend=config.backend, layer_idx=layer_idx, **config.options_for(name),
         )  # fmt: skip
-        # intermediate_size 0: a block is its mixer alone (Zoology's MQAR models have no MLP)
+        # intermediate_size 0: a block is its mixer alone (Zoology's MQAR sweep configs swap the MLP for an identity)
         has_mlp = bool(config.intermediate_size)
         self.mlp_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps) if has_mlp else None
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size) if has_mlp else None
@@ -183,6 +183,8 @@ class GKABenchModel(GKABenchPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         n_pos = int(config.learned_positions or 0)
         self.embed_positions = nn.Embedding(n_pos, config.hidden_size) if n_pos > 0 else None
+        p = float(config.embed_dropout or 0.0)
+        self.embed_dropout = nn.Dropout(p) if p > 0 else None  # None: no op and no random numbers drawn
         self.layers = nn.ModuleList(GKABenchBlock(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_init()
@@ -203,6 +205,8 @@ class GKABenchModel(GKABenchPreTrainedModel):
         next_positions = None
         if self.embed_positions is not None:
             x, next_positions = self._add_positions(x, attention_mask, cu_seqlens, cache)
+        if self.embed_dropout is not None:
+            x = self.embed_dropout(x)  # identity in eval mode
         if attention_mask is not None:
             # generate() passes a mask over cached + new tokens; every mixer keeps what it needs of the past in
             # its own cache, so the mixers get the columns of the new tokens only (T' = T, allowed by the contract).

@@ -21,17 +21,21 @@ MIXER_VARIANTS: dict[str, tuple[str, dict]] = {
     # fla's GLA layer has no short convolution by default (and so neither has our "gla"); every other linear mixer
     # here has one, and MQAR leans on it (a key must be bound to the token after it)
     "gla_conv": ("gla", {"use_short_conv": True}),
-    # Zoology's MQAR attention baseline differs from ours ("attention": RoPE, SwiGLU MLP in every block) in its
-    # position scheme (learned absolute position embeddings added to the token embeddings, no RoPE) and in having
-    # no MLP; these variants take one difference each (MODEL_VARIANTS: the model side)
+    # Zoology's MQAR attention baseline differs from ours ("attention": RoPE, SwiGLU MLP in every block, no dropout)
+    # in its position scheme (learned absolute position embeddings added to the token embeddings, no RoPE), in
+    # having no MLP (its MQAR sweep configs swap the default MLP for an identity) and in dropout; the first two variants take one difference each (MODEL_VARIANTS: the model side)
     "attention_abspos": ("attention", {"use_rope": False}),
     "attention_nomlp": ("attention", {}),
+    # all of Zoology's differences at once: learned positions, no RoPE, no MLP, dropout 0.1 on the attention
+    # probabilities and on the embeddings (its ModelConfig's embed_dropout default)
+    "attention_zoology": ("attention", {"use_rope": False, "dropout": 0.1}),
 }
 SEQ_LEN = "seq_len"  # in MODEL_VARIANTS: the run's sequence length
 # Model settings of variants (GKABenchConfig fields), beyond the mixer's options.
 MODEL_VARIANTS: dict[str, dict] = {
     "attention_abspos": {"learned_positions": SEQ_LEN},  # one learned position per token of the run
     "attention_nomlp": {"intermediate_size": 0},  # blocks of the mixer alone
+    "attention_zoology": {"learned_positions": SEQ_LEN, "intermediate_size": 0, "embed_dropout": 0.1},
 }
 
 
