@@ -244,6 +244,11 @@ def test_learned_positions_generate_equals_full_forward_and_matter():
         moved = model(swapped, use_cache=False).logits[:, -1]
     torch.testing.assert_close(torch.stack(gen.logits, 1).double(), full, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(moved, full[:, -1], atol=1e-6)
+    # the positions learn: each of the first 5 positions feeds some scored prediction (the 6th only its own, which
+    # has no target), positions never seen get nothing
+    model(ids, labels=ids).loss.backward()
+    grad = model.model.embed_positions.weight.grad
+    assert grad[:5].abs().sum(-1).min() > 0 and grad[5:].abs().sum() == 0
 
 
 def test_learned_positions_left_padding_packing_and_beams():
