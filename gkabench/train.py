@@ -171,11 +171,8 @@ def setup_distributed(device_hint: str | None) -> tuple[Dist, torch.device]:
 def build_model(cfg: TrainConfig, vocab_size: int, tokenizer):
     from .models import GKABenchForCausalLM, preset_config
 
-    overrides = {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size") if getattr(cfg, k) is not None}
-    if cfg.learned_positions:
-        overrides["learned_positions"] = int(cfg.learned_positions)
-    if cfg.embed_dropout:
-        overrides["embed_dropout"] = float(cfg.embed_dropout)
+    model_fields = ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size", "learned_positions", "embed_dropout")
+    overrides = {k: getattr(cfg, k) for k in model_fields if getattr(cfg, k) is not None}
     if cfg.hidden_size is not None and cfg.intermediate_size is None:
         overrides["intermediate_size"] = None  # let the config derive it from the new hidden size
     special = {}

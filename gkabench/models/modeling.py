@@ -238,16 +238,12 @@ class GKABenchModel(GKABenchPreTrainedModel):
         if cu_seqlens is not None:
             positions, after = token_positions(cu_seqlens, T)[None], None
         else:
-            real = attention_mask[:, -T:].long() if attention_mask is not None else None
-            past = getattr(cache, "positions", None) if cache is not None else None
+            real = attention_mask[:, -T:].long() if attention_mask is not None else x.new_ones(B, T, dtype=torch.long)
+            past = cache.positions if cache is not None else None
             if past is None:
                 past = torch.full((B,), seen, dtype=torch.long, device=x.device)
-            if real is None:
-                positions = past[:, None] + torch.arange(T, device=x.device)
-                after = past + T
-            else:
-                positions = (past[:, None] + real.cumsum(1) - 1).clamp_min(0)
-                after = past + real.sum(1)
+            positions = (past[:, None] + real.cumsum(1) - 1).clamp_min(0)
+            after = past + real.sum(1)
         return x + self.embed_positions(positions).to(x.dtype), after
 
 

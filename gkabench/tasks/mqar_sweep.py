@@ -23,7 +23,8 @@ MIXER_VARIANTS: dict[str, tuple[str, dict]] = {
     "gla_conv": ("gla", {"use_short_conv": True}),
     # Zoology's MQAR attention baseline differs from ours ("attention": RoPE, SwiGLU MLP in every block, no dropout)
     # in its position scheme (learned absolute position embeddings added to the token embeddings, no RoPE), in
-    # having no MLP (its MQAR sweep configs swap the default MLP for an identity) and in dropout; the first two variants take one difference each (MODEL_VARIANTS: the model side)
+    # having no MLP (its MQAR sweep configs swap the default MLP for an identity) and in dropout; the first two
+    # variants take one difference each (MODEL_VARIANTS: the model side)
     "attention_abspos": ("attention", {"use_rope": False}),
     "attention_nomlp": ("attention", {}),
     # all of Zoology's differences at once: learned positions, no RoPE, no MLP, dropout 0.1 on the attention
