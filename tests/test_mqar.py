@@ -354,12 +354,14 @@ def test_cli_renders_the_gpu_grid_on_a_cpu_and_lists_what_is_missing(tmp_path):
     assert f"| {done['mixer']} | 0.500" in md and (tmp_path / "mqar.png").exists()
     # the cell's other lrs have not run: its best may still change, and the table says so
     assert f"| {done['mixer']} | 0.500 ({done['lr']:g}) † |" in md and "† not every learning rate" in md
-    assert f"Not run yet: {len(sweep.runs()) - 1} runs" in md and "all 21 (every mixer and dim)" in md
+    per_cell = len(sweep.mixers) * len(sweep.dims)  # runs of one (length, lr): every mixer at every dim
+    assert f"Not run yet: {len(sweep.runs()) - 1} runs" in md and f"all {per_cell} (every mixer and dim)" in md
     assert "Environment (runs in parentheses): NVIDIA H200 (all 1)" in md and "norms / gates: eager (all 1)" in md
     # --dry-run lists what is left of the options given and writes nothing (the table stays the full grid's)
     before = md
     r = CliRunner().invoke(app, ["mqar", "--grid", "gpu", "--head-dim", "64", "--dry-run", "--lengths", "1024:256", "--lrs", "1e-2", "--out", str(tmp_path)])
-    assert r.exit_code == 0 and "21 of 21 runs not yet in" in r.output and "T=1024 P=256 lr=0.01: all 21" in r.output, r.output
+    assert r.exit_code == 0 and f"{per_cell} of {per_cell} runs not yet in" in r.output, r.output
+    assert f"T=1024 P=256 lr=0.01: all {per_cell}" in r.output, r.output
     assert (tmp_path / "mqar.md").read_text() == before and len((tmp_path / "mqar.jsonl").read_text().splitlines()) == 1
     r = CliRunner().invoke(app, ["mqar", "--grid", "tpu", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "--grid" in r.output

@@ -148,7 +148,9 @@ class SweepConfig:
             # 10 runs sharing an H200, and attention still at 1.5-5% accuracy after 3000 steps = 192k examples), so
             # 4x the examples per step cost little more time; runs stop early once solved.
             base = dict(
-                mixers=["gka", "gka_plain", "gated_deltanet", "gla", "mamba2", "mesanet", "attention"],
+                # attention_zoology: Zoology's MQAR attention (session 16: it learned 256/64 at d = 128 / 256, where
+                # our RoPE + MLP "attention" stayed on the plateau with every lr tried)
+                mixers=["gka", "gka_plain", "gated_deltanet", "gla", "mamba2", "mesanet", "attention", "attention_zoology"],
                 dims=[64, 128, 256], lengths=[(256, 64), (512, 128), (1024, 256)], lrs=[1e-3, 3e-3, 1e-2],
                 batch_size=256, head_dim=64,
             )  # fmt: skip
