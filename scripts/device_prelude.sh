@@ -19,5 +19,8 @@ if [ "${GKABENCH_PRELUDE_DONE:-0}" != "1" ]; then
   if ls .triton_cache/tcache-part-* >/dev/null 2>&1 && [ -z "$(ls -A "$TRITON_CACHE_DIR")" ]; then
     cat .triton_cache/tcache-part-* | tar xzf - -C "$TRITON_CACHE_DIR"; echo "triton cache: seeded with $(find "$TRITON_CACHE_DIR" -type f | wc -l) files"
     python3 scripts/pack_triton_cache.py --fix-groups "$TRITON_CACHE_DIR"
+  elif [ -z "$(ls -A "$TRITON_CACHE_DIR")" ]; then
+    # .triton_cache/ is git-ignored: a new checkout has none (session 16: ~2 minutes of call 1 went to compiling)
+    echo "triton cache: none carried (.triton_cache/tcache-part-*): every kernel compiles here first"
   fi
 fi
