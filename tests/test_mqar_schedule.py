@@ -29,6 +29,8 @@ def test_estimate_prefers_the_closest_comparable_runs():
     ]  # fmt: skip
     assert estimate_run_seconds(run("gka", 128, 512), rows, H200) == pytest.approx(m * 120 + extra)  # same mixer
     assert estimate_run_seconds(run("gla", 128, 512), rows, H200) == pytest.approx(m * 170 + extra)  # any mixer there
+    # a variant with no row of its own: its base mixer's rows there, before other mixers' (gka_plain runs GKA's kernels)
+    assert estimate_run_seconds(run("gka_plain", 128, 512), rows, H200) == pytest.approx(m * 120 + extra)
     assert estimate_run_seconds(run("gla", 256, 512), rows, H200) == pytest.approx(m * 1.25 * 170 + extra)  # any dim
     assert estimate_run_seconds(run("gla", 64, 256), rows, H200) == pytest.approx(m * 90 + extra)
     assert estimate_run_seconds(run("gka", 64, 1024), rows, H200) == pytest.approx(m * 2 * 170 + extra)  # length ratio

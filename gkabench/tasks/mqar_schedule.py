@@ -40,10 +40,18 @@ def same_machine(env: dict, device: dict) -> bool:
     return device.get("device_type") != "cuda" or env.get("device") == device.get("device")
 
 
+def base_mixer(name: str) -> str:
+    """The registered mixer a sweep variant runs (``"attention_zoology"`` -> ``"attention"``); a mixer itself."""
+    from .mqar_sweep import MIXER_VARIANTS
+
+    return MIXER_VARIANTS[name][0] if name in MIXER_VARIANTS else name
+
+
 def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: bool = False) -> float | None:
     """Seconds ``run`` (a sweep run: mixer, dim, seq_len, ...) is expected to take on ``device`` (an ``environment()``
-    dict), from finished ``rows``: the longest one of the same mixer, dim and seq_len; else the longest of any mixer
-    at that dim and seq_len; else the longest at that seq_len (any dim) x 1.25; else, at the nearest shorter
+    dict), from finished ``rows``: the longest one of the same mixer, dim and seq_len; else of the same base mixer
+    there (a variant such as ``attention_zoology`` or ``gka_plain`` runs its base's kernels); else the longest of any
+    mixer at that dim and seq_len; else the longest at that seq_len (any dim) x 1.25; else, at the nearest shorter
     seq_len, the longest of the same mixer and dim scaled by the length ratio x LONGER_FACTOR, or the longest of
     any run there scaled by the length ratio. Every step counted (an early stop is not assumed), times
     ESTIMATE_MARGIN plus ESTIMATE_EXTRA_S; rows of another step count are scaled to the run's ``steps`` (a
@@ -61,8 +69,10 @@ def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: boo
     steps = run.get("steps")
     timed = [(r, s) for r in rows if same_machine(r.get("env", {}), device) and (s := run_seconds(r, steps)) is not None]
     T, dim = run["seq_len"], run["dim"]
+    base = base_mixer(run["mixer"])
     tiers = [
         (lambda r: r["seq_len"] == T and r["dim"] == dim and r["mixer"] == run["mixer"], 1.0),
+        (lambda r: r["seq_len"] == T and r["dim"] == dim and base_mixer(r["mixer"]) == base, 1.0),
         (lambda r: r["seq_len"] == T and r["dim"] == dim, 1.0),
         (lambda r: r["seq_len"] == T, 1.25),
     ]
