@@ -236,6 +236,9 @@ def test_sweep_in_parallel_workers_and_shards_matches_serial(tmp_path):
     # rows say how many runs shared the device and how long each waited for its batches
     assert {r["concurrent_runs"] for r in parallel} == {2}
     assert all(0 <= r["data_wait_s"] <= r["elapsed_s"] for r in parallel)
+    # and when each ran (wall clock), so runs that shared the device can be told apart afterwards
+    # (0.1 s: both are rounded to a tenth)
+    assert all(r["started_at"] - 0.1 <= r["finished_at"] <= r["started_at"] + r["elapsed_s"] + 1.0 for r in parallel)
     seen = []
     run_mqar_sweep(sweep("shard"), shard=(0, 2), on_run=lambda run, row: seen.append(run["lr"]))
     assert seen == [1e-2, 1e-3]

@@ -150,7 +150,8 @@ class SweepConfig:
             base = dict(
                 # attention_zoology: Zoology's MQAR attention (session 16: it learned 256/64 at d = 128 / 256, where
                 # our RoPE + MLP "attention" stayed on the plateau with every lr tried)
-                mixers=["gka", "gka_plain", "gated_deltanet", "gla", "mamba2", "mesanet", "attention", "attention_zoology"],
+                mixers=["gka", "gka_plain", "gated_deltanet", "gla", "mamba2", "mesanet", "attention",
+                        "attention_zoology"],
                 dims=[64, 128, 256], lengths=[(256, 64), (512, 128), (1024, 256)], lrs=[1e-3, 3e-3, 1e-2],
                 batch_size=256, head_dim=64,
             )  # fmt: skip
@@ -257,14 +258,15 @@ def train_mqar_run(run: dict, sweep: SweepConfig, concurrent_runs: int = 1) -> d
     """Train one 2-layer model on MQAR and return its result row (accuracy on fresh examples).
 
     ``concurrent_runs``: how many runs of the sweep share the device meanwhile (``--jobs``), recorded with
-    ``elapsed_s`` (a run's time depends on it) and ``data_wait_s`` (of it, waiting for batches)."""
+    ``elapsed_s`` (a run's time depends on it) and ``data_wait_s`` (of it, waiting for batches). ``started_at`` /
+    ``finished_at`` (Unix seconds) say which runs overlapped: a step's time depends on what shared the GPU."""
     import time
 
     from ..env import environment
     from ..train import train
 
     cfg, base, opts = mqar_train_config(run, sweep)
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     s = train(cfg)
     model = s.pop("model")
     return {
@@ -275,6 +277,7 @@ def train_mqar_run(run: dict, sweep: SweepConfig, concurrent_runs: int = 1) -> d
         "elapsed_s": time.perf_counter() - t0, "env": environment(next(model.parameters()).device),
         "fla_guard_lifted": s.get("fla_guard_lifted", False), "elementwise": s.get("elementwise", "eager"),
         "cuda_graph": s.get("cuda_graph", "off"), "data_wait_s": s.get("data_wait_s"), "concurrent_runs": concurrent_runs,
+        "started_at": round(started_at, 1), "finished_at": round(time.time(), 1),
     }  # fmt: skip
 
 
