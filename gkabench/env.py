@@ -91,6 +91,9 @@ def environment(device: torch.device | str | None = None) -> dict:
     }
     if device.type == "cuda":
         info["cuda"] = torch.version.cuda
+        # which physical GPU (on a machine of several, runs on different GPUs do not share one)
+        info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        info["device_index"] = device.index if device.index is not None else torch.cuda.current_device()
         try:
             smi = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
