@@ -34,3 +34,27 @@ def test_step_times_group_by_session_and_count_a_carried_run_once(tmp_path):
     assert graphed[5] == "2.0" and graphed[6] == "2" and float(graphed[7]) == 40.0 and float(graphed[9]) == 50.0
     assert abs(float(graphed[10]) - 0.175) < 1e-9
     assert eager[6] == "1" and float(eager[8]) == 30.0 and eager[10] == "NaN"
+
+
+def test_runs_lists_the_runs_that_shared_each_gpu(tmp_path):
+    """--runs: each timed run with its neighbours on the same GPU and the share of its time they overlapped; a run
+    on the other GPU of the machine, or with no recorded times, is no neighbour."""
+    env = {"device_type": "cuda", "device": "NVIDIA H200", "git_sha": "abcdef123456", "cuda_visible_devices": "0"}
+    base = dict(seq_len=256, num_pairs=64, num_heads=1, steps=3000, steps_done=1000, accuracy=0.5, lr=1e-3)
+    rows = [
+        {**base, "mixer": "gka", "dim": 64, "elapsed_s": 100.0, "started_at": 1000.0, "finished_at": 1100.0, "env": env},
+        {**base, "mixer": "gla", "dim": 256, "elapsed_s": 50.0, "started_at": 1050.0, "finished_at": 1100.0, "env": env},
+        {**base, "mixer": "mamba2", "dim": 64, "elapsed_s": 100.0, "started_at": 1000.0, "finished_at": 1100.0,
+         "env": {**env, "cuda_visible_devices": "1"}},  # the machine's other GPU
+        {**base, "mixer": "mesanet", "dim": 64, "elapsed_s": 100.0, "env": env},  # before times were recorded
+    ]  # fmt: skip
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "mqar_step_times.py"), "--runs", str(tmp_path / "a.jsonl")],
+        capture_output=True, text=True, check=True, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    ).stdout  # fmt: skip
+    lines = {line.split()[2]: line for line in out.strip().splitlines()[1:]}
+    assert set(lines) == {"gka", "gla", "mamba2"}
+    assert "100.0" in lines["gka"] and "gla d256 T256 (50%)" in lines["gka"]
+    assert "50.0" in lines["gla"] and "gka d64 T256 (100%)" in lines["gla"]
+    assert lines["mamba2"].rstrip().endswith("-")
