@@ -1,4 +1,5 @@
-"""scripts/mqar_step_times.py: milliseconds per MQAR step per device session, and the share spent waiting for data."""
+"""scripts/mqar_step_times.py: milliseconds per MQAR step per device session, and the share spent waiting for data;
+scripts/mqar_init_memory.py: each decaying head's memory at initialisation."""
 
 from __future__ import annotations
 
@@ -58,3 +59,29 @@ def test_runs_lists_the_runs_that_shared_each_gpu(tmp_path):
     assert "100.0" in lines["gka"] and "gla d256 T256 (50%)" in lines["gka"]
     assert "50.0" in lines["gla"] and "gka d64 T256 (100%)" in lines["gla"]
     assert lines["mamba2"].rstrip().endswith("-")
+
+
+def test_init_memory_reads_each_heads_half_life():
+    """scripts/mqar_init_memory.py: a head with A * dt = ln 2 forgets half its state per token (half-life 1); with
+    A * dt 100x smaller, 100 tokens."""
+    import importlib.util
+    import math
+
+    import torch
+
+    from gkabench.models import GKABenchForCausalLM, preset_config
+
+    spec = importlib.util.spec_from_file_location("mqar_init_memory", ROOT / "scripts" / "mqar_init_memory.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = GKABenchForCausalLM(preset_config("tiny", mixer="gka", vocab_size=32, num_layers=2))
+    softplus_inv_1 = math.log(math.e - 1)  # softplus(x) = 1
+    with torch.no_grad():
+        for layer, scale in zip(model.model.layers, (1.0, 0.01)):
+            layer.mixer.A_log.fill_(math.log(math.log(2) * scale))
+            layer.mixer.dt_bias.fill_(softplus_inv_1)
+    lives = mod.half_lives(model)
+    heads = model.model.layers[0].mixer.A_log.numel()
+    assert [len(h) for h in lives] == [heads, heads]
+    # the parameters are float32: relative 1e-6 is their rounding
+    assert all(abs(h - 1.0) < 1e-5 for h in lives[0]) and all(abs(h / 100.0 - 1.0) < 1e-5 for h in lives[1])
