@@ -5,8 +5,8 @@
 Builds each grid model exactly as the sweep's run would (same config, same seed, so the same initial weights) and
 prints, per layer and head, the half-life in tokens of its forgetting gate at initialisation: ln 2 / (A * dt),
 A = exp(A_log), dt = softplus(dt_bias), leaving out the input-dependent part of the gate (a projection of the
-input added to dt_bias before the softplus): a head's typical memory, not each token's. A head that must recall a key ~1000 tokens back starts with this much memory and has to learn the rest.
-CPU is enough: nothing trains.
+input added to dt_bias before the softplus): a head's typical memory, not each token's. A head that must recall a
+key ~1000 tokens back starts with this much memory and has to learn the rest. CPU is enough: nothing trains.
 """
 
 from __future__ import annotations
@@ -34,13 +34,15 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mixers", default="gka,gated_deltanet,mamba2")
-    ap.add_argument("--length", type=int, default=1024, help="the grid's sequence length (the model does not depend on it)")
+    ap.add_argument("--length", type=int, default=1024, help="the grid's length (the model does not depend on it)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     sweep = SweepConfig.defaults_for(True, head_dim=64)
     for mixer in args.mixers.split(","):
         for dim in sweep.dims:
-            run = next(r for r in sweep.runs() if r["mixer"] == mixer and r["dim"] == dim and r["seq_len"] == args.length)
+            run = next(
+                r for r in sweep.runs() if r["mixer"] == mixer and r["dim"] == dim and r["seq_len"] == args.length
+            )
             cfg, _, _ = mqar_train_config({**run, "seed": args.seed}, sweep)
             tokenizer = load_tokenizer(cfg.tokenizer)
             source = build_source(cfg, tokenizer)

@@ -40,13 +40,6 @@ def same_machine(env: dict, device: dict) -> bool:
     return device.get("device_type") != "cuda" or env.get("device") == device.get("device")
 
 
-def base_mixer(name: str) -> str:
-    """The registered mixer a sweep variant runs (``"attention_zoology"`` -> ``"attention"``); a mixer itself."""
-    from .mqar_sweep import MIXER_VARIANTS
-
-    return MIXER_VARIANTS[name][0] if name in MIXER_VARIANTS else name
-
-
 def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: bool = False) -> float | None:
     """Seconds ``run`` (a sweep run: mixer, dim, seq_len, ...) is expected to take on ``device`` (an ``environment()``
     dict), from finished ``rows``: the longest one of the same mixer, dim and seq_len; else of the same base mixer
@@ -68,6 +61,8 @@ def estimate_run_seconds(run: dict, rows: list[dict], device: dict, typical: boo
     margin, extra = (1.0, 0.0) if typical else (ESTIMATE_MARGIN, ESTIMATE_EXTRA_S)
     steps = run.get("steps")
     timed = [(r, s) for r in rows if same_machine(r.get("env", {}), device) and (s := run_seconds(r, steps)) is not None]
+    from .mqar_sweep import base_mixer
+
     T, dim = run["seq_len"], run["dim"]
     base = base_mixer(run["mixer"])
     tiers = [

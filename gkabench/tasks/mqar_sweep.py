@@ -45,6 +45,12 @@ def model_options(run: dict) -> dict:
     return {k: run["seq_len"] if v == SEQ_LEN else v for k, v in MODEL_VARIANTS.get(run["mixer"], {}).items()}
 
 
+def base_mixer(name: str) -> str:
+    """The registered mixer a variant runs (``"attention_zoology"`` -> ``"attention"``); any other name as it is
+    (unlike :func:`resolve_variant`, no check: rows of any sweep pass through here)."""
+    return MIXER_VARIANTS[name][0] if name in MIXER_VARIANTS else name
+
+
 def resolve_variant(name: str) -> tuple[str, dict]:
     """``"gka_plain"`` -> ``("gka", {...})``; a registered mixer name -> ``(name, {})``."""
     if name in MIXER_VARIANTS:
