@@ -109,10 +109,16 @@ while alive && [ "$SECONDS" -lt "$END" ]; do
   if [ "$VERB" = final ] && [ "$SECONDS" -ge "$STOP_S" ] && [ ! -e "$STOP" ]; then touch "$STOP"; echo "stop file touched at ${SECONDS} s: no new run starts"; fi
   sleep 5
 done
+# the runs started on this machine that have not finished (a finished run's log ends with its "end" event)
+in_flight() { local f; for f in "$WORK"/runs/*/*/log.jsonl; do
+  [ -e "$f" ] && ! grep -q '"event": "end"' "$f" && basename "$(dirname "$f")"; done | paste -sd ' ' -; }
 if [ "$VERB" = final ] && alive; then
+  CUT="$(in_flight)"   # before the signals: a run may still finish in the 10 s they allow
   signal_sweeps INT; sleep 10; signal_sweeps KILL
   for _ in 1 2 3 4 5; do alive && sleep 1; done
-  echo "sweep stopped at ${SECONDS} s (runs in flight lost; rerun resumes them)"
+  CUT="$(for r in $CUT; do grep -q '"event": "end"' "$WORK/runs/"*"/$r/log.jsonl" 2>/dev/null || echo "$r"; done | paste -sd ' ' -)"
+  if [ -n "$CUT" ]; then echo "sweep stopped at ${SECONDS} s; runs cut in flight (the next sweep redoes them): $CUT"
+  else echo "sweep stopped at ${SECONDS} s; no run was in flight (the sweeps left were passing over runs that do not fit)"; fi
 fi
 alive && echo "sweep still running after ${SECONDS} s: call collect or final within 30 s" || echo "sweep not running"
 cp "$ROWS"/*.jsonl "$OUT/" 2>/dev/null   # mqar.jsonl and any side sweep run with its own --name

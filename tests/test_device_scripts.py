@@ -132,6 +132,8 @@ def test_background_sweep_final_stops_it(tmp_path):
     assert final.returncode == 0 and "stop file touched" in final.stdout and "sweep stopped" in final.stdout, final.stdout[-2000:]
     assert "sweep not running" in final.stdout
     assert "acc " not in final.stdout  # neither run finished: both were stopped in flight
+    cut = final.stdout.split("runs cut in flight (the next sweep redoes them): ")[1].split("\n")[0].split()
+    assert sorted(cut) == ["attention_d16_T24_P4_lr0.003", "attention_d16_T24_P4_lr0.01"], final.stdout[-2000:]
     if shutil.which("pgrep"):
         assert subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True).returncode != 0
 
