@@ -242,6 +242,7 @@ def test_mqar_best_lr_per_training_setting(tmp_path):
     assert got == {("3000", "8192"): (0.5, 1e-2), ("20000", "8192"): (0.95, 1e-3), ("3000", "64"): (0.9, 1e-3)}
     md = (root / "report" / "report.md").read_text()
     assert md.count("### MQAR best accuracy") == 3 and "steps 20000" in md
+    assert "steps 3000, batch 64; lrs run: 0.001, 0.01;" in md  # each table says which lrs it chose among
 
 
 def test_mqar_seeds_are_averaged_at_the_lr_of_the_first_seed(tmp_path):

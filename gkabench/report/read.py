@@ -230,10 +230,12 @@ def read_mqar(folder: Path) -> list[dict]:
     out = []
     for (sweep, setting), rows in groups.items():
         first = rows[0]
+        # every lr the file holds, not only a grid's own: a side run at another lr may win a cell here
+        lrs_run = ", ".join(f"{lr:g}" for lr in sorted({float(r["lr"]) for r in rows if r.get("lr") is not None}))
         for b in best_per_cell(rows).itertuples():
             out.append({"sweep": sweep, "setting": setting, "mixer": b.mixer, "seq_len": b.seq_len, "num_pairs": b.num_pairs,
                         "dim": b.dim, "accuracy": float(b.accuracy), "lr": b.lr, "seeds": int(b.seeds),
-                        **{k: first.get(k) for k in MQAR_SETTINGS}})  # fmt: skip
+                        "lrs_run": lrs_run, **{k: first.get(k) for k in MQAR_SETTINGS}})  # fmt: skip
     return out
 
 

@@ -248,7 +248,9 @@ def mqar_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]
             body.append(cells)
         out.append(
             (
-                f"MQAR best accuracy over learning rates ({sweep}{'; ' + setting if setting else ''}; in parentheses: that lr)",
+                f"MQAR best accuracy over learning rates ({sweep}{'; ' + setting if setting else ''}"
+                + (f"; lrs run: {sel[0]['lrs_run']}" if sel[0].get("lrs_run") else "")
+                + "; in parentheses: the best lr)",
                 ["mixer"] + [f"T{T} P{P} d{d}" for T, P, d in cols],
                 body,
             )
