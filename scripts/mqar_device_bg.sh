@@ -109,14 +109,14 @@ while alive && [ "$SECONDS" -lt "$END" ]; do
   if [ "$VERB" = final ] && [ "$SECONDS" -ge "$STOP_S" ] && [ ! -e "$STOP" ]; then touch "$STOP"; echo "stop file touched at ${SECONDS} s: no new run starts"; fi
   sleep 5
 done
-# the runs started on this machine that have not finished (a finished run's log ends with its "end" event)
-in_flight() { local f; for f in "$WORK"/runs/*/*/log.jsonl; do
+# the runs started on this machine that did not finish (a finished run's log ends with its "end" event); only
+# `final` stops a sweep, so after its signals these are exactly the runs it cut
+unfinished() { local f; for f in "$WORK"/runs/*/*/log.jsonl; do
   [ -e "$f" ] && ! grep -q '"event": "end"' "$f" && basename "$(dirname "$f")"; done | paste -sd ' ' -; }
 if [ "$VERB" = final ] && alive; then
-  CUT="$(in_flight)"   # before the signals: a run may still finish in the 10 s they allow
   signal_sweeps INT; sleep 10; signal_sweeps KILL
   for _ in 1 2 3 4 5; do alive && sleep 1; done
-  CUT="$(for r in $CUT; do grep -q '"event": "end"' "$WORK/runs/"*"/$r/log.jsonl" 2>/dev/null || echo "$r"; done | paste -sd ' ' -)"
+  CUT="$(unfinished)"
   if [ -n "$CUT" ]; then echo "sweep stopped at ${SECONDS} s; runs cut in flight (the next sweep redoes them): $CUT"
   else echo "sweep stopped at ${SECONDS} s; no run was in flight (the sweeps left were passing over runs that do not fit)"; fi
 fi
