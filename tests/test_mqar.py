@@ -412,6 +412,29 @@ def test_more_seeds_at_each_cells_best_lr(tmp_path):
     run_mqar_sweep(sweep([1e-2, 3e-3], [0, 1, 2]), max_minutes=0)  # renders the whole grid's table, trains nothing
     md = (tmp_path / "res" / "s.md").read_text()
     assert "3 seeds]" in md and "mean [min-max] over the seeds" in md
+    # the seed-0 grid rendered again: its table stays seed 0's best, the other seeds get their own section
+    run_mqar_sweep(sweep([1e-2, 3e-3]), max_minutes=0)
+    md = (tmp_path / "res" / "s.md").read_text()
+    accs = {r["seed"]: r["accuracy"] for r in read_rows(tmp_path / "res" / "s.jsonl") if r["lr"] == best_lr}
+    assert "seeds]" not in md and "## More seeds" in md
+    assert f"| attention | {accs[0]:.3f} / {accs[1]:.3f} / {accs[2]:.3f} (mean " in md
+
+
+def test_other_seeds_are_listed_per_seed_beside_the_one_seed_table():
+    """Rows of other seeds (a later `--lrs best --seeds` sweep) show per seed at the lr the table chose on seed 0;
+    a cell with only some seeds names them; a seed run at another lr (the best lr moved after it ran) is listed
+    as such, not averaged in; a cell with no other seed shows '-'."""
+    from gkabench.tasks.mqar_tables import seed_lines
+
+    cell = dict(mixer="gka", seq_len=512, num_pairs=128)
+    grid = [{**cell, "dim": 64, "lr": 1e-2, "seed": 0, "accuracy": 0.4}, {**cell, "dim": 64, "lr": 1e-3, "seed": 0, "accuracy": 0.1},
+            {**cell, "dim": 128, "lr": 1e-3, "seed": 0, "accuracy": 0.8}, {**cell, "dim": 256, "lr": 1e-3, "seed": 0, "accuracy": 0.9}]  # fmt: skip
+    seeds = [{**cell, "dim": 64, "lr": 1e-2, "seed": 2, "accuracy": 0.2}, {**cell, "dim": 64, "lr": 1e-3, "seed": 1, "accuracy": 0.7},
+             {**cell, "dim": 128, "lr": 1e-3, "seed": 1, "accuracy": 0.6}, {**cell, "dim": 128, "lr": 1e-3, "seed": 2, "accuracy": 0.1}]  # fmt: skip
+    md = "\n".join(seed_lines(grid, seeds))
+    assert "accuracy per seed (0, 1, 2)" in md
+    assert "| gka | s0 0.400 / s2 0.200 (mean 0.300, lr 0.01); at lr 0.001 seed 1: 0.700 | 0.800 / 0.600 / 0.100 (mean 0.500, lr 0.001) | - |" in md
+    assert seed_lines(grid, []) == []
 
 
 def test_the_mixer_width_follows_the_model_dim():

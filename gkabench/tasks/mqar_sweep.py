@@ -499,10 +499,22 @@ def run_mqar_sweep(
                     on_run(run, None)
         if pending:
             _run_parallel(pending, sweep, jsonl, jobs, time_left, fits, on_run)
-    rows = current_rows(read_rows(jsonl), {run_key(r) for r in unique})
+    all_rows = read_rows(jsonl)
+    rows = current_rows(all_rows, {run_key(r) for r in unique})
     finished = {run_key(r) for r in rows if not r.get("error")}
     missing = [run for run in unique if run_key(run) not in finished]
+    extra = other_seed_rows(all_rows, unique)
     title = f"MQAR ({sweep.name})"
-    write_markdown(rows, out / f"{sweep.name}.md", title, missing=missing)
-    write_plot(rows, out / f"{sweep.name}.png", title, missing=missing)
+    write_markdown(rows, out / f"{sweep.name}.md", title, missing=missing, seed_rows=extra)
+    write_plot(rows, out / f"{sweep.name}.png", title, missing=missing, seed_rows=extra)
     return rows
+
+
+def other_seed_rows(rows: list[dict], runs: list[dict]) -> list[dict]:
+    """Finished rows of the cells of ``runs`` under seeds that ``runs`` do not train (e.g. the rows of a later
+    ``--lrs best --seeds 1,2`` sweep when the seed-0 grid is rendered): the grid's table lists them beside its own
+    (``write_markdown``'s ``seed_rows``) instead of hiding them. A row with no seed field is seed 0."""
+    cells = {_cell_key(r) for r in runs}
+    seeds = {r.get("seed") or 0 for r in runs}
+    extra = {run_key(r) for r in rows if _cell_key(r) in cells and (r.get("seed") or 0) not in seeds}
+    return [r for r in current_rows(rows, extra) if not r.get("error")]

@@ -39,11 +39,13 @@ def cell_text(r) -> str:
     return f"{r.accuracy:.3f}{spread} ({r.lr:g})"
 
 
-def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | None = None) -> None:
+def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | None = None, seed_rows: list[dict] | None = None) -> None:
     """One table per (seq_len, pairs): rows = mixers, columns = model dims, cells = best accuracy (its lr).
 
     ``missing``: the sweep's runs with no finished row yet, listed at the end so a partial sweep says what it lacks;
-    a cell some of whose learning rates have not run is marked with a dagger.
+    a cell some of whose learning rates have not run is marked with a dagger. ``seed_rows``: finished runs of the
+    same cells under other seeds (``mqar_sweep.other_seed_rows``), shown in a section of their own per seed
+    (:func:`seed_lines`) so the tables above stay one seed's best over the lrs.
     """
     best = best_per_cell(rows)
     partial = incomplete_cells(missing)
@@ -80,6 +82,7 @@ def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | Non
         lines.append("")
         if any((mx, T, P, dd) in partial for mx in sub["mixer"] for dd in dims):
             lines += ["† not every learning rate of the sweep has run in this cell yet (listed at the end).", ""]
+    lines += seed_lines(rows, seed_rows or [])
     failed = [r for r in rows if r.get("error")]
     if failed:
         lines += ["## Failed runs (left out above; a rerun tries them again)", ""]
@@ -90,6 +93,72 @@ def write_markdown(rows: list[dict], path, title: str, missing: list[dict] | Non
         lines += [f"- {line}" for line in missing_summary(missing)]
         lines.append("")
     write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def seed_spread(rows: list[dict], seed_rows: list[dict]):
+    """Per cell of ``rows`` with runs in ``seed_rows``: the lr the tables chose (on ``rows``' first seed), the
+    accuracy of every seed at that lr (seed order) and ``others``: seed rows at another lr (the best lr moved after
+    they ran), as (lr, seed, accuracy). Dict (mixer, seq_len, num_pairs, dim) -> (lr, [(seed, acc)], others)."""
+    best = best_per_cell(rows)
+    if best.empty or not seed_rows:
+        return {}
+    chosen = {(r.mixer, r.seq_len, r.num_pairs, r.dim): r.lr for r in best.itertuples()}
+    extra, seeded = {id(r) for r in seed_rows}, rows_cells(seed_rows)
+    out: dict = {}
+    for r in sorted((r for r in rows + seed_rows if not r.get("error")), key=lambda r: r.get("seed") or 0):
+        key = (r["mixer"], r["seq_len"], r["num_pairs"], r["dim"])
+        if key in chosen:
+            lr, at_lr, others = out.setdefault(key, (chosen[key], [], []))
+            if r["lr"] == lr:
+                at_lr.append((r.get("seed") or 0, r["accuracy"]))
+            elif id(r) in extra:
+                others.append((r["lr"], r.get("seed") or 0, r["accuracy"]))
+    return {k: v for k, v in out.items() if k in seeded}
+
+
+def seed_lines(rows: list[dict], seed_rows: list[dict]) -> list[str]:
+    """Markdown section: cells that also ran other seeds, each seed's accuracy at the table's lr and their mean.
+
+    The lr stays the one chosen on the first seed: choosing it on the averaged runs would favour an lr whose one
+    lucky seed ran. A cell reads e.g. ``0.835 / 0.001 / 0.000 (mean 0.279, lr 0.001)``: seeds 0, 1, 2 in order
+    (``s0 0.470 / s2 0.000 ...`` where a cell ran only some of them)."""
+    spread = seed_spread(rows, seed_rows)
+    if not spread:
+        return []
+    seeds = sorted({s for _, at_lr, _ in spread.values() for s, _ in at_lr})
+    lines = [
+        f"## More seeds: accuracy per seed ({', '.join(map(str, seeds))}) at each cell's lr above, then their mean",
+        "",
+        "The tables above are one seed's best over the lrs. These cells also trained other seeds at that lr (`--lrs best"
+        " --seeds ...`); when a run leaves the loss plateau is chaotic, so a cell whose seeds disagree reads \"learned"
+        " by some seeds\", and its mean is the fairer number to compare. '-': no other seed ran.",
+        "",
+    ]
+    for (T, P) in sorted({(k[1], k[2]) for k in spread}):
+        cells = {k: v for k, v in spread.items() if (k[1], k[2]) == (T, P)}
+        dims = sorted({k[3] for k in rows_cells(rows) if (k[1], k[2]) == (T, P)})
+        lines += [f"### seq_len {T}, {P} pairs", "", "| mixer | " + " | ".join(f"d={d}" for d in dims) + " |",
+                  "|---|" + "---|" * len(dims)]  # fmt: skip
+        for mixer in sorted({k[0] for k in cells}):
+            texts = []
+            for d in dims:
+                lr, at_lr, others = cells.get((mixer, T, P, d), (None, [], []))
+                accs = [a for _, a in at_lr]
+                # seeds named where the cell ran a subset of the header's (a sweep cut by its deadline)
+                named = [s for s, _ in at_lr] != seeds
+                each = " / ".join(f"{f's{s} ' if named else ''}{a:.3f}" for s, a in at_lr)
+                text = f"{each} (mean {sum(accs) / len(accs):.3f}, lr {lr:g})" if len(accs) > 1 else "-"
+                if others:
+                    text += "; at " + ", ".join(f"lr {o_lr:g} seed {o_s}: {o_a:.3f}" for o_lr, o_s, o_a in others)
+                texts.append(text)
+            lines.append(f"| {mixer} | " + " | ".join(texts) + " |")
+        lines.append("")
+    return lines
+
+
+def rows_cells(rows: list[dict]) -> set:
+    """(mixer, seq_len, num_pairs, dim) of every row."""
+    return {(r["mixer"], r["seq_len"], r["num_pairs"], r["dim"]) for r in rows}
 
 
 def environment_summary(rows: list[dict]) -> str:
@@ -130,9 +199,10 @@ def incomplete_cells(missing: list[dict] | None) -> set:
     return {(r["mixer"], r["seq_len"], r["num_pairs"], r["dim"]) for r in missing or []}
 
 
-def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = None) -> None:
+def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = None, seed_rows: list[dict] | None = None) -> None:
     """Accuracy vs model dim, one line per mixer, one panel per (seq_len, pairs); hollow markers: cells where some
-    learning rates of the sweep (``missing``) have not run yet."""
+    learning rates of the sweep (``missing``) have not run yet; vertical bars: the range over every seed at the
+    cell's lr where ``seed_rows`` (other seeds of the same cells) has runs, the marker staying on ``rows``' value."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,6 +213,7 @@ def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = 
     if best.empty:
         return
     partial = incomplete_cells(missing)
+    per_seed = seed_spread(rows, seed_rows or [])
     # one colour per mixer in every panel (explicit: the hollow markers must not advance matplotlib's colour cycle)
     colors = {m: f"C{i % 10}" for i, m in enumerate(sorted(best["mixer"].unique()))}
     panels = sorted({(int(t), int(p)) for t, p in zip(best["seq_len"], best["num_pairs"])})
@@ -156,6 +227,13 @@ def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = 
             if len(many):  # min-max over the seeds at the chosen lr
                 spread = [many["accuracy"] - many["acc_min"], many["acc_max"] - many["accuracy"]]
                 ax.errorbar(many["dim"], many["accuracy"], yerr=spread, linestyle="none", capsize=3, color=colors[mixer])
+            ranges = [(d, min(a for _, a in at_lr), max(a for _, a in at_lr)) for (mx, t, p, d), (_, at_lr, _) in per_seed.items()
+                      if (mx, t, p) == (mixer, T, P) and len(at_lr) > 1]  # fmt: skip
+            if ranges:  # other seeds at the same lr: how far one seed's value is from settled
+                # side by side around the dim (a small step on the log2 axis per mixer), or they hide each other
+                shift = 2 ** (0.03 * (list(colors).index(mixer) - (len(colors) - 1) / 2))
+                xs = [d * shift for d, _, _ in ranges]
+                ax.vlines(xs, [lo for _, lo, _ in ranges], [hi for _, _, hi in ranges], color=colors[mixer], alpha=0.6, linewidth=2.5)
             part = [(d, a) for d, a in zip(m["dim"], m["accuracy"]) if (mixer, T, P, d) in partial]
             if part:  # hollow: the cell's best may still change
                 ax.plot(*zip(*part), linestyle="none", marker="o", markerfacecolor="white", markeredgecolor=colors[mixer])
@@ -169,6 +247,7 @@ def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = 
     # one legend for the figure, naming every mixer: a panel may lack some (a length not run for them yet)
     handles = [Line2D([], [], marker="o", color=c, label=m) for m, c in colors.items()]
     fig.legend(handles=handles, loc="center right", fontsize=8)
-    fig.suptitle(title + ("  (hollow: not every lr has run yet)" if partial else ""))
+    notes = [*(["hollow: not every lr has run yet"] if partial else []), *(["bars: range over seeds at that lr"] if per_seed else [])]
+    fig.suptitle(title + (f"  ({'; '.join(notes)})" if notes else ""))
     fig.tight_layout(rect=(0, 0, 1 - 1.3 / fig.get_figwidth(), 1))
     save_figure_atomic(fig, path, dpi=120)
