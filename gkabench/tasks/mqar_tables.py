@@ -106,7 +106,7 @@ def seed_spread(rows: list[dict], seed_rows: list[dict]):
     extra, seeded = {id(r) for r in seed_rows}, rows_cells(seed_rows)
     out: dict = {}
     for r in sorted((r for r in rows + seed_rows if not r.get("error")), key=lambda r: r.get("seed") or 0):
-        key = (r["mixer"], r["seq_len"], r["num_pairs"], r["dim"])
+        key = cell_of(r)
         if key in chosen:
             lr, at_lr, others = out.setdefault(key, (chosen[key], [], []))
             if r["lr"] == lr:
@@ -156,9 +156,14 @@ def seed_lines(rows: list[dict], seed_rows: list[dict]) -> list[str]:
     return lines
 
 
+def cell_of(row: dict) -> tuple:
+    """The table cell of a row or run: (mixer, seq_len, num_pairs, dim)."""
+    return tuple(row[k] for k in CELL)
+
+
 def rows_cells(rows: list[dict]) -> set:
-    """(mixer, seq_len, num_pairs, dim) of every row."""
-    return {(r["mixer"], r["seq_len"], r["num_pairs"], r["dim"]) for r in rows}
+    """The cells (:func:`cell_of`) of every row."""
+    return {cell_of(r) for r in rows}
 
 
 def environment_summary(rows: list[dict]) -> str:
@@ -196,7 +201,7 @@ def missing_summary(missing: list[dict]) -> list[str]:
 
 def incomplete_cells(missing: list[dict] | None) -> set:
     """(mixer, seq_len, num_pairs, dim) of every cell with a run not yet finished."""
-    return {(r["mixer"], r["seq_len"], r["num_pairs"], r["dim"]) for r in missing or []}
+    return rows_cells(missing or [])
 
 
 def write_plot(rows: list[dict], path, title: str, missing: list[dict] | None = None, seed_rows: list[dict] | None = None) -> None:
